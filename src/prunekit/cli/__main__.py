@@ -1,0 +1,5 @@
+import sys
+
+from prunekit.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""Shared fixtures: where the real data lives, and a fixed thread count for stable timings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("PRUNEKIT_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The shared data folder; tests needing it skip with the reason when it is absent."""
+    if not DATA_ROOT.is_dir():
+        pytest.skip(f"shared data folder not found at {DATA_ROOT} (set PRUNEKIT_DATA)")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def cifar_npz(data_root: Path) -> Path:
+    p = data_root / "cifar10-jpeg75.npz"
+    if not p.is_file():
+        pytest.skip(f"{p} not found")
+    return p
+
+
+@pytest.fixture(scope="session")
+def pretrained_dir(data_root: Path) -> Path:
+    p = data_root / "pretrained"
+    if not p.is_dir():
+        pytest.skip(f"{p} not found")
+    return p
