@@ -1,0 +1,172 @@
+"""The importance contract every criterion implements.
+
+An importance maps a :class:`~prunekit.targets.Target` to a non-negative tensor of the same shape
+as ``target.weight`` (higher = more important). Channel-level criteria broadcast one score per
+output channel over that channel's elements so that a granularity's group reduction recovers it.
+
+Data-driven criteria subclass :class:`DataDrivenImportance`: they must be calibrated on a few
+batches first (``calibrate(model, loader, num_batches, targets)``); ``scores`` before that raises
+:class:`~prunekit.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from prunekit.errors import ConfigError, DataError
+from prunekit.targets import Target, select
+
+
+@runtime_checkable
+class Importance(Protocol):
+    """Anything with ``scores(target) -> Tensor`` (same shape as ``target.weight``, >= 0)."""
+
+    def scores(self, target: Target) -> torch.Tensor: ...
+
+
+def needs_calibration(importance: object) -> bool:
+    """True when ``importance`` must see data (``calibrate``) before it can score.
+
+    >>> from prunekit.importance.magnitude import Magnitude
+    >>> needs_calibration(Magnitude())
+    False
+    """
+    return bool(getattr(importance, "needs_calibration", False))
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return ``(inputs, labels_or_None)`` from a loader batch (a tensor, or a tuple/list/dict)."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        labels = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
+        return batch[0], labels
+    if isinstance(batch, dict) and isinstance(batch.get("input"), torch.Tensor):
+        return batch["input"], batch.get("label")
+    raise DataError(
+        f"cannot read a calibration batch of type {type(batch).__name__}: yield tensors or "
+        "(inputs, labels) pairs"
+    )
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (CPU for a parameter-free model)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class DataDrivenImportance:
+    """Base class for criteria that accumulate statistics over calibration batches.
+
+    Subclasses implement:
+
+    * ``_attach(model, targets) -> list[RemovableHandle]``: reset accumulators, register hooks;
+    * ``_score(target) -> Tensor``: the element scores once calibrated;
+
+    and optionally ``_run_batch(model, inputs, labels)`` (default: a ``no_grad`` forward pass;
+    gradient-based criteria override it to run a loss and ``backward``) and ``_finish()``.
+    Calibration runs in eval mode unless ``train_mode = True``; the model's mode and the
+    ``.grad`` of its parameters are restored and every hook is removed afterwards, even on error.
+
+    >>> class Count(DataDrivenImportance):
+    ...     def _attach(self, model, targets):
+    ...         self.n = 0
+    ...         def hook(*_):
+    ...             self.n += 1
+    ...         return [model.register_forward_hook(hook)]
+    ...     def _score(self, target):
+    ...         return torch.full_like(target.weight, float(self.n))
+    >>> m = torch.nn.Linear(3, 2)
+    >>> c, t = Count(), Target("fc", m)
+    >>> c.scores(t)
+    Traceback (most recent call last):
+    ...
+    prunekit.errors.ConfigError: Count needs calibration data: call calibrate(model, loader, num_batches)
+    >>> loader = [torch.randn(4, 3) for _ in range(5)]
+    >>> c.calibrate(m, loader, num_batches=2, targets=[t]).scores(t)[0, 0].item()
+    2.0
+    """
+
+    needs_calibration: bool = True
+    train_mode: bool = False
+
+    def __init__(self) -> None:
+        self._calibrated_names: set[str] | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        return self._calibrated_names is not None
+
+    # -- subclass hooks ---------------------------------------------------------------------
+    def _attach(self, model: nn.Module, targets: Sequence[Target]) -> list[RemovableHandle]:
+        raise NotImplementedError
+
+    def _run_batch(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            model(inputs)
+
+    def _finish(self) -> None:
+        return None
+
+    def _score(self, target: Target) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- public API -------------------------------------------------------------------------
+    def calibrate(
+        self,
+        model: nn.Module,
+        loader: Iterable[Any],
+        num_batches: int,
+        targets: Sequence[Target] | None = None,
+    ) -> DataDrivenImportance:
+        """Run up to ``num_batches`` batches of ``loader`` through ``model`` and collect statistics."""
+        if int(num_batches) < 1:
+            raise ConfigError(f"num_batches must be >= 1, got {num_batches}")
+        targets = list(targets) if targets is not None else select(model)
+        was_training = model.training
+        saved_grads = {id(p): p.grad for p in model.parameters()}
+        device = model_device(model)
+        handles: list[RemovableHandle] = []
+        seen = 0
+        try:
+            handles = self._attach(model, targets)
+            model.train(self.train_mode)
+            for batch in loader:
+                if seen >= num_batches:
+                    break
+                inputs, labels = split_batch(batch)
+                inputs = inputs.to(device)
+                labels = labels.to(device) if labels is not None else None
+                self._run_batch(model, inputs, labels)
+                seen += 1
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+            for p in model.parameters():
+                p.grad = saved_grads.get(id(p))
+        if seen == 0:
+            raise DataError(f"{type(self).__name__}.calibrate: the loader yielded no batches")
+        self._finish()
+        self.batches_seen = seen
+        self._calibrated_names = {t.name for t in targets}
+        return self
+
+    def scores(self, target: Target) -> torch.Tensor:
+        """Element scores of ``target`` (same shape as its weight); requires ``calibrate`` first."""
+        if self._calibrated_names is None:
+            raise ConfigError(
+                f"{type(self).__name__} needs calibration data: call calibrate(model, loader, num_batches)"
+            )
+        if target.name not in self._calibrated_names:
+            raise ConfigError(
+                f"{type(self).__name__} was not calibrated for layer {target.name!r}: pass it in "
+                "calibrate(..., targets=...)"
+            )
+        return self._score(target)
