@@ -1,0 +1,43 @@
+"""Measure models: parameters, nonzeros, sparsity, MACs/FLOPs, size in bytes, latency.
+
+>>> import torch
+>>> from prunekit.models import create
+>>> m = create("resnet20")
+>>> count_params(m), round(count_macs(m, torch.zeros(1, 3, 32, 32)) / 1e6, 2)
+(269722, 40.55)
+"""
+
+from prunekit.metrics.counts import (
+    LayerSparsity,
+    count_nonzeros,
+    count_params,
+    effective_tensors,
+    sparsity_report,
+    total_sparsity,
+)
+from prunekit.metrics.latency import LatencyResult, compare_latency, measure_latency
+from prunekit.metrics.macs import CostProfile, count_flops, count_macs, macs_by_layer, profile_costs
+from prunekit.metrics.size import model_bytes, tensor_sizes
+from prunekit.metrics.table import LayerRow, format_table, layer_table
+
+__all__ = [
+    "CostProfile",
+    "LatencyResult",
+    "LayerRow",
+    "LayerSparsity",
+    "compare_latency",
+    "count_flops",
+    "count_macs",
+    "count_nonzeros",
+    "count_params",
+    "effective_tensors",
+    "format_table",
+    "layer_table",
+    "macs_by_layer",
+    "measure_latency",
+    "model_bytes",
+    "profile_costs",
+    "sparsity_report",
+    "tensor_sizes",
+    "total_sparsity",
+]
