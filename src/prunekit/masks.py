@@ -1,0 +1,256 @@
+"""Binary masks per target and their enforcement during training.
+
+:class:`Masks` maps a module name to a bool tensor of its weight's shape (``True`` = kept).
+``apply(model)`` zeroes the pruned weights and, by default, keeps them zero in any training loop:
+
+* a forward pre-hook re-zeroes a weight in place whenever it changed since the last check
+  (its autograd version counter moved), so nothing that bypasses the optimizer survives a forward;
+* a gradient hook zeroes the gradient of pruned weights;
+* one global optimizer step post-hook re-applies the masks of the parameters that optimizer owns,
+  so momentum, Adam moments and weight decay cannot revive a pruned weight.
+
+The model stays a plain ``nn.Module``: same state-dict keys, ``copy.deepcopy`` and
+``torch.compile`` work. Hook handles live on the :class:`Masks` object; ``remove()`` detaches them.
+
+>>> import torch, torch.nn as nn
+>>> torch.manual_seed(0) and None
+>>> m = nn.Linear(4, 2)
+>>> masks = Masks({"": torch.tensor([[True, False] * 2] * 2)}).apply(m)
+>>> opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+>>> for _ in range(3):
+...     opt.zero_grad(); m(torch.randn(8, 4)).pow(2).sum().backward(); opt.step()
+>>> int((m.weight == 0).sum())
+4
+>>> masks.remove()
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.hooks import RemovableHandle
+
+from prunekit.errors import CheckpointError, ConfigError, close_matches
+from prunekit.io import atomic_torch_save
+from prunekit.targets import Target
+
+FORMAT = "prunekit.masks/1"
+
+
+class _ZeroPrunedBeforeForward:
+    """Forward pre-hook: re-zero the pruned weights if the parameter changed since last time."""
+
+    def __init__(self, mask: torch.Tensor, param_name: str) -> None:
+        self.mask, self.param_name = mask, param_name
+        self.seen: tuple[int, int] | None = None  # (id(param), version) after the last re-zero
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        param = getattr(module, self.param_name)
+        if self.seen != (id(param), param._version):
+            with torch.no_grad():
+                param.mul_(self.mask.to(param.device, param.dtype))
+            self.seen = (id(param), param._version)
+
+
+class _ZeroPrunedGrad:
+    """Tensor gradient hook: ``grad * mask``."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * self.mask.to(grad.device, grad.dtype)
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One row of :meth:`Masks.sparsity_report`."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    zeros: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / max(self.numel, 1)
+
+
+class Masks(Mapping[str, torch.Tensor]):
+    """Target name -> bool keep-mask, plus the hooks that enforce them on a model."""
+
+    def __init__(self, masks: Mapping[str, torch.Tensor], param_names: Mapping[str, str] | None = None) -> None:
+        self._masks: dict[str, torch.Tensor] = {}
+        for name, m in masks.items():
+            if not isinstance(m, torch.Tensor):
+                raise ConfigError(f"mask of {name!r} must be a tensor, got {type(m).__name__}")
+            self._masks[str(name)] = m.detach().to(torch.bool)
+        self.param_names: dict[str, str] = dict.fromkeys(self._masks, "weight")
+        self.param_names.update(dict(param_names or {}))
+        self._handles: list[RemovableHandle] = []
+        self._model: nn.Module | None = None
+        self._params: dict[int, tuple[nn.Parameter, torch.Tensor, _ZeroPrunedBeforeForward]] = {}
+
+    # -- mapping ----------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._masks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __repr__(self) -> str:
+        state = "enforced" if self.enforced else "not enforced"
+        return f"Masks({len(self)} layers, sparsity={self.sparsity():.3f}, {state})"
+
+    @property
+    def enforced(self) -> bool:
+        return bool(self._handles)
+
+    def sparsity(self) -> float:
+        """Fraction of masked-out elements over all masks."""
+        total = sum(m.numel() for m in self._masks.values())
+        return sum(int((~m).sum()) for m in self._masks.values()) / max(total, 1)
+
+    # -- binding to a model -----------------------------------------------------------------
+    def _resolve(self, model: nn.Module) -> list[tuple[str, nn.Module, nn.Parameter, torch.Tensor]]:
+        names = [n for n, _ in model.named_modules()]
+        out = []
+        for name, mask in self._masks.items():
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise ConfigError(
+                    f"mask names layer {name!r}, which the model does not have; {close_matches(name, names)}"
+                ) from None
+            param = getattr(module, self.param_names[name], None)
+            if not isinstance(param, nn.Parameter):
+                raise ConfigError(f"layer {name!r} has no parameter {self.param_names[name]!r} to mask")
+            if tuple(param.shape) != tuple(mask.shape):
+                raise ConfigError(
+                    f"mask of layer {name!r} has shape {tuple(mask.shape)} but its "
+                    f"{self.param_names[name]} has shape {tuple(param.shape)}; the masks belong to another model"
+                )
+            out.append((name, module, param, mask.to(param.device)))
+        return out
+
+    def apply(self, model: nn.Module, enforce: bool = True) -> Masks:
+        """Zero the pruned weights of ``model``; with ``enforce`` keep them zero while training."""
+        self.remove()
+        bound = self._resolve(model)
+        with torch.no_grad():
+            for _, _, param, mask in bound:
+                param.mul_(mask.to(param.dtype))
+        self._model = model
+        if enforce:
+            for name, module, param, mask in bound:
+                pre = _ZeroPrunedBeforeForward(mask, self.param_names[name])
+                self._handles.append(module.register_forward_pre_hook(pre))
+                if param.requires_grad:
+                    self._handles.append(param.register_hook(_ZeroPrunedGrad(mask)))
+                self._params[id(param)] = (param, mask, pre)
+            self._handles.append(register_optimizer_step_post_hook(self._after_step))
+        return self
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    hit = self._params.get(id(p))
+                    if hit is not None and hit[0] is p:
+                        p.mul_(hit[1].to(p.dtype))
+                        hit[2].seen = (id(p), p._version)  # the pre-hook need not redo it
+
+    def remove(self) -> None:
+        """Stop enforcing (weights stay as they are; pruned ones are zero right after ``apply``)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._params.clear()
+
+    def make_permanent(self, model: nn.Module | None = None) -> nn.Module:
+        """Zero the pruned weights one last time and remove every hook; returns the model."""
+        model = model if model is not None else self._model
+        if model is None:
+            raise ConfigError("make_permanent() needs the model: call apply(model) first or pass it")
+        self.apply(model, enforce=False)
+        return model
+
+    # -- persistence ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "masks": {n: m.cpu() for n, m in self._masks.items()},
+            "param_names": dict(self.param_names),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Masks:
+        """Replace the masks with those in ``state`` (re-applied if this object was enforcing)."""
+        if not isinstance(state, Mapping) or state.get("format") != FORMAT:
+            raise CheckpointError(f"not a prunekit masks state (expected format {FORMAT!r})")
+        model, was_enforced = self._model, self.enforced
+        fresh = Masks(state["masks"], state.get("param_names"))
+        self.remove()
+        self._masks, self.param_names = fresh._masks, fresh.param_names
+        if model is not None and was_enforced:
+            self.apply(model)
+        return self
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the masks to ``path`` atomically (bool tensors, loadable with weights_only)."""
+        atomic_torch_save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None, enforce: bool = True) -> Masks:
+        """Read masks saved by :meth:`save`; if ``model`` is given, apply them to it."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"mask file {os.fspath(path)!r} does not exist") from None
+        except Exception as exc:  # corrupt / foreign file
+            raise CheckpointError(f"cannot read mask file {os.fspath(path)!r}: {exc}") from None
+        masks = cls({}).load_state_dict(state)
+        if model is not None:
+            masks.apply(model, enforce=enforce)
+        return masks
+
+    @classmethod
+    def from_zeros(cls, model: nn.Module, targets: Sequence[Target]) -> Masks:
+        """Masks that keep exactly the nonzero weights of ``targets`` (e.g. a pruned checkpoint)."""
+        return cls(
+            {t.name: t.weight.detach() != 0 for t in targets}, {t.name: t.param_name for t in targets}
+        )
+
+    # -- reporting --------------------------------------------------------------------------
+    def sparsity_report(self, model: nn.Module | None = None) -> list[LayerSparsity]:
+        """Per-layer zeros: of the model's actual weights if given, else of the masks."""
+        rows = []
+        model = model if model is not None else self._model
+        for name, mask in self._masks.items():
+            if model is not None:
+                w = getattr(model.get_submodule(name), self.param_names[name]).detach()
+                zeros = int((w == 0).sum())
+            else:
+                zeros = int((~mask).sum())
+            rows.append(LayerSparsity(name, tuple(mask.shape), mask.numel(), zeros))
+        return rows
+
+    def format_report(self, model: nn.Module | None = None) -> str:
+        """The sparsity report as an aligned text table with a total row."""
+        rows = self.sparsity_report(model)
+        width = max([len(r.name) for r in rows] + [5])
+        lines = [f"{'layer':<{width}}  {'shape':<18} {'params':>10} {'zeros':>10} {'sparsity':>8}"]
+        for r in rows:
+            shape = "x".join(map(str, r.shape))
+            lines.append(f"{r.name:<{width}}  {shape:<18} {r.numel:>10} {r.zeros:>10} {r.sparsity:>8.2%}")
+        numel, zeros = sum(r.numel for r in rows), sum(r.zeros for r in rows)
+        lines.append(f"{'total':<{width}}  {'':<18} {numel:>10} {zeros:>10} {zeros / max(numel, 1):>8.2%}")
+        return "\n".join(lines)
