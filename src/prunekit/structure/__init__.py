@@ -1,0 +1,40 @@
+"""Structured pruning: dependency graph, coupled channel groups, surgery into a smaller model.
+
+>>> import torch
+>>> from prunekit.models import create
+>>> small, plan, report = prune_channels(create("resnet20"), torch.zeros(1, 3, 32, 32), ratio=0.3)
+>>> report.units_removed > 0
+True
+"""
+
+from prunekit.structure.api import PruneReport, make_plan, prune_channels
+from prunekit.structure.graph import DependencyGraph
+from prunekit.structure.groups import AxisRef, Group, Unit
+from prunekit.structure.modules import HeadPrunedMultiheadAttention
+from prunekit.structure.plan import ModulePlan, PruningPlan, build_model, load_pruned, save_pruned
+from prunekit.structure.ranking import CostModel, choose_units, score_targets, unit_scores
+from prunekit.structure.verify import VerificationError, VerifyResult, masked_reference, verify
+
+__all__ = [
+    "AxisRef",
+    "CostModel",
+    "DependencyGraph",
+    "Group",
+    "HeadPrunedMultiheadAttention",
+    "ModulePlan",
+    "PruneReport",
+    "PruningPlan",
+    "Unit",
+    "VerificationError",
+    "VerifyResult",
+    "build_model",
+    "choose_units",
+    "load_pruned",
+    "make_plan",
+    "masked_reference",
+    "prune_channels",
+    "save_pruned",
+    "score_targets",
+    "unit_scores",
+    "verify",
+]

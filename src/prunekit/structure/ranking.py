@@ -1,0 +1,276 @@
+"""Score coupled units with any importance and choose which to remove.
+
+A unit's score reduces (``sum``/``mean``/``max``/``min``) the scores of every member slice: for each
+module axis it owns and each weight slice of that axis, the importance's element scores summed over
+the non-channel dims. ``members="out"`` scores the producing slices only (conv/linear output rows,
+attention heads); ``"all"`` adds the consumers' input columns.
+
+>>> import torch
+>>> from prunekit.models import create
+>>> from prunekit.structure.graph import DependencyGraph
+>>> g = DependencyGraph.build(create("resnet20"), torch.zeros(1, 3, 32, 32))
+>>> s = unit_scores(g)
+>>> removed = choose_units(g, s, ratio=0.5, allocation="uniform")
+>>> len(removed), sum(u.prunable for u in g.units) // 2
+(104, 104)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.structure.graph import DependencyGraph
+from prunekit.structure.groups import AxisRef
+from prunekit.structure.surgery import ParamSlice, get_tensor, handler_for
+from prunekit.targets import Target
+
+OUT_AXES = ("out", "feat", "heads")
+REDUCTIONS: dict[str, Callable[[np.ndarray], float]] = {
+    "sum": lambda v: float(v.sum()),
+    "mean": lambda v: float(v.mean()),
+    "max": lambda v: float(v.max()),
+    "min": lambda v: float(v.min()),
+}
+
+
+def default_importance() -> Any:
+    """L1 weight magnitude (``prunekit.importance.magnitude.Magnitude(p=1)``)."""
+    from prunekit.importance.magnitude import Magnitude
+
+    return Magnitude(p=1)
+
+
+def _target(graph: DependencyGraph, module_name: str, param: str) -> Target:
+    owner, _, leaf = param.rpartition(".")
+    name = f"{module_name}.{owner}" if owner else module_name
+    return Target(name, graph.model.get_submodule(name), leaf)
+
+
+def scored_slices(graph: DependencyGraph, members: str = "out", include_norm: bool = False) -> list[tuple[AxisRef, ParamSlice]]:
+    """The (axis, slice) pairs whose element scores feed unit scores."""
+    if members not in ("out", "all"):
+        raise ConfigError(f"members must be 'out' or 'all', got {members!r}")
+    kinds = {"weight", "norm"} if include_norm else {"weight"}
+    out = []
+    for ref in graph.axes:
+        if members == "out" and ref.axis not in OUT_AXES:
+            continue
+        module = graph.module(ref.module)
+        for sl in handler_for(module).slices(module, ref.axis):
+            if sl.kind in kinds and get_tensor(module, sl.param) is not None:
+                out.append((ref, sl))
+    return out
+
+
+def score_targets(graph: DependencyGraph, members: str = "out", include_norm: bool = False) -> list[Target]:
+    """Targets :func:`unit_scores` will call ``importance.scores`` on (calibrate on these)."""
+    seen: dict[str, Target] = {}
+    for ref, sl in scored_slices(graph, members, include_norm):
+        t = _target(graph, ref.module, sl.param)
+        seen.setdefault(f"{t.name}/{t.param_name}", t)
+    return list(seen.values())
+
+
+def unit_scores(
+    graph: DependencyGraph,
+    importance: Any = None,
+    reduction: str = "mean",
+    members: str = "out",
+    include_norm: bool = False,
+) -> np.ndarray:
+    """One score per unit (``nan`` for pinned units or units without scored slices)."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"unknown reduction {reduction!r}; use one of {sorted(REDUCTIONS)}")
+    importance = importance if importance is not None else default_importance()
+    per_axis: dict[AxisRef, list[np.ndarray]] = {}
+    cache: dict[str, torch.Tensor] = {}
+    for ref, sl in scored_slices(graph, members, include_norm):
+        t = _target(graph, ref.module, sl.param)
+        key = f"{t.name}/{t.param_name}"
+        if key not in cache:
+            s = importance.scores(t)
+            if tuple(s.shape) != tuple(t.weight.shape):
+                raise ConfigError(
+                    f"{type(importance).__name__}.scores({t.name}.{t.param_name}) has shape {tuple(s.shape)}, "
+                    f"expected {tuple(t.weight.shape)}"
+                )
+            cache[key] = s.detach().float().cpu()
+        s = cache[key]
+        v = s.transpose(0, sl.dim).reshape(s.shape[sl.dim], -1).sum(1)  # (param dim,)
+        size = graph.axes[ref]
+        idx = sl.indices(torch.arange(size)).view(len(sl.offsets), size, sl.unit)
+        per_axis.setdefault(ref, []).append(v[idx].sum(dim=(0, 2)).numpy())  # (size,)
+    reduce = REDUCTIONS[reduction]
+    out = np.full(len(graph.units), np.nan)
+    for u in graph.units:
+        if not u.prunable:
+            continue
+        vals = [vec[list(ix)] for ref, ix in u.slots.items() for vec in per_axis.get(ref, [])]
+        if vals:
+            out[u.index] = reduce(np.concatenate(vals))
+    return out
+
+
+class _Budget:
+    """Tracks kept indices per module axis so no axis drops below its minimum."""
+
+    def __init__(self, graph: DependencyGraph, min_keep: float) -> None:
+        self.graph = graph
+        self.kept = dict(graph.axes)
+        self.floor = {a: max(1, math.ceil(min_keep * n)) for a, n in graph.axes.items()}
+
+    def can_remove(self, ui: int) -> bool:
+        return all(self.kept[a] - len(ix) >= self.floor[a] for a, ix in self.graph.units[ui].slots.items())
+
+    def remove(self, ui: int) -> None:
+        for a, ix in self.graph.units[ui].slots.items():
+            self.kept[a] -= len(ix)
+
+    def restore(self, ui: int) -> None:
+        for a, ix in self.graph.units[ui].slots.items():
+            self.kept[a] += len(ix)
+
+
+def _group_order(graph: DependencyGraph, scores: np.ndarray, normalize: bool) -> dict[int, list[int]]:
+    """Prunable, scored units of each group, lowest score first (ties by index)."""
+    out: dict[int, list[int]] = {}
+    for g in graph.groups:
+        units = [u for u in g.units if graph.units[u].prunable and not np.isnan(scores[u])]
+        units.sort(key=lambda u: (scores[u], u))
+        if units:
+            out[g.index] = units
+    return out
+
+
+def choose_units(
+    graph: DependencyGraph,
+    scores: np.ndarray,
+    ratio: float,
+    allocation: str = "global",
+    min_keep: float = 0.0,
+    round_to: int | None = None,
+    normalize: bool = True,
+    exclude: Sequence[str] = (),
+) -> list[int]:
+    """Indices of units to remove so that about ``ratio`` of the prunable units go.
+
+    ``allocation="uniform"``: the same fraction of every group; ``"global"``: lowest scores across
+    groups (each group's scores divided by its mean when ``normalize``). No module axis keeps fewer
+    than ``max(1, ceil(min_keep * size))`` indices. ``round_to``: each group's kept unit count is
+    rounded up to a multiple of it. Units touching a module in ``exclude`` are never removed.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"pruning ratio must be in [0, 1), got {ratio}")
+    if allocation not in ("global", "uniform"):
+        raise ConfigError(f"allocation must be 'global' or 'uniform', got {allocation!r}")
+    if round_to is not None and int(round_to) < 1:
+        raise ConfigError(f"round_to must be >= 1, got {round_to}")
+    excluded = set(exclude)
+    orders = {
+        g: [u for u in us if not any(a.module in excluded for a in graph.units[u].slots)]
+        for g, us in _group_order(graph, scores, normalize).items()
+    }
+    budget = _Budget(graph, min_keep)
+    removed: dict[int, list[int]] = {g: [] for g in orders}
+    if allocation == "uniform":
+        for g, units in orders.items():
+            want = int(math.floor(ratio * len(units) + 1e-9))
+            for u in units:
+                if len(removed[g]) >= want:
+                    break
+                if budget.can_remove(u):
+                    budget.remove(u)
+                    removed[g].append(u)
+    else:
+        flat = []
+        for g, units in orders.items():
+            mean = float(np.mean([scores[u] for u in units])) if normalize else 1.0
+            mean = mean if mean > 0 else 1.0
+            flat += [(scores[u] / mean, u, g) for u in units]
+        flat.sort()
+        want = int(math.floor(ratio * len(flat) + 1e-9))
+        done = 0
+        for _, u, g in flat:
+            if done >= want:
+                break
+            if budget.can_remove(u):
+                budget.remove(u)
+                removed[g].append(u)
+                done += 1
+    if round_to and round_to > 1:
+        for g, rem in removed.items():
+            total = len(graph.groups[g].units)
+            keep = total - len(rem)
+            target_keep = min(total, int(math.ceil(keep / round_to) * round_to))
+            while total - len(rem) < target_keep and rem:
+                budget.restore(rem.pop())  # give back the highest-scored removal
+    return sorted(u for rem in removed.values() for u in rem)
+
+
+# ---------------------------------------------------------------------------------------------
+# cost estimation (for MACs / parameter targets)
+# ---------------------------------------------------------------------------------------------
+class CostModel:
+    """Estimates parameters and MACs after removing units, from per-module costs of the dense model.
+
+    Parameters are exact (sliced tensor sizes); MACs scale each module's measured MACs by the
+    kept fraction of its weight (or of its axes for weightless modules such as attention cores).
+    """
+
+    def __init__(self, graph: DependencyGraph, example_input: Any) -> None:
+        from prunekit.structure.metrics import count_params, macs_by_layer
+
+        self.graph = graph
+        self.total_params = count_params(graph.model)
+        self.module_macs = macs_by_layer(graph.model, example_input)
+        self.total_macs = sum(self.module_macs.values())
+        self.mod_axes = graph.module_axes()
+
+    def _param_sizes(self, name: str, removed: dict[AxisRef, list[int]]) -> dict[str, tuple[int, int]]:
+        """``{param path: (old numel, new numel)}`` for the module's sliced parameters."""
+        module = self.graph.module(name)
+        handler = handler_for(module)
+        shrink: dict[str, dict[int, int]] = {}
+        for axis in self.mod_axes[name]:
+            n_removed = len(removed.get(AxisRef(name, axis), ()))
+            for sl in handler.slices(module, axis):
+                t = get_tensor(module, sl.param)
+                if isinstance(t, nn.Parameter):
+                    d = shrink.setdefault(sl.param, {})
+                    d[sl.dim] = d.get(sl.dim, 0) + n_removed * sl.unit * len(sl.offsets)
+        out = {}
+        for path, dims in shrink.items():
+            t = get_tensor(module, path)
+            shape = list(t.shape)
+            for d, r in dims.items():
+                shape[d] -= r
+            out[path] = (t.numel(), math.prod(shape))
+        return out
+
+    def estimate(self, removed_units: Sequence[int]) -> tuple[int, int]:
+        """``(params, macs)`` after removing ``removed_units``."""
+        removed = self.graph.removed_slots(removed_units)
+        touched = {ref.module for ref in removed}
+        params, macs = self.total_params, self.total_macs
+        for name in touched:
+            sizes = self._param_sizes(name, removed)
+            params -= sum(old - new for old, new in sizes.values())
+            base = self.module_macs.get(name, 0)
+            if not base:
+                continue
+            weight = sizes.get("weight") or sizes.get("in_proj_weight")
+            if weight is not None and weight[0]:
+                frac = weight[1] / weight[0]
+            else:
+                frac = 1.0
+                for axis, n in self.mod_axes[name].items():
+                    frac *= (n - len(removed.get(AxisRef(name, axis), ()))) / n
+            macs -= int(round(base * (1.0 - frac)))
+        return params, macs
