@@ -68,7 +68,9 @@ def effective_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, t
             if id(param) in seen:
                 continue
             seen.add(id(param))
-            if pname.endswith("_orig") and isinstance(getattr(module, pname[: -len("_orig")], None), torch.Tensor):
+            if pname.endswith("_orig") and isinstance(
+                getattr(module, pname[: -len("_orig")], None), torch.Tensor
+            ):
                 pname = pname[: -len("_orig")]
                 param = getattr(module, pname)
             yield mod_name, module, pname, param.detach()

@@ -88,7 +88,12 @@ def format_table(rows: list[LayerRow], total_label: str = "total") -> str:
 
     body = [cells(r.name, r.type, r.weight_shape, r.params, r.nonzeros, r.macs) for r in rows]
     total = cells(
-        total_label, "", None, sum(r.params for r in rows), sum(r.nonzeros for r in rows), sum(r.macs for r in rows)
+        total_label,
+        "",
+        None,
+        sum(r.params for r in rows),
+        sum(r.nonzeros for r in rows),
+        sum(r.macs for r in rows),
     )
     widths = [max(len(row[i]) for row in [header, *body, total]) for i in range(len(header))]
 
