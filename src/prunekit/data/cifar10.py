@@ -10,9 +10,11 @@ second load takes well under a second.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,22 +48,30 @@ class ArraySplit:
     labels: np.ndarray
 
 
-def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
     from PIL import Image  # optional dependency: prunekit[data]
 
-    n = len(offsets) - 1
-    out = np.empty((n, 32, 32, 3), dtype=np.uint8)
-    for i in range(n):
+    order = np.arange(len(offsets) - 1) if indices is None else indices
+    out = np.empty((len(order), 32, 32, 3), dtype=np.uint8)
+    for j, i in enumerate(order):
         raw = blob[offsets[i] : offsets[i + 1]].tobytes()
-        out[i] = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+        out[j] = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
     return out
 
 
-def _load_npz_split(path: Path, split: str) -> ArraySplit:
+def _load_npz_split(path: Path, split: str, limit: int | None = None) -> ArraySplit:
+    """Decode a split of the JPEG npz; with ``limit``, only the balanced slice is decoded."""
     try:
         with np.load(path) as z:
             blob, offsets, labels = z[f"{split}_jpeg"], z[f"{split}_offsets"], z[f"{split}_labels"]
-            images = _decode_jpegs(blob, offsets)
+            if len(offsets) != len(labels) + 1:
+                raise DataError(f"{path}: {len(offsets) - 1} {split} images but {len(labels)} labels; file corrupt?")
+            indices = None if limit is None else _balanced_indices(labels, limit)
+            images = _decode_jpegs(blob, offsets, indices)
+            if indices is not None:
+                labels = labels[indices]
+    except DataError:
+        raise
     except KeyError as exc:
         raise DataError(f"{path}: missing array {exc}; {NPZ_LAYOUT}") from exc
     except ImportError as exc:
@@ -100,7 +110,7 @@ def load_cifar10_arrays(path: str | os.PathLike[str], split: str = "train", cach
     src = Path(path)
     if not src.exists():
         raise DataError(f"CIFAR-10 not found at {src}; pass the .npz file or a cifar-10-batches-py folder")
-    cached = cache_dir() / f"cifar10-{source_key(src)}-{split}.npz"
+    cached = _cache_file(src, split)
     if cache and cached.is_file():
         try:
             with np.load(cached) as z:
@@ -109,8 +119,32 @@ def load_cifar10_arrays(path: str | os.PathLike[str], split: str = "train", cach
             cached.unlink(missing_ok=True)  # stale or broken cache: rebuild below
     split_arrays = _load_pickle_split(src, split) if src.is_dir() else _load_npz_split(src, split)
     if cache:
-        atomic_write(cached, lambda tmp: _save_npz(tmp, split_arrays))
+        try:
+            atomic_write(cached, lambda tmp: _save_npz(tmp, split_arrays))
+        except OSError as exc:  # read-only or full cache folder: work uncached
+            warnings.warn(f"cannot write the CIFAR-10 cache {cached} ({exc}); set PRUNEKIT_CACHE", stacklevel=2)
     return split_arrays
+
+
+def _cache_file(src: Path, split: str) -> Path:
+    """Cache path keyed on the source's version (each batch file's, for a pickle folder)."""
+    if src.is_dir():
+        files = sorted(f for f in src.iterdir() if f.is_file())
+        key = hashlib.sha1("|".join(source_key(f) for f in files).encode()).hexdigest()[:16]
+    else:
+        key = source_key(src)
+    return cache_dir() / f"cifar10-{key}-{split}.npz"
+
+
+def _load_slice(src: Path, split: str, limit: int) -> ArraySplit:
+    """The balanced ``limit``-slice of a split: from the cache when present, else decoding only it."""
+    if src.is_dir() or _cache_file(src, split).is_file():
+        full = load_cifar10_arrays(src, split)
+        idx = _balanced_indices(full.labels, limit)
+        return ArraySplit(full.images[idx], full.labels[idx])
+    if not src.exists():
+        raise DataError(f"CIFAR-10 not found at {src}; pass the .npz file or a cifar-10-batches-py folder")
+    return _load_npz_split(src, split, limit)
 
 
 def _save_npz(tmp: Path, arrays: ArraySplit) -> None:
@@ -143,20 +177,35 @@ def cifar10_datasets(
     augment: bool = True,
     limit: int | None = None,
 ) -> tuple[ImageArrayDataset, ImageArrayDataset]:
-    """Train and test datasets; ``limit`` keeps a class-balanced first slice (for tests)."""
+    """Train and test datasets; ``limit`` keeps a class-balanced slice of each split (for tests).
+
+    Without a cached decode of the npz, only the slice is decoded, so small slices load fast.
+    """
     norm = Normalize(mean, std)
-    train = load_cifar10_arrays(path, "train")
-    test = load_cifar10_arrays(path, "test")
-    if limit is not None:
-        train, test = _balanced_slice(train, limit), _balanced_slice(test, limit)
+    if limit is None:
+        train, test = load_cifar10_arrays(path, "train"), load_cifar10_arrays(path, "test")
+    else:
+        if limit < 1:
+            raise DataError(f"limit must be >= 1, got {limit}")
+        train, test = _load_slice(Path(path), "train", limit), _load_slice(Path(path), "test", limit)
     train_tf = (RandomCropFlip(32, 4), norm) if augment else (norm,)
     return ImageArrayDataset(train, train_tf), ImageArrayDataset(test, (norm,))
 
 
-def _balanced_slice(arrays: ArraySplit, limit: int) -> ArraySplit:
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(arrays.labels))[:limit]
-    return ArraySplit(arrays.images[idx], arrays.labels[idx])
+def _balanced_indices(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """``limit`` indices taking classes in turn (random order within each class), sorted.
+
+    >>> labels = np.array([0, 0, 0, 1, 1, 1])
+    >>> np.bincount(labels[_balanced_indices(labels, 4)]).tolist()
+    [2, 2]
+    """
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    rank = np.empty(len(labels), dtype=np.int64)  # position of each index within its class
+    for c in np.unique(labels):
+        members = perm[labels[perm] == c]
+        rank[members] = np.arange(len(members))
+    chosen = perm[np.argsort(rank[perm], kind="stable")[:limit]]
+    return np.sort(chosen)
 
 
 def cifar10_loaders(
