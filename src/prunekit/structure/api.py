@@ -63,7 +63,9 @@ class PruneReport:
         return "\n".join(lines + self.notes)
 
 
-def make_plan(graph: DependencyGraph, removed_units: Sequence[int], meta: dict[str, Any] | None = None) -> PruningPlan:
+def make_plan(
+    graph: DependencyGraph, removed_units: Sequence[int], meta: dict[str, Any] | None = None
+) -> PruningPlan:
     """The :class:`PruningPlan` removing ``removed_units`` of ``graph``."""
     removed = graph.removed_slots(removed_units)
     sizes = graph.module_axes()

@@ -10,7 +10,7 @@ instead: attention heads and MLP intermediate neurons of BERT- and GPT-2-style b
 >>> from prunekit.models import create
 >>> g = DependencyGraph.build(create("resnet20"), torch.zeros(1, 3, 32, 32))
 >>> len(g.groups), sum(u.prunable for u in g.units)
-(19, 208)
+(12, 400)
 """
 
 from __future__ import annotations
@@ -134,7 +134,9 @@ class DependencyGraph:
             n_ok = sum(self.units[u].prunable for u in g.units)
             reasons = sorted({self.units[u].pinned for u in g.units if self.units[u].pinned})
             pin = f"; pinned: {', '.join(reasons)}" if reasons else ""
-            axes = ", ".join(str(a) for a in g.axes[:4]) + (f", ... ({len(g.axes)} axes)" if len(g.axes) > 4 else "")
+            axes = ", ".join(str(a) for a in g.axes[:4]) + (
+                f", ... ({len(g.axes)} axes)" if len(g.axes) > 4 else ""
+            )
             lines.append(f"group {g.index}: {n_ok}/{len(g.units)} prunable units over {axes}{pin}")
         return "\n".join(lines)
 

@@ -29,7 +29,9 @@ def _out_size(m: nn.Module) -> int:
     return m.out_features if isinstance(m, nn.Linear) else m.nf
 
 
-def _heads(space: SlotSpace, attn: str, n_heads: int, hd: int, members: list[tuple[str, str, int, int]]) -> None:
+def _heads(
+    space: SlotSpace, attn: str, n_heads: int, hd: int, members: list[tuple[str, str, int, int]]
+) -> None:
     """Link head ``h`` to rows ``base + h*hd + t`` of each ``(module, axis, size, base)`` member."""
     heads = AxisRef(attn, "heads")
     space.axis(heads, n_heads)
@@ -58,7 +60,9 @@ def build_hf_space(model: nn.Module, space: SlotSpace) -> dict[Any, str]:
         if bert_attn.matches(m):
             out = f"{prefix}output.dense"
             if _get(model, out) is None or not isinstance(m.query, nn.Linear):
-                raise UnsupportedError(f"BERT-style attention {name!r} without a sibling 'output.dense' Linear")
+                raise UnsupportedError(
+                    f"BERT-style attention {name!r} without a sibling 'output.dense' Linear"
+                )
             n, hd = m.num_attention_heads, m.attention_head_size
             inner = n * hd
             members = [(f"{name}.{p}", "out", inner, 0) for p in ("query", "key", "value")]

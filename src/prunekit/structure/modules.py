@@ -53,13 +53,21 @@ class HeadPrunedMultiheadAttention(nn.Module):
     def from_mha(cls, mha: nn.Module, heads: torch.Tensor) -> HeadPrunedMultiheadAttention:
         """Copy of ``mha`` (an ``nn.MultiheadAttention`` or this class) keeping only ``heads``."""
         if getattr(mha, "in_proj_weight", None) is None:
-            raise UnsupportedError("MultiheadAttention with separate kdim/vdim projections: head pruning not supported")
+            raise UnsupportedError(
+                "MultiheadAttention with separate kdim/vdim projections: head pruning not supported"
+            )
         if mha.bias_k is not None or mha.add_zero_attn:
-            raise UnsupportedError("MultiheadAttention with add_bias_kv/add_zero_attn: head pruning not supported")
+            raise UnsupportedError(
+                "MultiheadAttention with add_bias_kv/add_zero_attn: head pruning not supported"
+            )
         hd = mha.head_dim
         inner = getattr(mha, "inner_dim", mha.embed_dim)
         new = cls(
-            mha.embed_dim, len(heads), hd, bias=mha.in_proj_bias is not None, dropout=mha.dropout,
+            mha.embed_dim,
+            len(heads),
+            hd,
+            bias=mha.in_proj_bias is not None,
+            dropout=mha.dropout,
             batch_first=mha.batch_first,
         )
         rows = (heads.view(-1, 1) * hd + torch.arange(hd).view(1, -1)).reshape(-1)  # (heads*hd,)

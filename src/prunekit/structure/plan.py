@@ -52,7 +52,9 @@ class ModulePlan:
 class PruningPlan:
     """``{module name: ModulePlan}`` plus free-form ``meta`` (how it was chosen)."""
 
-    def __init__(self, modules: dict[str, ModulePlan] | None = None, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, modules: dict[str, ModulePlan] | None = None, meta: dict[str, Any] | None = None
+    ) -> None:
         self.modules: dict[str, ModulePlan] = dict(modules or {})
         self.meta: dict[str, Any] = dict(meta or {})
 
@@ -73,7 +75,11 @@ class PruningPlan:
             "version": VERSION,
             "meta": self.meta,
             "modules": {
-                name: {"type": mp.type, "sizes": dict(mp.sizes), "remove": {a: list(v) for a, v in mp.remove.items()}}
+                name: {
+                    "type": mp.type,
+                    "sizes": dict(mp.sizes),
+                    "remove": {a: list(v) for a, v in mp.remove.items()},
+                }
                 for name, mp in self.modules.items()
             },
         }
@@ -131,7 +137,8 @@ class PruningPlan:
             try:
                 module = model.get_submodule(name)
             except AttributeError:
-                raise ConfigError(f"plan names module {name!r} that the model lacks; {close_matches(name, names)}")
+                hint = close_matches(name, names)
+                raise ConfigError(f"plan names module {name!r} that the model lacks; {hint}") from None
             if type(module).__name__ != mp.type:
                 raise ConfigError(
                     f"plan expects {name!r} to be a {mp.type}, the model has a {type(module).__name__}"
@@ -229,7 +236,9 @@ def load_pruned(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]
     except Exception as exc:
         raise CheckpointError(f"cannot read pruned checkpoint {str(p)!r}: {exc}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != PRUNED_FORMAT:
-        raise CheckpointError(f"{str(p)!r} is not a prunekit pruned-model checkpoint (save it with save_pruned)")
+        raise CheckpointError(
+            f"{str(p)!r} is not a prunekit pruned-model checkpoint (save it with save_pruned)"
+        )
     plan = PruningPlan.from_dict(ckpt["plan"])
     model = plan.apply(build_model(ckpt["model_name"], ckpt["model_config"]))
     try:

@@ -12,7 +12,7 @@ attention heads); ``"all"`` adds the consumers' input columns.
 >>> s = unit_scores(g)
 >>> removed = choose_units(g, s, ratio=0.5, allocation="uniform")
 >>> len(removed), sum(u.prunable for u in g.units) // 2
-(104, 104)
+(200, 200)
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def _target(graph: DependencyGraph, module_name: str, param: str) -> Target:
     return Target(name, graph.model.get_submodule(name), leaf)
 
 
-def scored_slices(graph: DependencyGraph, members: str = "out", include_norm: bool = False) -> list[tuple[AxisRef, ParamSlice]]:
+def scored_slices(
+    graph: DependencyGraph, members: str = "out", include_norm: bool = False
+) -> list[tuple[AxisRef, ParamSlice]]:
     """The (axis, slice) pairs whose element scores feed unit scores."""
     if members not in ("out", "all"):
         raise ConfigError(f"members must be 'out' or 'all', got {members!r}")

@@ -280,7 +280,9 @@ class HFBertSelfAttentionHandler(Handler):
     layers are pruned as their own plan entries)."""
 
     def matches(self, module: nn.Module) -> bool:
-        return all(hasattr(module, a) for a in ("num_attention_heads", "attention_head_size", "query", "value"))
+        return all(
+            hasattr(module, a) for a in ("num_attention_heads", "attention_head_size", "query", "value")
+        )
 
     def axes(self, module: nn.Module) -> dict[str, int]:
         return {"heads": module.num_attention_heads}
