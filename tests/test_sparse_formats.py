@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
+from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.sparse.formats import (
+    BlockedELL,
+    BSRMatrix,
     CSRMatrix,
+    EIEMatrix,
+    FKWWeight,
     NMMatrix,
+    SharedWeightLinear,
     bits_for,
+    centroid_grad,
+    finetune_codebook,
     index_dtype,
+    kmeans_1d,
     pack_bits,
+    share_linear_layers,
     unpack_bits,
+    unshare_linear_layers,
 )
+from prunekit.sparse.formats.bsr import to_blocks
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small ops: intra-op threads only add overhead (and stall badly on a shared 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 SHAPES = [(7, 13), (16, 32), (8, 3, 3, 3), (6, 4, 1, 1), (300, 784)]
 
@@ -188,3 +212,278 @@ def test_nm_bad_arguments() -> None:
         NMMatrix.pack(torch.zeros(2, 8), n=5, m=4)
     with pytest.raises(ConfigError, match="at least 2 dims"):
         NMMatrix.pack(torch.zeros(8))
+
+
+# ----------------------------------------------------------------------------- BSR / Blocked-ELL
+def block_sparse(rows: int, cols: int, block: tuple[int, int], density: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    h, w = block
+    keep = torch.rand(rows // h, cols // w, generator=g) < density
+    mask = keep.repeat_interleave(h, 0).repeat_interleave(w, 1)
+    inner = torch.rand(rows, cols, generator=g) < 0.7  # zeros inside kept blocks too
+    return torch.randn(rows, cols, generator=g) * mask * inner
+
+
+@pytest.mark.parametrize("block", [(1, 1), (2, 2), (4, 4), (2, 8), (16, 16)])
+@pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
+def test_bsr_and_ell_round_trip_exact(block: tuple[int, int], density: float) -> None:
+    w = block_sparse(32, 64, block, density, seed=block[0] * 7 + block[1])
+    b = BSRMatrix.pack(w, block=block)
+    e = BlockedELL.pack(w, block=block)
+    assert torch.equal(b.unpack(), w) and torch.equal(e.unpack(), w)
+    kept = int((to_blocks(w, block, "t") != 0).flatten(2).any(-1).sum())
+    assert b.nblocks == kept and b.values.shape == (kept, *block)
+
+
+def test_bsr_conv_and_to_torch() -> None:
+    w = block_sparse(16, 8 * 9, (4, 4), 0.4, seed=5).reshape(16, 8, 3, 3)
+    b = BSRMatrix.pack(w, block=(4, 4))
+    assert b.shape == (16, 8, 3, 3) and torch.equal(b.unpack(), w)
+    t = b.to_torch()
+    assert t.layout == torch.sparse_bsr and t.col_indices().dtype == torch.int32
+    torch.testing.assert_close(t.to_dense(), w.reshape(16, 72))
+
+
+def test_bsr_ell_bytes_and_dtypes_hand_computed() -> None:
+    w = torch.zeros(4, 8)
+    w[0, 0], w[0, 7], w[1, 5] = 1.0, 2.0, 3.0  # block-row 0: block cols 0, 2, 3 ; block-row 1: empty
+    b = BSRMatrix.pack(w, block=(2, 2))
+    assert b.col_indices.tolist() == [0, 2, 3] and b.row_ptr.tolist() == [0, 3, 3]
+    assert b.col_indices.dtype == torch.uint8 and b.row_ptr.dtype == torch.uint8
+    assert b.nbytes() == 3 * 4 * 4 + 3 + 3
+    e = BlockedELL.pack(w, block=(2, 2))
+    assert e.width == 3 and e.col_indices.tolist() == [[0, 2, 3], [-1, -1, -1]]
+    assert e.col_indices.dtype == torch.int8
+    assert e.nbytes() == 2 * 3 * 4 * 4 + 6
+    wide = BlockedELL.pack(w, block=(2, 2), width=5)  # more slots than block columns
+    assert wide.width == 5 and torch.equal(wide.unpack(), w)
+    big = torch.zeros(1, 300)
+    big[0, 299] = 1.0
+    assert BSRMatrix.pack(big, block=(1, 1)).col_indices.dtype == torch.int16
+    assert BlockedELL.pack(torch.zeros(1, 200), block=(1, 1)).col_indices.dtype == torch.int16
+
+
+def test_block_errors() -> None:
+    with pytest.raises(ConfigError, match="block 3x4 does not divide the weight's 2-D view 8x8"):
+        BSRMatrix.pack(torch.zeros(8, 8), block=(3, 4))
+    with pytest.raises(ConfigError, match="does not divide"):
+        BlockedELL.pack(torch.zeros(8, 8), block=(4, 3))
+    w = torch.ones(4, 8)
+    with pytest.raises(ConfigError, match="width 1 is too small: block-row 0 has 4"):
+        BlockedELL.pack(w, block=(2, 2), width=1)
+    with pytest.raises(ConfigError, match="at least 2 dims"):
+        BSRMatrix.pack(torch.ones(4), block=(2, 2))
+
+
+# ----------------------------------------------------------------------------- EIE
+def column_gap_matrix() -> torch.Tensor:
+    """Gaps of 0, 15, 16, 31, 32, 40 zeros and an empty column."""
+    w = torch.zeros(80, 4)
+    for r, v in [(0, 1.0), (16, -1.0), (33, 2.0), (65, -2.0)]:  # gaps 0, 15, 16, 31
+        w[r, 0] = v
+    w[32, 1] = 0.5  # gap 32 from the top
+    w[79, 3] = 3.0  # gap 79
+    return w
+
+
+def test_eie_relative_indices_and_padding() -> None:
+    w = column_gap_matrix()
+    e = EIEMatrix.pack(w, bits=4)
+    z, codes = e.relative_indices().tolist(), e.code_values().tolist()
+    # col 0: z=0 | gap 15 -> 15 | gap 16 -> pad + 0 | gap 31 -> pad + 15
+    # col 1: gap 32 -> 2 pads + 0 ; col 2: empty ; col 3: gap 79 -> 4 pads + 15
+    assert z == [0, 15, 15, 0, 15, 15, 15, 15, 0, 15, 15, 15, 15, 15]
+    assert [c == 0 for c in codes] == [False, False, True, False, True, False, True, True, False,
+                                       True, True, True, True, False]
+    assert e.col_ptr.tolist() == [0, 6, 9, 9, 14]
+    assert e.nnz == 6 and e.num_entries == 14
+    assert torch.equal(e.unpack(), w)  # 5 distinct values fit in 15 centroids exactly
+
+
+@pytest.mark.parametrize("shape", [(300, 784), (100, 300), (10, 100), (16, 8, 3, 3), (12, 7, 1, 1)])
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.1, 1.0])
+def test_eie_structure_round_trip_exact_and_values_shared(shape: tuple[int, ...], density: float) -> None:
+    w = sparse_tensor(shape, density, seed=sum(shape))
+    e = EIEMatrix.pack(w, bits=4)
+    shared = e.unpack()
+    assert shared.shape == w.shape
+    assert torch.equal(shared != 0, w != 0)  # structure is exact
+    assert len(torch.unique(shared[shared != 0])) <= 15  # values come from the codebook
+    cb = e.codebook
+    assert float(cb[0]) == 0.0 and cb.numel() == 16
+    # every nonzero maps to its nearest nonzero centroid
+    nz = w[w != 0]
+    if nz.numel():
+        best = (nz.double()[:, None] - cb[1:].double()[None]).abs().min(dim=1).values
+        got = (nz.double() - shared[w != 0].double()).abs()
+        assert bool((got <= best).all())
+    # original values at the stored positions give back the original tensor exactly
+    mat = w.reshape(w.shape[0], -1).t()
+    assert torch.equal(e.unpack_with(mat[mat != 0]), w)
+    # re-packing the shared weight with the same codebook is lossless
+    assert torch.equal(EIEMatrix.pack(shared, bits=4, codebook=cb).unpack(), shared)
+
+
+def test_eie_bytes_hand_computed() -> None:
+    w = column_gap_matrix()
+    e = EIEMatrix.pack(w, bits=4)
+    # 14 entries: 14*4 bits -> 7 bytes of indices, 7 bytes of codes ; 5 uint8 column pointers ;
+    # 16 fp32 centroids = 64 bytes
+    assert e.nbytes() == 7 + 7 + 5 + 64
+    e2 = EIEMatrix.pack(w, bits=2, index_bits=5)
+    # gaps with 5-bit indices: col0 0,15,16,31 -> no padding ; col1 32 -> 1 pad ; col3 79 -> 2 pads
+    assert e2.num_entries == 9
+    assert e2.nbytes() == -(-9 * 5 // 8) + -(-9 * 2 // 8) + 5 + 4 * 4
+
+
+def test_eie_errors() -> None:
+    with pytest.raises(ConfigError, match="at least 2 dims"):
+        EIEMatrix.pack(torch.ones(5))
+    with pytest.raises(ConfigError, match="2\\*\\*bits = 16 entries"):
+        EIEMatrix.pack(torch.ones(3, 3), codebook=torch.zeros(4))
+    with pytest.raises(ConfigError, match="needs 3 values"):
+        EIEMatrix.pack(torch.eye(3)).unpack_with(torch.ones(1))
+
+
+# ----------------------------------------------------------------------------- weight sharing
+def test_kmeans_linear_init_and_convergence() -> None:
+    x = torch.cat([torch.full((50,), -1.0), torch.full((30,), 0.2), torch.full((20,), 2.0)])
+    c, a = kmeans_1d(x, 3)
+    assert c.tolist() == pytest.approx([-1.0, 0.2, 2.0])
+    assert torch.equal(a, torch.cat([torch.zeros(50), torch.ones(30), torch.full((20,), 2.0)]).long())
+
+
+def test_shared_weight_codebook_gradient_is_summed_cluster_gradient() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(20, 6)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand_like(lin.weight) < 0.4)
+    shared = SharedWeightLinear.from_linear(lin, bits=3)
+    x = torch.randn(8, 20)
+    shared(x).pow(2).sum().backward()
+    # same loss through a dense weight equal to the shared one
+    dense = shared.weight().detach().clone().requires_grad_(True)
+    nn.functional.linear(x, dense, shared.bias.detach()).pow(2).sum().backward()
+    expected = centroid_grad(dense.grad, shared.codes, 8)[1:]
+    torch.testing.assert_close(shared.centroids.grad, expected)
+    assert torch.equal(shared.weight() != 0, lin.weight != 0)  # pruned weights stay pruned
+
+
+def test_finetune_codebook_lowers_loss_and_keeps_zeros() -> None:
+    torch.manual_seed(0)
+    teacher = nn.Linear(16, 4)
+    x = torch.randn(512, 16)
+    y = teacher(x).argmax(dim=1)
+    student = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(student(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        for m in (student[0], student[2]):
+            m.weight.mul_(m.weight.abs() > m.weight.abs().flatten().kthvalue(m.weight.numel() // 2).values)
+    zeros_before = [m.weight == 0 for m in (student[0], student[2])]
+    names = share_linear_layers(student, bits=2)
+    assert names == ["0", "2"]
+    loader = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 512, 64)]
+
+    def full_loss() -> float:
+        with torch.no_grad():
+            return float(nn.functional.cross_entropy(student(x), y))
+
+    before = full_loss()
+    frozen_bias = student[0].bias.detach().clone()
+    losses = finetune_codebook(student, loader, epochs=10, lr=1e-2)
+    after = full_loss()
+    assert len(losses) == 80
+    assert after < before * 0.9, (before, after)
+    assert torch.equal(student[0].bias, frozen_bias)  # only centroids trained
+    unshare_linear_layers(student)
+    assert isinstance(student[0], nn.Linear)
+    for m, zero in zip((student[0], student[2]), zeros_before):
+        assert torch.equal(m.weight == 0, zero)
+        assert len(torch.unique(m.weight)) <= 4
+
+
+def test_sharing_errors() -> None:
+    with pytest.raises(ConfigError, match="share_linear_layers"):
+        finetune_codebook(nn.Linear(2, 2), [], epochs=1)
+    with pytest.raises(ConfigError, match="did you mean"):
+        share_linear_layers(nn.Sequential(OrderedDict(fc1=nn.Linear(2, 2))), names=["fc"])
+    with pytest.raises(ConfigError, match="entry 0 equal to 0.0"):
+        SharedWeightLinear(torch.zeros(2, 2, dtype=torch.long), torch.ones(4))
+
+
+# ----------------------------------------------------------------------------- pattern / FKW
+def pattern_conv(cout: int, cin: int, patterns: torch.Tensor, keep: float, seed: int = 0,
+                 drop_inside: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    p, kh, kw = patterns.shape
+    pid = torch.randint(0, p, (cout, cin), generator=g)
+    mask = patterns[pid] & (torch.rand(cout, cin, generator=g) < keep)[..., None, None]
+    if drop_inside:  # some kept positions happen to be exactly zero
+        mask &= torch.rand(cout, cin, kh, kw, generator=g) < 0.8
+    return torch.randn(cout, cin, kh, kw, generator=g) * mask
+
+
+def pattern_set_3x3() -> torch.Tensor:
+    flat = torch.zeros(4, 9, dtype=torch.bool)
+    for i, pos in enumerate([(1, 3, 4, 5), (1, 4, 5, 7), (3, 4, 5, 7), (1, 3, 4, 7)]):
+        flat[i, list(pos)] = True
+    return flat.reshape(4, 3, 3)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("given", [False, True])
+def test_fkw_round_trip_exact(keep: float, given: bool) -> None:
+    pats = pattern_set_3x3()
+    w = pattern_conv(16, 8, pats, keep, seed=int(keep * 10), drop_inside=given)
+    f = FKWWeight.pack(w, patterns=pats if given else None)
+    assert torch.equal(f.unpack(), w)
+    alive = int((w.reshape(16, 8, 9) != 0).any(-1).sum())
+    assert f.num_kernels == alive and f.num_removed == 128 - alive
+    if given:
+        assert f.values.numel() == 4 * alive  # all patterns have 4 entries
+    # kernels grouped by pattern inside each filter
+    filt, pid = f.kernel_filter(), f.kernel_pattern.long()
+    key = filt * 10 + pid
+    assert bool((key.diff() >= 0).all())
+
+
+def test_fkw_groups_reconstruct_the_weight_and_1x1() -> None:
+    pats = pattern_set_3x3()
+    w = pattern_conv(6, 5, pats, 0.7, seed=2)
+    f = FKWWeight.pack(w, patterns=pats)
+    rebuilt = torch.zeros_like(w)
+    for g in f.groups():
+        assert g.values.shape == (g.filters.numel(), g.offsets.shape[0])
+        for j, (dy, dx) in enumerate(g.offsets.tolist()):
+            rebuilt[g.filters, g.channels, dy, dx] = g.values[:, j]
+    assert torch.equal(rebuilt, w)
+    one = torch.randn(8, 4, 1, 1) * (torch.rand(8, 4, 1, 1) < 0.5)
+    f1 = FKWWeight.pack(one)
+    assert f1.patterns.shape[0] <= 1 and torch.equal(f1.unpack(), one)
+    order = f.filter_reorder()
+    counts = (f.filter_ptr[1:].long() - f.filter_ptr[:-1].long())[order]
+    assert bool((counts.diff() <= 0).all())
+
+
+def test_fkw_bytes_hand_computed() -> None:
+    pats = pattern_set_3x3()
+    w = pattern_conv(4, 3, pats, 1.0, seed=1)
+    f = FKWWeight.pack(w, patterns=pats)
+    # patterns 4*9 bools + 5 uint8 filter ptrs + 12 uint8 channels + 12 uint8 ids + 48 fp32 values
+    assert f.nbytes() == 36 + 5 + 12 + 12 + 48 * 4
+
+
+def test_fkw_errors() -> None:
+    pats = pattern_set_3x3()
+    w = torch.zeros(2, 3, 3, 3)
+    w[1, 2, 0, 0] = 1.0  # corner position: no pattern covers it
+    with pytest.raises(ConfigError, match=r"filter 1, input channel 2\) has nonzeros at flat positions \[0\]"):
+        FKWWeight.pack(w, patterns=pats)
+    with pytest.raises(ConfigError, match="Cout, Cin, kh, kw"):
+        FKWWeight.pack(torch.zeros(4, 9))
+    with pytest.raises(ConfigError, match=r"patterns must be \(P, 3, 3\)"):
+        FKWWeight.pack(torch.zeros(2, 3, 3, 3), patterns=torch.ones(2, 2, 2, dtype=torch.bool))

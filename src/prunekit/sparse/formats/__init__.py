@@ -15,17 +15,43 @@ from prunekit.sparse.formats.base import (
     signed_index_dtype,
     unpack_bits,
 )
+from prunekit.sparse.formats.bsr import BlockedELL, BSRMatrix
 from prunekit.sparse.formats.csr import CSRMatrix
+from prunekit.sparse.formats.eie import EIEMatrix
 from prunekit.sparse.formats.nm import NMMatrix, check_nm
+from prunekit.sparse.formats.pattern import FKWWeight, PatternGroup
+from prunekit.sparse.formats.sharing import (
+    SharedWeightLinear,
+    centroid_grad,
+    finetune_codebook,
+    kmeans_1d,
+    nearest_codes,
+    share_linear_layers,
+    share_weights,
+    unshare_linear_layers,
+)
 
 __all__ = [
+    "BSRMatrix",
+    "BlockedELL",
     "CSRMatrix",
+    "EIEMatrix",
+    "FKWWeight",
     "NMMatrix",
+    "PatternGroup",
+    "SharedWeightLinear",
     "SparseFormat",
     "bits_for",
+    "centroid_grad",
     "check_nm",
+    "finetune_codebook",
     "index_dtype",
+    "kmeans_1d",
+    "nearest_codes",
     "pack_bits",
+    "share_linear_layers",
+    "share_weights",
     "signed_index_dtype",
     "unpack_bits",
+    "unshare_linear_layers",
 ]
