@@ -133,6 +133,58 @@ def test_scaled_dot_product_attention() -> None:
     assert count_macs(_SDPA(), (q, k, v)) == 2 * 3 * 4 * 6 * (8 + 5)
 
 
+def _encoder_layer_macs(tokens: int, batch: int, length: int, e: int, ffn: int) -> int:
+    projections = 4 * tokens * e * e  # q, k, v, out
+    attention = 2 * batch * length * length * e  # Q K^T and A V over all heads
+    return projections + attention + 2 * tokens * e * ffn  # + linear1, linear2
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_transformer_encoder_layer_by_hand(batch_first: bool) -> None:
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=batch_first)
+    x = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)
+    assert count_macs(layer, x) == _encoder_layer_macs(10, 2, 5, 16, 32) == 22_080
+
+
+def test_fused_encoder_layer_op_by_hand() -> None:
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True).eval()
+    a = layer.self_attn
+
+    class Fused(nn.Module):  # the op nn.TransformerEncoderLayer's inference fast path calls
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch._transformer_encoder_layer_fwd(
+                x, a.embed_dim, a.num_heads, a.in_proj_weight, a.in_proj_bias, a.out_proj.weight,
+                a.out_proj.bias, False, layer.norm_first, layer.norm1.eps, layer.norm1.weight,
+                layer.norm1.bias, layer.norm2.weight, layer.norm2.bias, layer.linear1.weight,
+                layer.linear1.bias, layer.linear2.weight, layer.linear2.bias, None, None,
+            )  # fmt: skip
+
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(Fused()(x), layer(x))
+    assert count_macs(Fused(), x) == _encoder_layer_macs(10, 2, 5, 16, 32)
+
+
+@pytest.mark.slow
+def test_huggingface_bert_by_hand() -> None:
+    transformers = pytest.importorskip("transformers")
+    hidden, inter, length = 16, 32, 6
+    for impl in ("sdpa", "eager"):  # fused attention op vs explicit torch.matmul
+        cfg = transformers.BertConfig(
+            vocab_size=50, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=inter, max_position_embeddings=16, attn_implementation=impl,
+        )  # fmt: skip
+        model = transformers.BertModel(cfg)
+        by_layer = macs_by_layer(model, {"input_ids": torch.randint(0, 50, (1, length))})
+        assert by_layer["encoder.layer.0.attention.self"] == 2 * length * length * hidden
+        assert by_layer["encoder.layer.0.intermediate.dense"] == length * hidden * inter
+        pooler = hidden * hidden  # first token only
+        expected = (
+            4 * length * hidden**2 + 2 * length * length * hidden + 2 * length * hidden * inter + pooler
+        )
+        assert sum(by_layer.values()) == expected
+
+
 def test_functional_matmul_is_charged_to_calling_module() -> None:
     model = nn.Sequential(_MatmulBlock())
     assert macs_by_layer(model, torch.zeros(2, 3, 4)) == {"0": 2 * 3 * 4 * 5, "0.head": 2 * 3 * 5 * 2}
