@@ -1,0 +1,229 @@
+"""Measure, per layer, whether a sparse kernel beats the dense op here, and keep the winner.
+
+``deploy(model, example_input)`` copies the model, captures every Linear/Conv2d's real input
+on one forward pass, and for each layer times the dense op against every applicable sparse
+kernel on that input (interleaved repeats, medians, at the example's batch size and the current
+thread count). A sparse kernel replaces the layer only if it is faster than dense by ``margin``
+both in that measurement and in a second, separate re-check; otherwise the layer stays dense.
+So no layer of the deployed model is slower than dense as measured, and the report says so
+layer by layer, next to the measured end-to-end speedup (dense vs deployed, interleaved).
+
+>>> import torch
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+>>> deployed, report = deploy(model, torch.randn(1, 16), candidates=["torch_csr"], repeats=3, warmup=1)
+>>> [c.name for c in report.layers]
+['0', '2']
+>>> all(c.chosen_s <= c.dense_s for c in report.layers)
+True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError, UnsupportedError
+from prunekit.metrics.latency import compare_latency, num_threads
+from prunekit.metrics.macs import run_model
+from prunekit.sparse.activations import activation_sparsity
+from prunekit.sparse.kernels import KERNELS, available_kernels
+from prunekit.sparse.modules import DEFAULT_BLOCK, SparseConv2d, SparseLinear
+
+SPARSE_KERNELS: tuple[str, ...] = tuple(k for k in KERNELS if k != "dense")
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """What deploy measured and chose for one layer (times in seconds, medians)."""
+
+    name: str
+    op: str  # "Linear" or "Conv2d"
+    shape: tuple[int, ...]  # weight shape
+    density: float  # nonzero weights / all weights
+    input_zero_fraction: float  # zeros in the layer's input (dynamic activation sparsity)
+    kernel: str  # chosen kernel ("dense" = unchanged)
+    times_s: dict[str, float]  # first measurement: "dense" and every candidate that ran
+    dense_s: float  # re-check: dense time
+    chosen_s: float  # re-check: chosen kernel's time (== dense_s when dense is kept)
+    dense_bytes: int  # bytes of the dense weight
+    chosen_bytes: int  # bytes the chosen kernel reads (values + indices)
+    skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why it did not run
+
+    @property
+    def speedup(self) -> float:
+        """dense time / chosen time (1.0 when dense is kept)."""
+        return self.dense_s / self.chosen_s if self.chosen_s > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class DeployReport:
+    """Every layer's choice plus the end-to-end timing of dense vs deployed model."""
+
+    layers: list[LayerChoice]
+    batch_size: int | None
+    threads: int
+    repeats: int
+    margin: float
+    model_dense_s: float
+    model_deployed_s: float
+
+    @property
+    def speedup(self) -> float:
+        """End to end: dense model time / deployed model time."""
+        return self.model_dense_s / self.model_deployed_s if self.model_deployed_s > 0 else 1.0
+
+    def table(self) -> str:
+        """A markdown table of the layers and a summary line."""
+        rows = ["| layer | op | weight | density | input zeros | kernel | dense ms | chosen ms | speedup "
+                "| candidates (ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for c in self.layers:
+            cands = ", ".join(f"{k} {t * 1e3:.3f}" for k, t in c.times_s.items() if k != "dense") or "-"
+            rows.append(f"| {c.name} | {c.op} | {'x'.join(map(str, c.shape))} | {c.density:.3f} "
+                        f"| {c.input_zero_fraction:.3f} | {c.kernel} | {c.dense_s * 1e3:.3f} "
+                        f"| {c.chosen_s * 1e3:.3f} | {c.speedup:.2f}x | {cands} |")
+        rows.append("")
+        rows.append(f"end to end (batch {self.batch_size}, threads {self.threads}, {self.repeats} interleaved "
+                    f"repeats, medians): dense {self.model_dense_s * 1e3:.3f} ms, deployed "
+                    f"{self.model_deployed_s * 1e3:.3f} ms, speedup {self.speedup:.2f}x")
+        return "\n".join(rows)
+
+
+def deploy(
+    model: nn.Module,
+    example_input: Any,
+    candidates: Sequence[str] | None = None,
+    repeats: int = 20,
+    warmup: int = 3,
+    margin: float = 0.05,
+    max_density: float = 0.8,
+    threads: int | None = None,
+    calibration: Iterable[Any] | None = None,
+    block: tuple[int, int] = DEFAULT_BLOCK,
+) -> tuple[nn.Module, DeployReport]:
+    """Return ``(deployed copy of model, report)``; ``model`` itself is not changed.
+
+    ``candidates``: sparse kernels to try (default: every one available here, see
+    ``prunekit.sparse.kernels.available_kernels``). Layers denser than ``max_density`` stay dense
+    without timing. ``calibration`` (batches) feeds the activation-sparsity column; by default
+    it is measured on ``example_input``. The deployed model is in eval mode, for inference.
+    """
+    kernels = _check_candidates(candidates)
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if not 0.0 <= margin < 1.0:
+        raise ConfigError(f"margin must be in [0, 1), got {margin}")
+    deployed = copy.deepcopy(model).eval()
+    inputs = _capture_inputs(deployed, example_input)
+    zeros = activation_sparsity(deployed, calibration if calibration is not None else [example_input])
+    choices = []
+    with num_threads(threads) as used_threads:
+        for name, inp in inputs.items():
+            layer = deployed.get_submodule(name)
+            choice, module = _choose(name, layer, inp, kernels, repeats, warmup, margin, max_density, block,
+                                     zeros[name].zero_fraction)
+            choices.append(choice)
+            if module is not layer:
+                deployed.set_submodule(name, module)
+        whole = compare_latency({"dense": model, "deployed": deployed}, example_input, warmup, repeats)
+    report = DeployReport(layers=choices, batch_size=whole["dense"].batch_size, threads=used_threads,
+                          repeats=repeats, margin=margin, model_dense_s=whole["dense"].median_s,
+                          model_deployed_s=whole["deployed"].median_s)
+    return deployed, report
+
+
+def _check_candidates(candidates: Sequence[str] | None) -> list[str]:
+    here = available_kernels()
+    if candidates is None:
+        return [k for k in SPARSE_KERNELS if k in here]
+    if isinstance(candidates, str):
+        candidates = [c.strip() for c in candidates.split(",") if c.strip()]
+    out = []
+    for k in candidates:
+        if k not in SPARSE_KERNELS:
+            raise ConfigError(f"unknown deploy candidate {k!r}; choose from {', '.join(SPARSE_KERNELS)}")
+        if k not in here:
+            raise ConfigError(f"kernel {k!r} is not available on this machine (numba missing? "
+                              "pip install numba); available: " + ", ".join(here))
+        out.append(k)
+    return out
+
+
+def _capture_inputs(model: nn.Module, example_input: Any) -> dict[str, torch.Tensor]:
+    """The first input tensor each Linear/Conv2d sees on one forward pass, by module name."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            if name not in seen:
+                seen[name] = args[0].detach().clone()
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in model.named_modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            run_model(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        raise ConfigError("deploy found no nn.Linear or nn.Conv2d layer that runs on the example input")
+    return seen
+
+
+def _build(layer: nn.Module, kernel: str, block: tuple[int, int]) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        return SparseLinear.from_dense(layer, kernel=kernel, block=block)
+    return SparseConv2d.from_dense(layer, kernel=kernel, block=block)
+
+
+def _choose(name: str, layer: nn.Module, inp: torch.Tensor, kernels: list[str], repeats: int, warmup: int,
+            margin: float, max_density: float, block: tuple[int, int],
+            zero_fraction: float) -> tuple[LayerChoice, nn.Module]:
+    """Time dense vs each candidate on ``inp``; keep a sparse kernel only if it wins twice by ``margin``."""
+    weight = layer.weight.detach()
+    density = float(weight.count_nonzero()) / max(weight.numel(), 1)
+    dense_bytes = weight.numel() * weight.element_size()
+    skipped: dict[str, str] = {}
+    built: dict[str, nn.Module] = {}
+    if density > max_density:
+        skipped = dict.fromkeys(kernels, f"density {density:.3f} > max_density {max_density}")
+    else:
+        with torch.no_grad():
+            ref = layer(inp)
+            for k in kernels:
+                try:
+                    module = _build(layer, k, block).eval()
+                except (ConfigError, UnsupportedError) as exc:
+                    skipped[k] = str(exc)
+                    continue
+                out = module(inp)
+                if not torch.allclose(out, ref, rtol=1e-4, atol=1e-5 * max(1.0, float(ref.abs().max()))):
+                    skipped[k] = "output differs from dense"
+                    continue
+                built[k] = module
+    times = {k: r.median_s for k, r in compare_latency({"dense": layer, **built}, inp, warmup, repeats).items()}
+    kernel, module = "dense", layer
+    dense_s = chosen_s = times["dense"]
+    if built:
+        best = min(built, key=lambda k: times[k])
+        if times[best] < (1.0 - margin) * times["dense"]:
+            again = compare_latency({"dense": layer, best: built[best]}, inp, warmup, repeats)
+            if again[best].median_s < (1.0 - margin) * again["dense"].median_s:
+                kernel, module = best, built[best]
+                dense_s, chosen_s = again["dense"].median_s, again[best].median_s
+    chosen_bytes = dense_bytes if kernel == "dense" else module.packed_nbytes()
+    choice = LayerChoice(name=name, op=type(layer).__name__, shape=tuple(weight.shape), density=density,
+                         input_zero_fraction=zero_fraction, kernel=kernel, times_s=times, dense_s=dense_s,
+                         chosen_s=chosen_s, dense_bytes=dense_bytes, chosen_bytes=chosen_bytes, skipped=skipped)
+    return choice, module
+
+
+__all__ = ["DeployReport", "LayerChoice", "SPARSE_KERNELS", "deploy"]

@@ -1,0 +1,31 @@
+"""Sparse x dense kernels and which of them this machine can run.
+
+Kernel names used across ``prunekit.sparse`` (``SparseLinear.from_dense(kernel=...)``, ``deploy``):
+
+* ``dense``: the layer's own dense op (the baseline every sparse kernel must beat);
+* ``torch_csr``: ``torch.sparse.mm`` with a ``sparse_csr`` weight (always available);
+* ``torch_bsr``: ``torch.sparse.mm`` with a ``sparse_bsr`` weight (blocks must divide the weight);
+* ``numba_csr``: the compiled CSR loops of :mod:`prunekit.sparse.kernels.numba_csr` (needs numba).
+
+>>> "torch_csr" in available_kernels()
+True
+"""
+
+from __future__ import annotations
+
+from prunekit.sparse.kernels import numba_csr
+
+KERNELS: tuple[str, ...] = ("dense", "torch_csr", "torch_bsr", "numba_csr")
+
+
+def numba_available() -> bool:
+    """Whether the numba kernels can run (``pip install numba``)."""
+    return numba_csr.AVAILABLE
+
+
+def available_kernels() -> tuple[str, ...]:
+    """The kernel names usable on this machine, in :data:`KERNELS` order."""
+    return tuple(k for k in KERNELS if k != "numba_csr" or numba_available())
+
+
+__all__ = ["KERNELS", "available_kernels", "numba_available"]

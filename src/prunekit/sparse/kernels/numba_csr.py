@@ -1,0 +1,137 @@
+"""CSR x dense kernels compiled with numba (optional: ``pip install numba``, extra ``kernels``).
+
+Two loops over the rows of a CSR weight W (N, K), row-parallel with ``prange`` when more than
+one thread is asked for:
+
+* ``spmv``: y (N,) = W @ x (K,) -- batch 1. Four independent accumulators per row.
+* ``spmm_t``: Y (N, L) = W @ X (K, L), X row-major: the inner loop runs over the L contiguous
+  columns of X, so it vectorises. A linear layer passes X = x.T; a convolution passes its
+  im2col matrix (Cin*kh*kw, Hout*Wout) directly.
+
+Column indices may be uint8 / int16 / int32 / int64 (numba compiles one version per dtype and
+caches it on disk), so the bytes read per nonzero are 4 (fp32 value) + the index width.
+Importing this module never fails; :data:`AVAILABLE` says whether numba is there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:  # numba is optional: without it the torch kernels are used.
+    import numba
+except ImportError:  # pragma: no cover - depends on the environment
+    numba = None
+
+AVAILABLE: bool = numba is not None
+
+if numba is not None:
+
+    @numba.njit(fastmath=True, cache=True, nogil=True)
+    def _spmv_serial(row_ptr, col, val, x, out):  # pragma: no cover - compiled
+        for i in range(out.shape[0]):
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            a2 = np.float32(0.0)
+            a3 = np.float32(0.0)
+            k = row_ptr[i]
+            end = row_ptr[i + 1]
+            while k + 4 <= end:
+                a0 += val[k] * x[col[k]]
+                a1 += val[k + 1] * x[col[k + 1]]
+                a2 += val[k + 2] * x[col[k + 2]]
+                a3 += val[k + 3] * x[col[k + 3]]
+                k += 4
+            while k < end:
+                a0 += val[k] * x[col[k]]
+                k += 1
+            out[i] = (a0 + a1) + (a2 + a3)
+
+    @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+    def _spmv_parallel(row_ptr, col, val, x, out):  # pragma: no cover - compiled
+        for i in numba.prange(out.shape[0]):
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            a2 = np.float32(0.0)
+            a3 = np.float32(0.0)
+            k = row_ptr[i]
+            end = row_ptr[i + 1]
+            while k + 4 <= end:
+                a0 += val[k] * x[col[k]]
+                a1 += val[k + 1] * x[col[k + 1]]
+                a2 += val[k + 2] * x[col[k + 2]]
+                a3 += val[k + 3] * x[col[k + 3]]
+                k += 4
+            while k < end:
+                a0 += val[k] * x[col[k]]
+                k += 1
+            out[i] = (a0 + a1) + (a2 + a3)
+
+    @numba.njit(fastmath=True, cache=True, nogil=True)
+    def _spmm_t_serial(row_ptr, col, val, xt, out):  # pragma: no cover - compiled
+        width = xt.shape[1]
+        for i in range(out.shape[0]):
+            for b in range(width):
+                out[i, b] = 0.0
+            for k in range(row_ptr[i], row_ptr[i + 1]):
+                v = val[k]
+                c = col[k]
+                for b in range(width):
+                    out[i, b] += v * xt[c, b]
+
+    @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+    def _spmm_t_parallel(row_ptr, col, val, xt, out):  # pragma: no cover - compiled
+        width = xt.shape[1]
+        for i in numba.prange(out.shape[0]):
+            for b in range(width):
+                out[i, b] = 0.0
+            for k in range(row_ptr[i], row_ptr[i + 1]):
+                v = val[k]
+                c = col[k]
+                for b in range(width):
+                    out[i, b] += v * xt[c, b]
+
+
+def _threads() -> int:
+    """Threads for the next call: torch's setting, capped by numba's pool; sets numba's."""
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+    """Y (N, L) = W @ X for a CSR weight W (N, K) and a dense X (K, L); fp32, CPU.
+
+    ``row_ptr`` is int32/int64 (N+1,), ``col`` any integer dtype (nnz,), ``val`` fp32 (nnz,).
+
+    >>> from prunekit.sparse.formats import CSRMatrix
+    >>> m = CSRMatrix.pack(torch.tensor([[0., 2.], [1., 0.], [0., 0.]]))
+    >>> x = torch.tensor([[1., 2.], [3., 4.]])
+    >>> csr_matmul_t(m.row_ptr.int(), m.col_indices, m.values, x).tolist()
+    [[6.0, 8.0], [1.0, 2.0], [0.0, 0.0]]
+    """
+    if numba is None:
+        raise ImportError("numba is not installed: pip install numba (extra 'kernels')")
+    xt = xt.contiguous()  # (K, L)
+    rows = row_ptr.numel() - 1
+    out = torch.empty((rows, xt.shape[1]), dtype=torch.float32)  # (N, L)
+    args = (row_ptr.numpy(), col.numpy(), val.numpy())
+    parallel = _threads() > 1
+    if xt.shape[1] == 1:
+        fn = _spmv_parallel if parallel else _spmv_serial
+        fn(*args, xt.numpy()[:, 0], out.numpy()[:, 0])
+    else:
+        fn = _spmm_t_parallel if parallel else _spmm_t_serial
+        fn(*args, xt.numpy(), out.numpy())
+    return out
+
+
+def csr_matmul(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """y (B, N) = x (B, K) @ W.T for a CSR weight W (N, K): the linear layer without bias.
+
+    >>> from prunekit.sparse.formats import CSRMatrix
+    >>> m = CSRMatrix.pack(torch.tensor([[0., 2.], [1., 0.], [0., 0.]]))
+    >>> csr_matmul(m.row_ptr.int(), m.col_indices, m.values, torch.tensor([[1., 3.]])).tolist()
+    [[6.0, 1.0, 0.0]]
+    """
+    return csr_matmul_t(row_ptr, col, val, x.t()).t()  # (B, N)

@@ -1,0 +1,274 @@
+"""Inference modules that compute a Linear / Conv2d from a packed sparse weight.
+
+``SparseLinear.from_dense(linear, kernel=...)`` and ``SparseConv2d.from_dense(conv, kernel=...)``
+pack the (already pruned, zero-holding) weight once and run one of the kernels named in
+:mod:`prunekit.sparse.kernels`. Outputs equal the dense layer's within float tolerance (the
+sums run in a different order). They are inference modules: the packed arrays are buffers, not
+parameters, and an input that needs a gradient is refused.
+
+Only plain (strided) tensors are stored, so the modules deep-copy, pickle, ``state_dict`` and
+move between devices like any module; the torch sparse tensor is rebuilt (without a copy) per call.
+
+``SemiStructuredLinear`` runs a 2:4 weight on CUDA sparse tensor cores
+(``torch.sparse.to_sparse_semi_structured``); it needs a GPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.errors import ConfigError, UnsupportedError
+from prunekit.sparse.formats import BSRMatrix, CSRMatrix, check_nm
+from prunekit.sparse.kernels import KERNELS, numba_available, numba_csr
+
+DEFAULT_BLOCK: tuple[int, int] = (4, 4)
+
+
+def resolve_kernel(kernel: str) -> str:
+    """Map ``"auto"`` to the best general kernel here (``numba_csr`` if numba is installed,
+    else ``torch_csr``) and check any other name.
+
+    >>> resolve_kernel("torch_csr")
+    'torch_csr'
+    """
+    if kernel == "auto":
+        return "numba_csr" if numba_available() else "torch_csr"
+    if kernel not in KERNELS:
+        raise ConfigError(f"unknown kernel {kernel!r}; choose one of {', '.join(('auto',) + KERNELS)}")
+    if kernel == "numba_csr" and not numba_available():
+        raise ConfigError("kernel 'numba_csr' needs numba: pip install numba (extra 'kernels'), "
+                          "or use kernel='torch_csr'")
+    return kernel
+
+
+class _SparseMatrixOp(nn.Module):
+    """Holds one packed (N, K) weight matrix for one kernel and multiplies it by a dense matrix."""
+
+    def _pack(self, weight2d: torch.Tensor, kernel: str, block: tuple[int, int]) -> None:
+        """Register the buffers ``kernel`` needs for the (N, K) fp32 matrix ``weight2d``."""
+        w = weight2d.detach().cpu()
+        if kernel != "dense" and w.dtype != torch.float32:
+            raise UnsupportedError(f"sparse kernel {kernel!r} runs fp32 weights, got {w.dtype}; "
+                                   "call .float() on the layer first or use kernel='dense'")
+        self.kernel = kernel
+        self.matrix_shape = (int(w.shape[0]), int(w.shape[1]))
+        self.block = tuple(block) if kernel == "torch_bsr" else None
+        if kernel == "dense":
+            self.register_buffer("weight2d", w.clone().contiguous())
+            return
+        fmt = BSRMatrix.pack(w, block=tuple(block)) if kernel == "torch_bsr" else CSRMatrix.pack(w)
+        nnz_like = fmt.values.shape[0]
+        ptr_dtype = torch.int32 if max(nnz_like, w.shape[1]) < 2**31 else torch.int64
+        # torch kernels need row pointers and columns of one dtype; numba reads any column dtype.
+        col_dtype = fmt.col_indices.dtype if kernel == "numba_csr" else ptr_dtype
+        self.register_buffer("values", fmt.values.contiguous())
+        self.register_buffer("col_indices", fmt.col_indices.to(col_dtype).contiguous())
+        self.register_buffer("row_ptr", fmt.row_ptr.to(ptr_dtype).contiguous())
+
+    def _torch_sparse(self) -> torch.Tensor:
+        """The weight as a torch sparse CSR/BSR tensor over this module's buffers (no copy)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
+            make = torch.sparse_bsr_tensor if self.kernel == "torch_bsr" else torch.sparse_csr_tensor
+            return make(self.row_ptr, self.col_indices, self.values, size=self.matrix_shape,
+                        check_invariants=False)
+
+    def dense_weight2d(self) -> torch.Tensor:
+        """The (N, K) dense weight, rebuilt from the packed arrays."""
+        if self.kernel == "dense":
+            return self.weight2d.clone()
+        return self._torch_sparse().to_dense()
+
+    @property
+    def density(self) -> float:
+        """Stored values / N*K (for BSR: stored block elements)."""
+        n, k = self.matrix_shape
+        stored = self.weight2d.count_nonzero() if self.kernel == "dense" else self.values.numel()
+        return float(stored) / max(n * k, 1)
+
+    def packed_nbytes(self) -> int:
+        """Bytes of the buffers this kernel reads (values + indices, or the dense weight)."""
+        return sum(b.numel() * b.element_size() for name, b in self.named_buffers() if name != "bias")
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise UnsupportedError(f"{type(self).__name__} is an inference module: run it under "
+                                   "torch.no_grad(), or keep the dense layer to train")
+
+    def matmul_t(self, xt: torch.Tensor) -> torch.Tensor:
+        """Y (N, L) = W (N, K) @ X (K, L)."""
+        if self.kernel == "dense":
+            return self.weight2d @ xt
+        if self.kernel == "numba_csr":
+            return numba_csr.csr_matmul_t(self.row_ptr, self.col_indices, self.values,
+                                          xt.to(torch.float32))
+        return torch.sparse.mm(self._torch_sparse(), xt)
+
+
+class SparseLinear(_SparseMatrixOp):
+    """A Linear layer computed from a packed sparse weight.
+
+    >>> lin = nn.Linear(8, 4)
+    >>> with torch.no_grad():
+    ...     lin.weight[:, ::2] = 0
+    >>> sp = SparseLinear.from_dense(lin, kernel="torch_csr")
+    >>> x = torch.randn(3, 8)
+    >>> with torch.no_grad():
+    ...     torch.allclose(sp(x), lin(x), atol=1e-6)
+    True
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str = "auto",
+                 block: tuple[int, int] = DEFAULT_BLOCK) -> None:
+        super().__init__()
+        if weight.ndim != 2:
+            raise ConfigError(f"SparseLinear needs a 2-D weight (out, in), got shape {tuple(weight.shape)}")
+        self.out_features, self.in_features = (int(s) for s in weight.shape)
+        self._pack(weight, resolve_kernel(kernel), block)
+        self.register_buffer("bias", None if bias is None else bias.detach().cpu().clone())
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, kernel: str = "auto",
+                   block: tuple[int, int] = DEFAULT_BLOCK) -> SparseLinear:
+        """Pack ``linear``'s weight (zeros included as they are) for ``kernel``."""
+        if not isinstance(linear, nn.Linear):
+            raise ConfigError(f"SparseLinear.from_dense expects nn.Linear, got {type(linear).__name__}")
+        return cls(linear.weight, linear.bias, kernel=kernel, block=block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # (B, K)
+        if self.kernel == "dense":
+            out = F.linear(x2, self.weight2d)  # (B, N)
+        else:
+            out = self.matmul_t(x2.t()).t()  # (B, N)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*lead, self.out_features)
+
+    def to_dense(self) -> nn.Linear:
+        """An equivalent ``nn.Linear`` (for export or training)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(self.dense_weight2d())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"kernel={self.kernel}, density={self.density:.3f}")
+
+
+class SparseConv2d(_SparseMatrixOp):
+    """A Conv2d computed as im2col (``F.unfold``) followed by a sparse x dense matmul.
+
+    The (Cout, Cin, kh, kw) weight is packed through its GEMM view (Cout, Cin*kh*kw); the
+    unfolded input (Cin*kh*kw, Hout*Wout) of each image is the dense right-hand side.
+
+    >>> conv = nn.Conv2d(3, 4, 3, padding=1)
+    >>> sp = SparseConv2d.from_dense(conv, kernel="torch_csr")
+    >>> x = torch.randn(2, 3, 5, 5)
+    >>> with torch.no_grad():
+    ...     torch.allclose(sp(x), conv(x), atol=1e-5)
+    True
+    """
+
+    def __init__(self, conv: nn.Conv2d, kernel: str = "auto", block: tuple[int, int] = DEFAULT_BLOCK) -> None:
+        super().__init__()
+        if not isinstance(conv, nn.Conv2d):
+            raise ConfigError(f"SparseConv2d expects nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1:
+            raise UnsupportedError(f"SparseConv2d supports groups=1 only, got groups={conv.groups} "
+                                   "(depthwise/grouped convs stay dense)")
+        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            raise UnsupportedError(f"SparseConv2d needs numeric zero padding, got padding={conv.padding!r}, "
+                                   f"padding_mode={conv.padding_mode!r}")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size = tuple(conv.kernel_size)
+        self.stride, self.padding, self.dilation = tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation)
+        weight = conv.weight.detach()
+        self._pack(weight.reshape(weight.shape[0], -1), resolve_kernel(kernel), block)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().cpu().clone())
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, kernel: str = "auto",
+                   block: tuple[int, int] = DEFAULT_BLOCK) -> SparseConv2d:
+        """Pack ``conv``'s weight for ``kernel``."""
+        return cls(conv, kernel=kernel, block=block)
+
+    def _out_hw(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if self.kernel == "dense":
+            weight = self.weight2d.reshape(self.out_channels, self.in_channels, *self.kernel_size)
+            return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
+        b, _, h, w = x.shape
+        ho, wo = self._out_hw(h, w)
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, K, L)
+        if b == 1:
+            out = self.matmul_t(cols[0]).unsqueeze(0)  # (1, N, L)
+        else:
+            k, length = cols.shape[1], cols.shape[2]
+            xt = cols.transpose(0, 1).reshape(k, b * length)  # (K, B*L)
+            out = self.matmul_t(xt).reshape(self.out_channels, b, length).transpose(0, 1)  # (B, N, L)
+        out = out.reshape(b, self.out_channels, ho, wo)
+        if self.bias is not None:
+            out = out + self.bias.reshape(1, -1, 1, 1)
+        return out
+
+    def to_dense(self) -> nn.Conv2d:
+        """An equivalent ``nn.Conv2d`` (for export or training)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, bias=self.bias is not None)
+        with torch.no_grad():
+            conv.weight.copy_(self.dense_weight2d().reshape(conv.weight.shape))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, kernel={self.kernel}, "
+                f"density={self.density:.3f}")
+
+
+class SemiStructuredLinear(nn.Module):
+    """A 2:4-sparse Linear on CUDA sparse tensor cores (fp16/bf16), via
+    ``torch.sparse.to_sparse_semi_structured``. Needs a GPU with compute capability >= 8.0.
+
+    The weight must already be 2:4 sparse along the input dimension (prune with ``NM(2, 4)``).
+    """
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.float16) -> None:
+        super().__init__()
+        if not torch.cuda.is_available():
+            raise UnsupportedError("SemiStructuredLinear needs CUDA (2:4 sparse tensor cores); "
+                                   "on CPU use SparseLinear")
+        check_nm(linear.weight.detach().cpu(), 2, 4)
+        from torch.sparse import to_sparse_semi_structured
+
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().to(device="cuda", dtype=dtype)
+        self.weight = nn.Parameter(to_sparse_semi_structured(weight), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(
+            linear.bias.detach().to(device="cuda", dtype=dtype), requires_grad=False)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, dtype: torch.dtype = torch.float16) -> SemiStructuredLinear:
+        """Compress ``linear`` (2:4 sparse) for the sparse tensor cores."""
+        return cls(linear, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)  # (B, N)
+
+
+__all__ = ["SemiStructuredLinear", "SparseConv2d", "SparseLinear", "resolve_kernel"]
