@@ -169,10 +169,16 @@ def test_nm_round_trip_exact(n: int, m: int, fill: float) -> None:
     assert bool((idx.reshape(12, 8, n).diff(dim=-1) > 0).all())  # distinct, ascending per group
 
 
-def test_nm_conv_weight_and_dense_and_zero() -> None:
-    w = nm_tensor(16, 32 * 9, 2, 4, seed=3).reshape(16, 32, 3, 3)
+def test_nm_conv_weight_groups_input_channels_and_dense_and_zero() -> None:
+    # 2:4 along Cin at each tap: built channels-last (Cout, kh, kw, Cin), then moved to (Cout, Cin, kh, kw)
+    w = nm_tensor(16, 9 * 32, 2, 4, seed=3).reshape(16, 3, 3, 32).movedim(-1, 1)
     p = NMMatrix.pack(w)
     assert p.shape == (16, 32, 3, 3) and torch.equal(p.unpack(), w)
+    assert torch.equal(NMMatrix.matrix_view(w), w.movedim(1, -1).reshape(16, -1))
+    with pytest.raises(ConfigError, match="is not 2:4 sparse"):
+        NMMatrix.pack(nm_tensor(16, 32 * 9, 2, 4, seed=3).reshape(16, 32, 3, 3))  # groups across taps
+    with pytest.raises(ConfigError, match=r"Cin \(6\) must be a multiple of m=4"):
+        NMMatrix.pack(torch.zeros(2, 6, 2, 2))
     zero = torch.zeros(3, 8)
     assert torch.equal(NMMatrix.pack(zero).unpack(), zero)
     dense = torch.randn(3, 8) + 10.0
@@ -487,3 +493,34 @@ def test_fkw_errors() -> None:
         FKWWeight.pack(torch.zeros(4, 9))
     with pytest.raises(ConfigError, match=r"patterns must be \(P, 3, 3\)"):
         FKWWeight.pack(torch.zeros(2, 3, 3, 3), patterns=torch.ones(2, 2, 2, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------- with the pruning core
+def test_formats_pack_what_the_granularities_prune() -> None:
+    from prunekit.allocation import Uniform
+    from prunekit.granularity import NM, Block, Pattern
+    from prunekit.importance import Magnitude
+    from prunekit.pruning import prune
+    from prunekit.targets import select
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 32))
+    masks = prune(net, select(net), Magnitude(), NM(2, 4), Uniform(None))
+    for layer in (net[0], net[3]):
+        w = layer.weight.detach()
+        assert torch.equal(NMMatrix.pack(w).unpack(), w)
+    masks.remove()
+
+    conv = nn.Sequential(nn.Conv2d(8, 16, 3))
+    pat = Pattern()
+    masks = prune(conv, select(conv), Magnitude(), pat, Uniform(0.75))
+    w = conv[0].weight.detach()
+    f = FKWWeight.pack(w, patterns=pat.patterns)
+    assert torch.equal(f.unpack(), w) and f.num_removed > 0
+    masks.remove()
+
+    lin = nn.Sequential(nn.Linear(64, 32))
+    prune(lin, select(lin), Magnitude(), Block(4, 4), Uniform(0.8))
+    w = lin[0].weight.detach()
+    b = BSRMatrix.pack(w, block=(4, 4))
+    assert torch.equal(b.unpack(), w) and 25 <= b.nblocks <= 26  # 20 % of 128 blocks kept

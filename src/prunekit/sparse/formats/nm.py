@@ -7,6 +7,10 @@ ceil(log2 M)-bit index telling its position inside its group (2 bits per value f
 than N nonzeros is padded with explicit zeros at its lowest unused positions, so indices stay
 distinct and ascending inside each group.
 
+For a conv weight (Cout, Cin, kh, kw) the groups run along ``Cin`` at each kernel tap, as
+``prunekit.granularity.NM`` prunes them: the 2-D view is (Cout, kh*kw*Cin) with the input
+channel fastest (``NMMatrix.matrix_view``), i.e. the GEMM K order of a channels-last im2col.
+
 The index stream is row-major (row, group, slot), LSB first (see ``base.pack_bits``); the
 hardware's interleaved metadata order for ``mma.sp`` is a permutation of it that a GPU kernel
 applies itself (e.g. ``torch.sparse.to_sparse_semi_structured`` on CUDA).
@@ -70,7 +74,11 @@ class NMMatrix(SparseFormat):
         """Compress ``dense`` (>= 2-D), checking that every group of m keeps at most n nonzeros."""
         if not (isinstance(n, int) and isinstance(m, int) and 1 <= n <= m and m >= 2):
             raise ConfigError(f"N:M needs integers 1 <= n <= m with m >= 2, got n={n}, m={m}")
-        mat, shape = as_matrix(dense, "NMMatrix")  # (R, C)
+        _, shape = as_matrix(dense, "NMMatrix")
+        if len(shape) > 2 and shape[1] % m:
+            raise ConfigError(f"N:M on a conv weight groups input channels at each kernel tap, so Cin "
+                              f"({shape[1]}) must be a multiple of m={m}; exclude this layer or pick another m")
+        mat = cls.matrix_view(dense.detach().cpu())  # (R, C)
         check_nm(mat, n, m)
         rows, cols = mat.shape
         groups = mat.reshape(rows, cols // m, m)  # (R, G, m)
@@ -82,6 +90,23 @@ class NMMatrix(SparseFormat):
         return cls(values=vals.reshape(rows, -1).clone(), index_bits=pack_bits(idx, bits_for(m)),
                    n=n, m=m, shape=shape)
 
+    @staticmethod
+    def matrix_view(t: torch.Tensor) -> torch.Tensor:
+        """The 2-D view N:M groups run along: (out, in) as is, conv (Cout, Cin, kh, kw) -> (Cout, kh*kw*Cin).
+
+        >>> NMMatrix.matrix_view(torch.arange(8.).reshape(1, 2, 2, 2)).tolist()
+        [[0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]]
+        """
+        if t.ndim > 2:
+            t = t.movedim(1, -1)  # (Cout, *kernel, Cin)
+        return t.reshape(t.shape[0], -1)
+
+    def _from_matrix_view(self, mat: torch.Tensor) -> torch.Tensor:
+        if len(self.shape) > 2:
+            moved = (self.shape[0], *self.shape[2:], self.shape[1])
+            return mat.reshape(moved).movedim(-1, 1).contiguous()
+        return mat.reshape(self.shape)
+
     @property
     def bits(self) -> int:
         """Index bits per kept value: ceil(log2 m)."""
@@ -92,7 +117,7 @@ class NMMatrix(SparseFormat):
         return unpack_bits(self.index_bits, self.bits, self.values.numel()).reshape(self.values.shape)
 
     def column_indices(self) -> torch.Tensor:
-        """Column (in the 2-D view) of every kept value, (R, C*n/m) int64: for gather kernels."""
+        """Column of every kept value in ``matrix_view``, (R, C*n/m) int64: for gather kernels."""
         kept = self.values.shape[1]
         group = torch.arange(kept) // self.n  # (C*n/m,)
         return group * self.m + self.indices()
@@ -101,7 +126,7 @@ class NMMatrix(SparseFormat):
         """The dense tensor, in the original shape and dtype."""
         dense = torch.zeros(self.matrix_shape, dtype=self.values.dtype)  # (R, C)
         dense.scatter_(1, self.column_indices(), self.values)
-        return dense.reshape(self.shape)
+        return self._from_matrix_view(dense)
 
     def arrays(self) -> dict[str, torch.Tensor]:
         return {"values": self.values, "index_bits": self.index_bits}

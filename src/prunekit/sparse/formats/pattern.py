@@ -91,7 +91,7 @@ class FKWWeight(SparseFormat):
     def pack(cls, dense: torch.Tensor, patterns: torch.Tensor | None = None) -> FKWWeight:
         """Store a conv weight whose nonzero kernels each fit one pattern.
 
-        ``patterns`` (P, kh, kw) bool is the allowed set; by default it is the set of distinct
+        ``patterns`` (P, kh, kw) or (P, kh*kw) bool is the allowed set; by default it is the set of distinct
         nonzero supports found in ``dense``. A kernel with fewer nonzeros than its pattern
         stores explicit zeros for the rest (the smallest covering pattern is chosen).
         """
@@ -107,6 +107,8 @@ class FKWWeight(SparseFormat):
             patterns = flat.reshape(-1, kh, kw)
         else:
             patterns = torch.as_tensor(patterns).detach().cpu().to(torch.bool)
+            if patterns.ndim == 2 and patterns.shape[1] == kh * kw:  # (P, kh*kw) as granularity.Pattern keeps it
+                patterns = patterns.reshape(-1, kh, kw)
             if patterns.ndim != 3 or tuple(patterns.shape[1:]) != (kh, kw):
                 raise ConfigError(f"patterns must be (P, {kh}, {kw}) to match the kernel size, got {tuple(patterns.shape)}")
         pid = (_assign_patterns(kept_support, patterns, where) if len(where) else torch.zeros(0, dtype=torch.int64))
