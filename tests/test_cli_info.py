@@ -59,20 +59,25 @@ def test_checkpoint_with_zeroed_weights(tmp_path: Path, capsys: pytest.CaptureFi
     assert "conv1 " not in out  # --totals-only
 
 
-def test_plain_state_dict_needs_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plain_state_dict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "plain.th"
-    torch.save({"state_dict": create("resnet20").state_dict()}, path)
-    code, _, err = run_info(capsys, "--checkpoint", str(path))
-    assert code == 1 and "pass --model NAME" in err
-    code, out, err = run_info(capsys, "--model", "resnet20", "--checkpoint", str(path), "--totals-only")
+    model = create("resnet20")
+    with torch.no_grad():
+        model.linear.weight.zero_()
+    torch.save({"state_dict": model.state_dict()}, path)
+    code, out, err = run_info(capsys, "--model", "resnet20", "--pretrained", str(path), "--totals-only")
     assert code == 0, err
-    assert totals(out)["params"].startswith("269,722")
+    bn_channels = sum(m.num_features for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn_channels == 688
+    assert totals(out)["nonzeros"].startswith(f"{269_722 - 640 - bn_channels:,}")  # fresh BN biases are 0
+    code, _, err = run_info(capsys, "--checkpoint", str(path))
+    assert code == 2 and "pass --model NAME" in err
 
 
 def test_checkpoint_model_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = save_checkpoint(tmp_path / "r20.pt", create("resnet20"), "resnet20", {})
     code, _, err = run_info(capsys, "--model", "resnet56", "--checkpoint", str(path))
-    assert code == 1 and "holds a 'resnet20'" in err
+    assert code == 2 and "holds a 'resnet20'" in err
 
 
 def test_unknown_model_suggests_close_matches(capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,7 +107,7 @@ def test_input_shape_option_scales_macs(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_no_model_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_info(capsys)
-    assert code == 1 and "--model NAME or --checkpoint PATH" in err
+    assert code == 2 and "give --model NAME" in err
 
 
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,7 @@ Examples::
 
     prunekit info --model resnet56
     prunekit info --checkpoint checkpoints/resnet20_cifar10jpeg.pt
-    prunekit info --model resnet20 --checkpoint ../shared/data/pretrained/resnet20-12fca82f.th
+    prunekit info --model resnet20 --pretrained ../shared/data/pretrained/resnet20-12fca82f.th
     prunekit info --model lenet5 --input-shape 4,1,28,28
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.cli.common import add_model_args, example_input_for, load_model_from_args
 from prunekit.errors import ConfigError
 
 HELP = "print a model's per-layer params, nonzeros and MACs, and its totals"
@@ -27,11 +28,7 @@ def default_input_shape(model_name: str) -> tuple[int, ...]:
     >>> default_input_shape("lenet5"), default_input_shape("resnet56")
     ((1, 1, 28, 28), (1, 3, 32, 32))
     """
-    if model_name.startswith("lenet"):
-        return (1, 1, 28, 28)
-    if model_name.startswith("digits"):
-        return (1, 1, 8, 8)
-    return (1, 3, 32, 32)
+    return tuple(example_input_for(model_name).shape)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -55,14 +52,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def register(subparsers: Any) -> None:
     """Add the ``info`` sub-command."""
     p = subparsers.add_parser("info", help=HELP, description=HELP + ".")
-    p.add_argument(
-        "--model", help="registered model name (e.g. resnet56); optional with a prunekit checkpoint"
-    )
-    p.add_argument(
-        "--checkpoint",
-        metavar="PATH",
-        help="prunekit checkpoint (names its model) or a plain state dict for --model",
-    )
+    add_model_args(p)
     p.add_argument(
         "--input-shape",
         type=parse_shape,
@@ -73,29 +63,6 @@ def register(subparsers: Any) -> None:
         "--totals-only", action="store_true", help="print only the totals, not the per-layer table"
     )
     p.set_defaults(func=run)
-
-
-def load_model(model_name: str | None, checkpoint: str | None) -> tuple[nn.Module, str]:
-    """Build the model from ``--model`` and/or ``--checkpoint``; returns ``(model, model_name)``."""
-    from prunekit.models import create, load_pretrained
-    from prunekit.train import build_from_checkpoint, load_checkpoint
-
-    if checkpoint is None:
-        if not model_name:
-            raise ConfigError("give --model NAME or --checkpoint PATH")
-        return create(model_name), model_name
-    try:
-        named = load_checkpoint(checkpoint).get("model_name")
-    except Exception:  # not a prunekit checkpoint; read as a plain state dict below
-        named = None
-    if named:
-        if model_name and model_name != named:
-            raise ConfigError(f"--model {model_name!r} but {checkpoint} holds a {named!r}; drop --model")
-        model, _ = build_from_checkpoint(checkpoint)
-        return model, named
-    if not model_name:
-        raise ConfigError(f"{checkpoint} does not name its model; pass --model NAME as well")
-    return load_pretrained(create(model_name), checkpoint), model_name
 
 
 def _human(n: float) -> str:
@@ -129,12 +96,12 @@ def run(args: argparse.Namespace) -> int:
         profile_costs,
     )
 
-    model, name = load_model(args.model, args.checkpoint)
+    model, name, _ = load_model_from_args(args)
     shape = args.input_shape or default_input_shape(name)
     example = torch.zeros(shape)
     try:
         profile = profile_costs(model, example)
-        rows = [] if args.totals_only else layer_table(model, example)
+        rows = [] if args.totals_only else layer_table(model, example, profile)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from prunekit.metrics.counts import effective_tensors
-from prunekit.metrics.macs import ROOT, profile_costs
+from prunekit.metrics.macs import ROOT, CostProfile, profile_costs
 
 ROOT_LABEL = "(root)"
 
@@ -33,12 +33,13 @@ class LayerRow:
     macs: int
 
 
-def layer_table(model: nn.Module, example_input: Any) -> list[LayerRow]:
+def layer_table(model: nn.Module, example_input: Any, profile: CostProfile | None = None) -> list[LayerRow]:
     """Rows for every module owning parameters or MACs, in module order (one forward pass).
 
-    Ops run directly in the top-level ``forward`` appear under ``"(root)"``.
+    Ops run directly in the top-level ``forward`` appear under ``"(root)"``. Pass ``profile``
+    (from :func:`~prunekit.metrics.profile_costs` on the same input) to skip the forward pass.
     """
-    macs = profile_costs(model, example_input).macs
+    macs = (profile or profile_costs(model, example_input)).macs
     params: dict[str, int] = {}
     nonzeros: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
