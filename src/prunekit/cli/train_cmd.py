@@ -1,0 +1,113 @@
+"""``prunekit train``: train (or fine-tune) a registered model and write a checkpoint.
+
+Examples::
+
+    prunekit train --model digits_cnn --dataset digits --epochs 10 --out digits.pt
+    prunekit train --model lenet5 --data ../shared/data/mnist --epochs 2 --lr 0.05 --out lenet5.pt
+    prunekit train --model resnet20 --pretrained ../shared/data/pretrained/resnet20-12fca82f.th \\
+        --normalize imagenet --epochs 3 --lr 0.01 --out r20.pt
+
+The checkpoint records the model name and config, plus the data set, normalisation, training
+settings and final accuracy as metadata, so ``prunekit eval --checkpoint PATH`` needs no more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import torch
+
+from prunekit.cli.common import (
+    add_data_args,
+    add_model_args,
+    add_threads_arg,
+    apply_threads,
+    load_model_from_args,
+    make_loaders_from_args,
+    positive_int,
+    resolve_dataset,
+    resolved_normalize,
+)
+
+HELP = "train or fine-tune a model and save a checkpoint"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` sub-command."""
+    p = subparsers.add_parser("train", help=HELP, description=HELP + ".")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--out", metavar="PATH", required=True, help="checkpoint to write (atomically)")
+    p.add_argument("--epochs", type=int, default=10, help="default 10")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="default sgd (momentum 0.9)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="default 5e-4")
+    p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine", help="default cosine")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="in [0, 1) (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the RNGs and the data order (default 0)")
+    p.add_argument("--channels-last", action="store_true", help="use the channels_last memory format")
+    p.add_argument(
+        "--max-steps-per-epoch", type=positive_int, metavar="N", help="cap the optimizer steps per epoch"
+    )
+    p.add_argument("--progress", action="store_true", help="show progress bars (needs tqdm)")
+    add_threads_arg(p)
+    p.set_defaults(func=run)
+
+
+def make_config(args: argparse.Namespace):
+    """The :class:`~prunekit.train.TrainConfig` for the parsed options (ConfigError on bad values)."""
+    from prunekit.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        channels_last=args.channels_last,
+        seed=args.seed,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        progress=args.progress,
+    )
+
+
+def print_epoch(record: Any) -> None:
+    """One line per epoch: loss, test top-1/top-5, time."""
+    t = record.test
+    print(
+        f"epoch {record.epoch:3d}  lr {record.lr:.4g}  train loss {record.train_loss:.4f}  "
+        f"test loss {t.loss:.4f}  top-1 {100 * t.top1:.2f}%  top-5 {100 * t.top5:.2f}%  ({record.seconds:.1f}s)"
+    )
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, evaluate each epoch, save the checkpoint; returns the exit code."""
+    from prunekit.train import fit, save_checkpoint
+
+    cfg = make_config(args)  # validate before any expensive loading
+    apply_threads(args)
+    model, name, info = load_model_from_args(args)
+    dataset = resolve_dataset(args, name, info["metadata"])
+    train_loader, test_loader = make_loaders_from_args(args, name, info["metadata"])
+    print(f"training {name} on {dataset}: {len(train_loader.dataset)} train / {len(test_loader.dataset)} test images")
+    history = fit(model, train_loader, test_loader, cfg, on_epoch=print_epoch)
+    if args.channels_last:
+        model = model.to(memory_format=torch.contiguous_format)  # save plain strides
+    final = history[-1].test if history else None
+    metadata = {
+        "dataset": dataset,
+        "normalize": resolved_normalize(args, dataset, info["metadata"]),
+        "train": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
+        "history": [{"epoch": r.epoch, "train_loss": r.train_loss, "top1": r.test.top1} for r in history],
+    }
+    if final is not None:
+        metadata.update(top1=final.top1, top5=final.top5, loss=final.loss)
+    path = save_checkpoint(args.out, model, name, info["config"], metadata)
+    print(f"saved {path}")
+    return 0
