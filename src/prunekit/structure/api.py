@@ -21,7 +21,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.structure.graph import DependencyGraph
 from prunekit.structure.plan import ModulePlan, PruningPlan
-from prunekit.structure.ranking import CostModel, choose_units, unit_scores
+from prunekit.structure.ranking import CostModel, UnitSelector, unit_scores
 from prunekit.structure.verify import VerifyResult, verify
 
 TARGETS = ("channels", "macs", "params")
@@ -98,7 +98,7 @@ def _search(
             hi, best = mid, units
         else:
             lo = mid
-        if hi - lo < 1e-4:
+        if hi - lo < 1e-3:
             break
     return hi, best
 
@@ -136,8 +136,7 @@ def prune_channels(
     scores = unit_scores(graph, importance, reduction=reduction, members=members)
     n_prunable = int(np.sum(~np.isnan(scores)))
 
-    def choose(r: float) -> list[int]:
-        return choose_units(graph, scores, r, allocation, min_keep, round_to, exclude=exclude)
+    choose = UnitSelector(graph, scores, allocation, min_keep, round_to, exclude=exclude).choose
 
     cost = CostModel(graph, example_input)
     notes: list[str] = []

@@ -116,6 +116,29 @@ class DependencyGraph:
             out.setdefault(ref.module, {})[ref.axis] = size
         return out
 
+    def axis_list(self) -> list[AxisRef]:
+        """Module axes in a fixed order (ids used by :meth:`unit_counts`)."""
+        return list(self.axes)
+
+    def unit_counts(self) -> list[list[tuple[int, int]]]:
+        """Per unit, ``(axis id, number of indices)`` for each axis it owns (cached)."""
+        cached = getattr(self, "_unit_counts", None)
+        if cached is None:
+            ids = {a: i for i, a in enumerate(self.axes)}
+            cached = [[(ids[a], len(ix)) for a, ix in u.slots.items()] for u in self.units]
+            self._unit_counts = cached
+        return cached
+
+    def removed_counts(self, removed_units: Iterable[int]) -> dict[AxisRef, int]:
+        """Number of removed indices on each module axis when ``removed_units`` are pruned."""
+        axes = self.axis_list()
+        counts = [0] * len(axes)
+        per_unit = self.unit_counts()
+        for ui in removed_units:
+            for a, n in per_unit[ui]:
+                counts[a] += n
+        return {axes[i]: c for i, c in enumerate(counts) if c}
+
     def removed_slots(self, removed_units: Iterable[int]) -> dict[AxisRef, list[int]]:
         """Sorted removed indices on each module axis when ``removed_units`` are pruned."""
         out: dict[AxisRef, set[int]] = {}

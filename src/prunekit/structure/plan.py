@@ -104,7 +104,7 @@ class PruningPlan:
         return cls(modules, data.get("meta", {}))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> PruningPlan:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, close_matches
 from prunekit.structure.graph import DependencyGraph
 from prunekit.structure.groups import AxisRef
 from prunekit.structure.surgery import ParamSlice, get_tensor, handler_for
@@ -124,20 +124,22 @@ class _Budget:
     """Tracks kept indices per module axis so no axis drops below its minimum."""
 
     def __init__(self, graph: DependencyGraph, min_keep: float) -> None:
-        self.graph = graph
-        self.kept = dict(graph.axes)
-        self.floor = {a: max(1, math.ceil(min_keep * n)) for a, n in graph.axes.items()}
+        sizes = list(graph.axes.values())
+        self.per_unit = graph.unit_counts()
+        self.kept = list(sizes)
+        self.floor = [max(1, math.ceil(min_keep * n)) for n in sizes]
 
     def can_remove(self, ui: int) -> bool:
-        return all(self.kept[a] - len(ix) >= self.floor[a] for a, ix in self.graph.units[ui].slots.items())
+        kept, floor = self.kept, self.floor
+        return all(kept[a] - n >= floor[a] for a, n in self.per_unit[ui])
 
     def remove(self, ui: int) -> None:
-        for a, ix in self.graph.units[ui].slots.items():
-            self.kept[a] -= len(ix)
+        for a, n in self.per_unit[ui]:
+            self.kept[a] -= n
 
     def restore(self, ui: int) -> None:
-        for a, ix in self.graph.units[ui].slots.items():
-            self.kept[a] += len(ix)
+        for a, n in self.per_unit[ui]:
+            self.kept[a] += n
 
 
 def _group_order(graph: DependencyGraph, scores: np.ndarray, normalize: bool) -> dict[int, list[int]]:
@@ -149,6 +151,84 @@ def _group_order(graph: DependencyGraph, scores: np.ndarray, normalize: bool) ->
         if units:
             out[g.index] = units
     return out
+
+
+class UnitSelector:
+    """Chooses units to remove for any ratio; the score order is computed once (see :func:`choose_units`)."""
+
+    def __init__(
+        self,
+        graph: DependencyGraph,
+        scores: np.ndarray,
+        allocation: str = "global",
+        min_keep: float = 0.0,
+        round_to: int | None = None,
+        normalize: bool = True,
+        exclude: Sequence[str] = (),
+    ) -> None:
+        if allocation not in ("global", "uniform"):
+            raise ConfigError(f"allocation must be 'global' or 'uniform', got {allocation!r}")
+        if round_to is not None and int(round_to) < 1:
+            raise ConfigError(f"round_to must be >= 1, got {round_to}")
+        if not 0.0 <= min_keep <= 1.0:
+            raise ConfigError(f"min_keep is a kept fraction in [0, 1], got {min_keep}")
+        self.graph, self.allocation, self.min_keep, self.round_to = graph, allocation, min_keep, round_to
+        excluded = set(exclude)
+        unknown = excluded - {a.module for a in graph.axes}
+        if unknown:
+            names = sorted({a.module for a in graph.axes})
+            raise ConfigError(
+                f"exclude names unknown layer(s) {sorted(unknown)}; {close_matches(min(unknown), names)}"
+            )
+        self.orders = {
+            g: [u for u in us if not any(a.module in excluded for a in graph.units[u].slots)]
+            for g, us in _group_order(graph, scores, normalize).items()
+        }
+        flat = []
+        for g, units in self.orders.items():
+            mean = float(np.mean([scores[u] for u in units])) if (normalize and units) else 1.0
+            mean = mean if mean > 0 else 1.0
+            flat += [(scores[u] / mean, u, g) for u in units]
+        flat.sort()
+        self.flat = flat
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.flat)
+
+    def choose(self, ratio: float) -> list[int]:
+        """Sorted indices of the units removed at pruning ``ratio`` (fraction of candidate units)."""
+        if not 0.0 <= ratio < 1.0:
+            raise ConfigError(f"pruning ratio must be in [0, 1), got {ratio}")
+        graph = self.graph
+        budget = _Budget(graph, self.min_keep)
+        removed: dict[int, list[int]] = {g: [] for g in self.orders}
+        if self.allocation == "uniform":
+            for g, units in self.orders.items():
+                want = int(math.floor(ratio * len(units) + 1e-9))
+                for u in units:
+                    if len(removed[g]) >= want:
+                        break
+                    if budget.can_remove(u):
+                        budget.remove(u)
+                        removed[g].append(u)
+        else:
+            want = int(math.floor(ratio * len(self.flat) + 1e-9))
+            done = 0
+            for _, u, g in self.flat:
+                if done >= want:
+                    break
+                if budget.can_remove(u):
+                    budget.remove(u)
+                    removed[g].append(u)
+                    done += 1
+        if self.round_to and self.round_to > 1:
+            for g, rem in removed.items():
+                total = len(graph.groups[g].units)
+                target_keep = min(total, int(math.ceil((total - len(rem)) / self.round_to) * self.round_to))
+                while total - len(rem) < target_keep and rem:
+                    budget.restore(rem.pop())  # give back the highest-scored removal
+        return sorted(u for rem in removed.values() for u in rem)
 
 
 def choose_units(
@@ -168,52 +248,7 @@ def choose_units(
     than ``max(1, ceil(min_keep * size))`` indices. ``round_to``: each group's kept unit count is
     rounded up to a multiple of it. Units touching a module in ``exclude`` are never removed.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"pruning ratio must be in [0, 1), got {ratio}")
-    if allocation not in ("global", "uniform"):
-        raise ConfigError(f"allocation must be 'global' or 'uniform', got {allocation!r}")
-    if round_to is not None and int(round_to) < 1:
-        raise ConfigError(f"round_to must be >= 1, got {round_to}")
-    excluded = set(exclude)
-    orders = {
-        g: [u for u in us if not any(a.module in excluded for a in graph.units[u].slots)]
-        for g, us in _group_order(graph, scores, normalize).items()
-    }
-    budget = _Budget(graph, min_keep)
-    removed: dict[int, list[int]] = {g: [] for g in orders}
-    if allocation == "uniform":
-        for g, units in orders.items():
-            want = int(math.floor(ratio * len(units) + 1e-9))
-            for u in units:
-                if len(removed[g]) >= want:
-                    break
-                if budget.can_remove(u):
-                    budget.remove(u)
-                    removed[g].append(u)
-    else:
-        flat = []
-        for g, units in orders.items():
-            mean = float(np.mean([scores[u] for u in units])) if normalize else 1.0
-            mean = mean if mean > 0 else 1.0
-            flat += [(scores[u] / mean, u, g) for u in units]
-        flat.sort()
-        want = int(math.floor(ratio * len(flat) + 1e-9))
-        done = 0
-        for _, u, g in flat:
-            if done >= want:
-                break
-            if budget.can_remove(u):
-                budget.remove(u)
-                removed[g].append(u)
-                done += 1
-    if round_to and round_to > 1:
-        for g, rem in removed.items():
-            total = len(graph.groups[g].units)
-            keep = total - len(rem)
-            target_keep = min(total, int(math.ceil(keep / round_to) * round_to))
-            while total - len(rem) < target_keep and rem:
-                budget.restore(rem.pop())  # give back the highest-scored removal
-    return sorted(u for rem in removed.values() for u in rem)
+    return UnitSelector(graph, scores, allocation, min_keep, round_to, normalize, exclude).choose(ratio)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,13 +270,13 @@ class CostModel:
         self.total_macs = sum(self.module_macs.values())
         self.mod_axes = graph.module_axes()
 
-    def _param_sizes(self, name: str, removed: dict[AxisRef, list[int]]) -> dict[str, tuple[int, int]]:
+    def _param_sizes(self, name: str, removed: dict[AxisRef, int]) -> dict[str, tuple[int, int]]:
         """``{param path: (old numel, new numel)}`` for the module's sliced parameters."""
         module = self.graph.module(name)
         handler = handler_for(module)
         shrink: dict[str, dict[int, int]] = {}
         for axis in self.mod_axes[name]:
-            n_removed = len(removed.get(AxisRef(name, axis), ()))
+            n_removed = removed.get(AxisRef(name, axis), 0)
             for sl in handler.slices(module, axis):
                 t = get_tensor(module, sl.param)
                 if isinstance(t, nn.Parameter):
@@ -258,7 +293,7 @@ class CostModel:
 
     def estimate(self, removed_units: Sequence[int]) -> tuple[int, int]:
         """``(params, macs)`` after removing ``removed_units``."""
-        removed = self.graph.removed_slots(removed_units)
+        removed = self.graph.removed_counts(removed_units)
         touched = {ref.module for ref in removed}
         params, macs = self.total_params, self.total_macs
         for name in touched:
@@ -273,6 +308,6 @@ class CostModel:
             else:
                 frac = 1.0
                 for axis, n in self.mod_axes[name].items():
-                    frac *= (n - len(removed.get(AxisRef(name, axis), ()))) / n
+                    frac *= (n - removed.get(AxisRef(name, axis), 0)) / n
             macs -= int(round(base * (1.0 - frac)))
         return params, macs
