@@ -57,6 +57,8 @@ class TrainConfig:
             raise ConfigError(f"unknown schedule {self.schedule!r}; use 'cosine', 'step' or 'constant'")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ConfigError(f"max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def _progress(iterable: Iterable, enabled: bool, desc: str, total: int | None) -> Iterable:
     if not enabled:
         return iterable
@@ -106,7 +115,7 @@ def evaluate(model: nn.Module, loader: DataLoader, max_batches: int | None = Non
     """Top-1, top-5 and loss of ``model`` on ``loader``; restores the model's train/eval mode."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     correct1 = correct5 = 0
     loss_sum = 0.0
     n = 0
@@ -164,7 +173,7 @@ def train_epoch(
     ``regularizer(model)`` is added to the loss (L1, group lasso, slimming...).
     """
     model.train()
-    device = next(model.parameters()).device
+    device = model_device(model)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     step, loss_sum, n = step0, 0.0, 0
     limit = cfg.max_steps_per_epoch
