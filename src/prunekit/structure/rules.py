@@ -32,7 +32,7 @@ Key = Hashable
 
 def _where(node: fx.Node) -> str:
     stack = node.meta.get("nn_module_stack")
-    module = list(stack.keys())[-1] if stack else "<top-level forward>"
+    module = list(stack.keys())[-1] if stack else "<the model's own forward>"
     if node.op == "call_module":
         module = str(node.target)
     return f"op {_op_name(node)!r} (node {node.name!r}) in module {module!r}"
@@ -44,7 +44,11 @@ def _op_name(node: fx.Node) -> str:
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     t = node.target
-    return getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or str(t)
+    name = getattr(t, "__name__", None) or str(t)
+    for prefix, namespace in (("torch.", torch), ("F.", F), ("operator.", operator)):
+        if getattr(namespace, name, None) is t:
+            return prefix + name
+    return getattr(t, "__qualname__", None) or name
 
 
 class Propagation:
@@ -475,6 +479,10 @@ def _conv(p: Propagation, node: fx.Node) -> None:
     m = p.modules[name]
     cdim = ConvHandler().mask(m, "in").dim
     x = node.all_input_nodes[0]
+    if m.transposed:  # no surgery for transposed convs: keep their channels
+        p.pin(p.val(x, cdim), f"input of transposed conv {name!r}")
+        p.pin(p.val(node, cdim), f"output of transposed conv {name!r}")
+        return
     kin, kout = p.mod(name, "in", m.in_channels), p.mod(name, "out", m.out_channels)
     p.ident(p.val(x, cdim), kin)
     p.ident(p.val(node, cdim), kout)
