@@ -9,7 +9,7 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from prunekit.allocation import Global, PerLayer, Uniform, lamp
+from prunekit.allocation import Global, PerLayer, Uniform, WithOverrides, lamp
 from prunekit.errors import ConfigError
 from prunekit.granularity import NM, Block, Channel, Element, Kernel, LoadBalanced, Pattern, Vector
 from prunekit.importance import Magnitude
@@ -129,9 +129,11 @@ def test_lamp_matches_the_paper_definition() -> None:
 
 def test_global_with_within_group_structures() -> None:
     ts = select(_net(), types=(nn.Conv2d,))
-    nm = Global(0.9).allocate(ts, _scores(ts), NM(2, 4))
+    nm = Global(0.5).allocate(ts, _scores(ts), NM(2, 4))
     for t in ts:
         assert int(nm[t.name].movedim(1, -1).reshape(-1, 4).sum(1).max()) == 2
+    with pytest.raises(ConfigError, match="fixes sparsity at 0.5"):
+        Global(0.9).allocate(ts, _scores(ts), NM(2, 4))
     pat = Global(0.7).allocate(ts, _scores(ts), Pattern())
     for t in ts:
         assert set(pat[t.name].reshape(-1, 9).sum(1).tolist()) <= {0, 4}
@@ -144,6 +146,19 @@ def test_global_with_within_group_structures() -> None:
 def test_uniform_none_uses_the_nm_ratio() -> None:
     ts = select(_net(), types=(nn.Conv2d,))
     masks = Uniform(None).allocate(ts, _scores(ts), NM(2, 4))
-    assert all(abs(m.float().mean().item() - 0.5) < 1e-9 for m in masks.values())
+    assert all(abs(m.double().mean().item() - 0.5) < 1e-9 for m in masks.values())
+    masks = Uniform(None).allocate(ts, _scores(ts), Pattern())
+    assert all(abs(m.double().mean().item() - 4 / 9) < 1e-9 for m in masks.values())
     with pytest.raises(ConfigError, match="fixed-ratio"):
         Uniform(None).allocate(ts, _scores(ts), Kernel())
+
+
+def test_with_overrides_pins_layers_and_ranks_the_rest() -> None:
+    ts = select(_net())
+    masks = WithOverrides(Global(0.6), {"5": 0.0}).allocate(ts, _scores(ts), Element())
+    assert bool(masks["5"].all())
+    rest = [masks["0"], masks["2"]]
+    total = sum(m.numel() for m in rest)
+    assert sum(int((~m).sum()) for m in rest) == round(0.6 * total)
+    with pytest.raises(ConfigError, match="PerLayer names layer 'fc'"):
+        WithOverrides(Uniform(0.5), {"fc": 0.1}).allocate(ts, _scores(ts), Element())

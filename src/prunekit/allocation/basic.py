@@ -46,7 +46,8 @@ def layer_mask(scores: torch.Tensor, granularity: Granularity, sparsity: float) 
 class Uniform(Allocation):
     """Every target gets the same sparsity ``s``.
 
-    For N:M the sparsity is fixed at ``1 - n/m``; ``Uniform(None)`` (or that exact value) uses it.
+    ``Uniform(None)`` takes the ratio a within-group structure implies: ``1 - n/m`` for N:M,
+    the patterns' own sparsity for Pattern.
     """
 
     def __init__(self, sparsity: float | None) -> None:
@@ -55,9 +56,11 @@ class Uniform(Allocation):
     def allocate(self, targets: Sequence[Target], scores: Scores, granularity: Granularity) -> MaskDict:
         s = self.sparsity
         if s is None:
-            s = getattr(granularity, "fixed_sparsity", None)
+            s = getattr(granularity, "fixed_sparsity", getattr(granularity, "min_sparsity", None))
             if s is None:
-                raise ConfigError(f"Uniform(None) needs a fixed-ratio granularity such as NM; got {granularity!r}")
+                raise ConfigError(
+                    f"Uniform(None) needs a fixed-ratio granularity such as NM or Pattern; got {granularity!r}"
+                )
         return {t.name: layer_mask(scores[t.name], granularity, s) for t in targets}
 
     def __repr__(self) -> str:
@@ -190,6 +193,11 @@ class Global(Allocation):
             return {t.name: granularity.expand(keep[t.name], t.weight.shape) for t in targets}
         fixed = getattr(granularity, "fixed_sparsity", None)
         if fixed is not None:  # N:M: the ratio is the structure itself
+            if abs(self.sparsity - fixed) > 1e-6:
+                raise ConfigError(
+                    f"{granularity!r} fixes sparsity at {fixed:g}, but Global({self.sparsity}) was requested; "
+                    f"use Global({fixed:g}) or Uniform(None)"
+                )
             return {t.name: layer_mask(scores[t.name], granularity, fixed) for t in targets}
         floor = float(getattr(granularity, "min_sparsity", 0.0))
         keep = self._keep_groups(targets, scores, Element())
@@ -202,3 +210,29 @@ class Global(Allocation):
 
     def __repr__(self) -> str:
         return f"Global({self.sparsity}, min_keep={self.min_keep}, normalize={self.normalize!r})"
+
+
+class WithOverrides(Allocation):
+    """Pin some layers to explicit ratios and allocate the rest with ``base``.
+
+    >>> import torch.nn as nn
+    >>> from prunekit.targets import select
+    >>> ts = select(nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10)))
+    >>> alloc = WithOverrides(Global(0.5), {"1": 0.1})
+    >>> m = alloc.allocate(ts, {t.name: t.weight.abs() for t in ts}, Element())
+    >>> int((~m["0"]).sum()), int((~m["1"]).sum())
+    (50, 10)
+    """
+
+    def __init__(self, base: Allocation, ratios: Mapping[str, float]) -> None:
+        self.base, self.pinned = base, PerLayer(ratios)
+
+    def allocate(self, targets: Sequence[Target], scores: Scores, granularity: Granularity) -> MaskDict:
+        out = self.pinned.allocate(targets, scores, granularity)
+        rest = [t for t in targets if t.name not in out]
+        if rest:
+            out.update(self.base.allocate(rest, scores, granularity))
+        return {t.name: out[t.name] for t in targets if t.name in out}
+
+    def __repr__(self) -> str:
+        return f"WithOverrides({self.base!r}, {self.pinned.ratios})"

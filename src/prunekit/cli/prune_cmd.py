@@ -1,0 +1,196 @@
+"""``prunekit prune``: score, allocate and mask a model, then save the pruned checkpoint.
+
+Examples::
+
+    prunekit prune --model resnet20 --pretrained ../shared/data/pretrained/resnet20-12fca82f.th \\
+        --normalize imagenet --granularity element --criterion l1 --sparsity 0.8 --scope global \\
+        --out pruned.pt
+    prunekit prune --checkpoint checkpoints/resnet20_cifar10jpeg.pt --granularity nm:2:4 \\
+        --exclude conv1 --criterion taylor --calib-batches 4 --out r20_24.pt
+
+The output is a prunekit checkpoint (``prunekit eval --checkpoint`` reads it) whose metadata
+holds the pruning settings under ``"pruning"`` and the masks (``Masks.state_dict()``) under
+``"masks"``; restore enforcement with ``Masks({}).load_state_dict(meta["masks"]).apply(model)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+from torch import nn
+
+from prunekit.cli.common import add_data_args, add_model_args, positive_int
+from prunekit.cli.main import UsageError
+
+HELP = "prune a model (element / vector / kernel / channel / block / N:M / pattern masks)"
+CRITERIA = ("l1", "l2", "random", "bn", "taylor", "obd", "apoz", "mean", "feature")
+TYPES = {"conv": nn.Conv2d, "linear": nn.Linear}
+
+
+def _structured_module() -> Any | None:
+    try:
+        return importlib.import_module("prunekit.cli.prune_structured")
+    except ModuleNotFoundError as exc:
+        if exc.name == "prunekit.cli.prune_structured":
+            return None
+        raise
+
+
+def _layer_ratio(text: str) -> tuple[str, float]:
+    name, sep, ratio = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(ratio)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=RATIO (e.g. layer1.0.conv1=0.5), got {text!r}") from None
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``prune`` sub-command."""
+    p = subparsers.add_parser("prune", help=HELP, description=HELP + ".")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument(
+        "--granularity", default="element", metavar="G",
+        help="element | vector[:DIM] | kernel | channel[:DIM] | block:HxW | nm:N:M | pattern | lb:NUM_PE "
+        "(default element)",
+    )
+    p.add_argument("--criterion", default="l1", metavar="C", help=f"one of {', '.join(CRITERIA)} (default l1)")
+    p.add_argument(
+        "--sparsity", type=float, metavar="S",
+        help="fraction of weights to remove, in [0, 1) (default: the ratio nm/pattern imply)",
+    )
+    p.add_argument("--scope", choices=("global", "uniform"), default="uniform", help="default uniform")
+    p.add_argument(
+        "--score-norm", choices=("lamp", "max", "l2"), help="per-layer score normalisation for --scope global"
+    )
+    p.add_argument("--min-keep", type=float, default=0.0, metavar="F",
+                   help="global scope: keep at least this fraction of every layer (default 0)")
+    p.add_argument("--reduction", choices=("sum", "mean", "max", "l2"), default="sum",
+                   help="how element scores combine into a group score (default sum)")
+    p.add_argument("--layer", action="append", type=_layer_ratio, default=[], metavar="NAME=RATIO",
+                   help="pin one layer's sparsity (repeatable)")
+    p.add_argument("--include", action="append", default=None, metavar="GLOB", help="prune only these layers")
+    p.add_argument("--exclude", action="append", default=None, metavar="GLOB", help="never prune these layers")
+    p.add_argument("--types", default="conv,linear", help="module types to prune: conv, linear (default both)")
+    p.add_argument("--calib-batches", type=positive_int, default=8, metavar="N",
+                   help="calibration batches for data-driven criteria (default 8)")
+    p.add_argument("--eval", action="store_true", help="report test top-1 before and after pruning")
+    p.add_argument("--max-batches", type=positive_int, metavar="N", help="with --eval: only N test batches")
+    p.add_argument("--out", metavar="PATH", help="where to write the pruned checkpoint")
+    p.add_argument("--structured", action="store_true",
+                   help="physically remove channels (dependency-aware) instead of masking")
+    structured = _structured_module()
+    if structured is not None and hasattr(structured, "add_arguments"):
+        structured.add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _types(text: str) -> tuple[type[nn.Module], ...]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in TYPES]
+    if not names or unknown:
+        raise UsageError(f"--types takes a comma list of {', '.join(TYPES)}; got {text!r}")
+    return tuple(TYPES[n] for n in names)
+
+
+def _importance(name: str, model: nn.Module, targets: list, args: argparse.Namespace, info: dict) -> Any:
+    from prunekit.importance import Magnitude, Random
+
+    try:
+        registry = importlib.import_module("prunekit.importance.registry")
+    except ModuleNotFoundError:
+        registry = None
+    if registry is None:
+        simple = {"l1": lambda: Magnitude(1), "l2": lambda: Magnitude(2), "random": lambda: Random(0)}
+        if name not in simple:
+            raise UsageError(f"criterion {name!r} is not available in this install; use l1, l2 or random")
+        return simple[name]()
+    if name not in registry.CRITERIA:
+        from prunekit.errors import ConfigError, close_matches
+
+        raise ConfigError(f"unknown criterion {name!r}; {close_matches(name, sorted(registry.CRITERIA))}")
+    loader = None
+    if registry.needs_data(name):
+        from prunekit.cli.common import make_loaders_from_args
+
+        loader, _ = make_loaders_from_args(args, info["name"], info["metadata"])
+    return registry.build(name, model, targets, loader, args.calib_batches)
+
+
+def _allocation(args: argparse.Namespace, granularity: Any) -> Any:
+    from prunekit.allocation import Global, Uniform, WithOverrides
+
+    s = args.sparsity
+    if s is None:
+        implied = getattr(granularity, "fixed_sparsity", getattr(granularity, "min_sparsity", None))
+        if implied is None:
+            raise UsageError(f"--sparsity is required with --granularity {args.granularity}")
+        s = implied
+    base = Global(s, min_keep=args.min_keep, normalize=args.score_norm) if args.scope == "global" else Uniform(s)
+    if args.scope != "global" and (args.score_norm or args.min_keep):
+        raise UsageError("--score-norm and --min-keep apply to --scope global only")
+    return WithOverrides(base, dict(args.layer)) if args.layer else base
+
+
+def _top1(model: nn.Module, args: argparse.Namespace, info: dict) -> float:
+    from prunekit.cli.common import make_loaders_from_args
+    from prunekit.train import evaluate
+
+    _, test = make_loaders_from_args(args, info["name"], info["metadata"])
+    return evaluate(model, test, max_batches=args.max_batches).top1
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prune and print the per-layer sparsity table; returns the exit code."""
+    if args.structured:
+        structured = _structured_module()
+        if structured is None:
+            raise UsageError("--structured needs prunekit.cli.prune_structured, which is not installed")
+        return int(structured.run(args) or 0)
+    from prunekit import granularity as gran
+    from prunekit.cli.common import load_model_from_args, resolve_dataset, resolved_normalize
+    from prunekit.pruning import prune
+    from prunekit.targets import select
+    from prunekit.train import save_checkpoint
+
+    if args.out is None:
+        raise UsageError("--out PATH is required (where the pruned checkpoint goes)")
+    model, name, info = load_model_from_args(args)
+    info = {**info, "name": name}
+    g = gran.parse(args.granularity)
+    if hasattr(g, "reduction") and args.reduction != "sum":
+        g.reduction = args.reduction
+    targets = select(model, types=_types(args.types), include=args.include, exclude=args.exclude)
+    for t in targets:  # fail on a bad layer before any (slow) calibration
+        g.check(t)
+    if isinstance(g, gran.Pattern):
+        g = gran.Pattern.from_weights([t.weight for t in targets])
+    allocation = _allocation(args, g)
+    before = _top1(model, args, info) if args.eval else None
+    importance = _importance(args.criterion, model, targets, args, info)
+    masks = prune(model, targets, importance, g, allocation, enforce=False)
+    print(f"{name}: {args.criterion} scores, {g!r}, {allocation!r}")
+    print(masks.format_report(model))
+    if args.eval:
+        after = _top1(model, args, info)
+        print(f"test top-1: dense {100 * before:.2f}%  pruned {100 * after:.2f}%")
+    dataset = resolve_dataset(args, name, info["metadata"])
+    metadata = {
+        **info["metadata"],
+        "dataset": dataset,
+        "pruning": {
+            "granularity": args.granularity, "criterion": args.criterion, "scope": args.scope,
+            "sparsity": float(masks.sparsity()), "layers": {k: float(v) for k, v in args.layer},
+        },
+        "masks": masks.state_dict(),
+    }
+    normalize = resolved_normalize(args, dataset, info["metadata"])
+    if normalize:
+        metadata["normalize"] = normalize
+    save_checkpoint(args.out, model, name, info["config"], metadata)
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,93 @@
+"""``prunekit prune`` on the digits CNN (data ships with scikit-learn): outputs, checkpoint, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunekit.cli.main import main
+from prunekit.masks import Masks
+from prunekit.train import build_from_checkpoint, load_checkpoint
+
+BASE = ["prune", "--model", "digits_cnn"]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([*BASE, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_global_element_l1_writes_an_exactly_sparse_checkpoint(tmp_path, capsys) -> None:
+    out_path = tmp_path / "p.pt"
+    code, out, err = _run(capsys, "--sparsity", "0.6", "--scope", "global", "--out", str(out_path))
+    assert code == 0, err
+    assert "features.0" in out and "classifier" in out and "60.00%" in out.splitlines()[-2]
+    model, ckpt = build_from_checkpoint(out_path)
+    weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    total = sum(w.numel() for w in weights)
+    assert sum(int((w == 0).sum()) for w in weights) == round(0.6 * total)
+    meta = ckpt["metadata"]
+    assert meta["pruning"]["criterion"] == "l1" and meta["dataset"] == "digits"
+    masks = Masks({}).load_state_dict(meta["masks"])
+    assert all(torch.equal(masks[n], model.get_submodule(n).weight != 0) for n in masks)
+
+
+def test_nm_needs_the_first_conv_excluded(tmp_path, capsys) -> None:
+    code, _, err = _run(capsys, "--granularity", "nm:2:4", "--out", str(tmp_path / "a.pt"))
+    assert code == 1 and "layer 'features.0' to be divisible by 4, but it is 1" in err
+    code, out, err = _run(
+        capsys, "--granularity", "nm:2:4", "--exclude", "features.0", "--layer", "classifier=0.5",
+        "--out", str(tmp_path / "b.pt"),
+    )
+    assert code == 0, err
+    model, _ = build_from_checkpoint(tmp_path / "b.pt")
+    w = model.features[3].weight
+    assert torch.equal(w.movedim(1, -1).reshape(-1, 4).ne(0).sum(1), torch.full((w.numel() // 4,), 2))
+    assert int((model.features[0].weight == 0).sum()) == 0
+
+
+def test_data_driven_criterion_uses_calibration_batches(tmp_path, capsys) -> None:
+    pytest.importorskip("prunekit.importance.registry")
+    code, out, err = _run(
+        capsys, "--criterion", "taylor", "--calib-batches", "2", "--granularity", "channel",
+        "--sparsity", "0.25", "--out", str(tmp_path / "t.pt"),
+    )
+    assert code == 0, err
+    model, _ = build_from_checkpoint(tmp_path / "t.pt")
+    w = model.features[7].weight  # (32, 16, 3, 3): 8 whole filters removed
+    assert int((w.reshape(32, -1).abs().sum(1) == 0).sum()) == 8
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--sparsity", "1.5"], 1, r"sparsity must be in [0, 1)"),
+        (["--sparsity", "0.5", "--granularity", "kernel"], 1, "Kernel() applies to conv layers only; 'classifier'"),
+        (["--sparsity", "0.5", "--granularity", "blok"], 1, "cannot parse granularity 'blok'"),
+        (["--sparsity", "0.5", "--granularity", "nm:4:4"], 1, "n must be < m"),
+        (["--sparsity", "0.5", "--layer", "features.2=0.5"], 1, "PerLayer names layer 'features.2'"),
+        (["--sparsity", "0.5", "--exclude", "fc"], 1, "exclude pattern 'fc' matches no prunable layer"),
+        (["--sparsity", "0.5", "--criterion", "l3"], 1, "unknown"),
+        (["--granularity", "element"], 2, "--sparsity is required"),
+        (["--sparsity", "0.5", "--layer", "oops"], 2, "expected NAME=RATIO"),
+    ],
+)
+def test_errors_are_one_line(tmp_path, capsys, argv, code, message) -> None:
+    got, _, err = _run(capsys, *argv, "--out", str(tmp_path / "x.pt"))
+    assert got == code and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_missing_out_is_a_usage_error(capsys) -> None:
+    code, _, err = _run(capsys, "--sparsity", "0.5")
+    assert code == 2 and "--out" in err
+
+
+def test_checkpoint_round_trip_input(tmp_path, capsys) -> None:
+    first = tmp_path / "first.pt"
+    assert _run(capsys, "--sparsity", "0.3", "--out", str(first))[0] == 0
+    code = main(["prune", "--checkpoint", str(first), "--sparsity", "0.5", "--out", str(tmp_path / "second.pt")])
+    assert code == 0, capsys.readouterr().err
+    meta = load_checkpoint(tmp_path / "second.pt")["metadata"]
+    assert abs(meta["pruning"]["sparsity"] - 0.5) < 0.01
