@@ -14,6 +14,7 @@ from prunekit.metrics import (
     compare_latency,
     count_flops,
     count_macs,
+    count_nonzero_macs,
     count_nonzeros,
     count_params,
     format_table,
@@ -183,6 +184,29 @@ def test_huggingface_bert_by_hand() -> None:
             4 * length * hidden**2 + 2 * length * length * hidden + 2 * length * hidden * inter + pooler
         )
         assert sum(by_layer.values()) == expected
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_sparse_weight_operand_counts_dense_shape() -> None:
+    w = torch.eye(3, 8).to_sparse_csr()
+
+    class SparseLinear(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 8) -> (B, 3)
+            return torch.sparse.mm(w, x.T).T
+
+    assert count_macs(SparseLinear(), torch.zeros(4, 8)) == 4 * 8 * 3
+
+
+def test_nonzero_macs_scale_with_weight_density() -> None:
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 25, 10))
+    x = torch.zeros(2, 4, 5, 5)
+    conv, fc = 2 * 8 * 25 * 4 * 9, 2 * 200 * 10
+    assert count_macs(model, x) == count_nonzero_macs(model, x) == conv + fc
+    with torch.no_grad():
+        model[0].weight[:2].zero_()  # 2 of 8 filters
+        model[2].weight[:, :50].zero_()  # a quarter of the fc weights
+    assert count_macs(model, x) == conv + fc
+    assert count_nonzero_macs(model, x) == conv * 6 // 8 + fc * 3 // 4
 
 
 def test_functional_matmul_is_charged_to_calling_module() -> None:

@@ -88,6 +88,7 @@ def _percent_zero(total: int, nonzeros: int) -> str:
 def run(args: argparse.Namespace) -> int:
     """Print the table and totals; returns the exit code."""
     from prunekit.metrics import (
+        count_nonzero_macs,
         count_nonzeros,
         count_params,
         format_table,
@@ -115,13 +116,22 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows))
         print()
     w_params, w_nonzeros = _weight_counts(model)
-    print(f"params:    {params:,} ({_human(params)})")
-    print(f"nonzeros:  {nonzeros:,} ({_human(nonzeros)})")
-    print(
-        f"sparsity:  {_percent_zero(params, nonzeros)} of all params, "
-        f"{_percent_zero(w_params, w_nonzeros)} of conv/linear weights"
-    )
-    print(f"MACs:      {profile.total_macs:,} ({_human(profile.total_macs)})")
-    print(f"FLOPs:     {profile.total_flops:,} ({_human(profile.total_flops)}; 2 per MAC + elementwise)")
-    print(f"size fp32: {size:,} bytes ({size / 2**20:.2f} MiB, dense)")
+    nz_macs = count_nonzero_macs(model, example, profile)
+    macs, flops = profile.total_macs, profile.total_flops
+    totals = [
+        ("params", f"{params:,} ({_human(params)})"),
+        ("nonzeros", f"{nonzeros:,} ({_human(nonzeros)})"),
+        (
+            "sparsity",
+            f"{_percent_zero(params, nonzeros)} of all params, "
+            f"{_percent_zero(w_params, w_nonzeros)} of conv/linear weights",
+        ),
+        ("MACs", f"{macs:,} ({_human(macs)}; dense: zero weights count)"),
+        ("nonzero MACs", f"{nz_macs:,} ({_human(nz_macs)}; conv/linear MACs x weight density)"),
+        ("FLOPs", f"{flops:,} ({_human(flops)}; 2 per MAC + elementwise)"),
+        ("size fp32", f"{size:,} bytes ({size / 2**20:.2f} MiB, dense)"),
+    ]
+    width = max(len(k) for k, _ in totals) + 1
+    for key, value in totals:
+        print(f"{key + ':':<{width}} {value}")
     return 0

@@ -16,7 +16,14 @@ from prunekit.metrics.counts import (
     total_sparsity,
 )
 from prunekit.metrics.latency import LatencyResult, compare_latency, measure_latency
-from prunekit.metrics.macs import CostProfile, count_flops, count_macs, macs_by_layer, profile_costs
+from prunekit.metrics.macs import (
+    CostProfile,
+    count_flops,
+    count_macs,
+    count_nonzero_macs,
+    macs_by_layer,
+    profile_costs,
+)
 from prunekit.metrics.size import model_bytes, tensor_sizes
 from prunekit.metrics.table import LayerRow, format_table, layer_table
 
@@ -28,6 +35,7 @@ __all__ = [
     "compare_latency",
     "count_flops",
     "count_macs",
+    "count_nonzero_macs",
     "count_nonzeros",
     "count_params",
     "effective_tensors",

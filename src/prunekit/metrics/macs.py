@@ -168,3 +168,26 @@ def macs_by_layer(model: nn.Module, example_input: Any) -> dict[str, int]:
     {'0': 16, '2': 8}
     """
     return dict(profile_costs(model, example_input).macs)
+
+
+def count_nonzero_macs(model: nn.Module, example_input: Any, profile: CostProfile | None = None) -> int:
+    """MACs that multiply a nonzero weight: each conv/linear layer's MACs times its weight density.
+
+    Exact for ``nn.Conv*d``/``nn.Linear`` (every weight entry takes part in the same number of
+    MACs); other ops (attention matmuls, custom kernels) are counted dense. This is the number
+    an ideal sparse kernel would execute, not what dense hardware does (see :func:`count_macs`).
+
+    >>> lin = nn.Linear(4, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = lin.weight[0].zero_()
+    >>> count_macs(lin, torch.zeros(3, 4)), count_nonzero_macs(lin, torch.zeros(3, 4))
+    (24, 12)
+    """
+    from prunekit.metrics.counts import effective_tensors
+
+    macs = (profile or profile_costs(model, example_input)).macs
+    density: dict[str, float] = {}
+    for mod_name, module, tname, t in effective_tensors(model):
+        if tname == "weight" and isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and t.numel():
+            density[mod_name] = int(torch.count_nonzero(t)) / t.numel()
+    return int(round(sum(m * density.get(name, 1.0) for name, m in macs.items())))

@@ -7,8 +7,9 @@ Conventions (documented in ``docs/metrics.md``):
 
 * MACs: convolutions (``out_elems * Cin/groups * prod(kernel)``; transposed convolutions use the
   input elements), ``mm``/``addmm``/``bmm``/``baddbmm``/``mv``/``dot`` (``Linear`` and
-  ``torch.matmul`` lower to these), fused attention (``scaled_dot_product_attention``,
-  ``nn.MultiheadAttention``'s and ``nn.TransformerEncoderLayer``'s fast paths).
+  ``torch.matmul`` lower to these; a sparse operand counts at its dense shape), fused attention
+  (``scaled_dot_product_attention``, ``nn.MultiheadAttention``'s and
+  ``nn.TransformerEncoderLayer``'s fast paths).
 * Elementwise FLOPs (not MACs): bias adds, normalization (BatchNorm 2/elem, Layer/Group/RMS
   norm 5/elem), pooling and reductions (1 per input element), activations and arithmetic
   (1 per output element), softmax (3/elem).
@@ -46,8 +47,9 @@ def _mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
 
 
 def _addmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
-    bias, a, b = args[0], args[1], args[2]  # bias + (m, k) @ (k, n)
-    return a.shape[0] * a.shape[1] * b.shape[1], out.numel() if bias is not None else 0
+    a, b = args[1], args[2]  # beta * bias + alpha * (m, k) @ (k, n); a or b may be a sparse tensor
+    beta = args[3] if len(args) > 3 else kwargs.get("beta", 1)
+    return a.shape[0] * a.shape[1] * b.shape[1], 0 if beta == 0 else out.numel()
 
 
 def _bmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
@@ -139,9 +141,10 @@ def _packets(*names: str) -> list[Any]:
 
 
 FORMULAS: dict[Any, Formula] = {}
-for _p in _packets("mm", "_int_mm"):
+for _p in _packets("mm", "_int_mm", "_sparse_mm"):
     FORMULAS[_p] = _mm
-FORMULAS[aten.addmm] = _addmm
+for _p in _packets("addmm", "_sparse_addmm", "sspaddmm"):
+    FORMULAS[_p] = _addmm
 FORMULAS[aten.bmm] = _bmm
 FORMULAS[aten.baddbmm] = _baddbmm
 FORMULAS[aten.mv] = _mv
