@@ -245,3 +245,20 @@ def test_bad_arguments_raise_config_errors():
         prune_channels(model, X32, ratio=0.3, target="flops")
     with pytest.raises(ConfigError, match="unknown layer"):
         prune_channels(model, X32, ratio=0.3, exclude=["features.99"])
+
+
+def test_cli_prune_structured_writes_model_and_plan(tmp_path, capsys):
+    from prunekit.cli.main import main
+
+    out, plan_out = tmp_path / "l5.pt", tmp_path / "l5.json"
+    argv = ["prune", "--structured", "--model", "lenet5", "--sparsity", "0.5", "--target", "params",
+            "--round-to", "2", "--out", str(out), "--plan-out", str(plan_out), "--latency-repeats", "2"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "params" in text and "MACs" in text and "latency" in text and "verified" in text
+    small, ckpt = load_pruned(out)
+    assert PruningPlan.load(plan_out) == ckpt["plan"]
+    assert 1 - count_params(small) / count_params(create("lenet5")) >= 0.5
+    assert ckpt["metadata"]["pruning"]["target"] == "params"
+    assert main(["prune", "--structured", "--model", "lenet5", "--out", str(out)]) == 2  # no --sparsity
+    assert "--sparsity" in capsys.readouterr().err

@@ -214,9 +214,11 @@ def save_pruned(
     """
     payload = {
         "format": PRUNED_FORMAT,
+        "format_version": 1,  # same keys as prunekit.train.save_checkpoint, plus the plan
         "model_name": model_name,
         "model_config": dict(model_config),
         "plan": plan.to_dict(),
+        "structured_plan": True,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
     }

@@ -37,6 +37,7 @@ REDUCTIONS: dict[str, Callable[[np.ndarray], float]] = {
     "mean": lambda v: float(v.mean()),
     "max": lambda v: float(v.max()),
     "min": lambda v: float(v.min()),
+    "l2": lambda v: float(np.sqrt((v * v).sum())),
 }
 
 

@@ -1,0 +1,150 @@
+"""``prunekit prune --structured``: physically remove channels and save the smaller model.
+
+``--sparsity`` is the fraction of ``--target`` (channels, MACs or parameters) to remove; the
+importance is ``--criterion``; ``--scope`` global/uniform, ``--min-keep``, ``--reduction`` and
+``--exclude`` keep their ``prunekit prune`` meaning. Example::
+
+    prunekit prune --structured --checkpoint checkpoints/resnet20_cifar10jpeg.pt --criterion l1 \\
+        --target macs --sparsity 0.5 --round-to 4 --out r20_half.pt --plan-out r20_half.plan.json
+
+The output checkpoint holds the model name/config, the plan and the small state_dict; rebuild it
+with :func:`prunekit.structure.load_pruned`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+from typing import Any
+
+from prunekit.cli.common import positive_int
+from prunekit.cli.main import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``prunekit prune`` that only apply with ``--structured``."""
+    g = parser.add_argument_group("structured pruning (with --structured)")
+    g.add_argument(
+        "--target", choices=("channels", "macs", "params"), default="channels",
+        help="what --sparsity is a fraction of: prunable channels, MACs or parameters (default channels)",
+    )  # fmt: skip
+    g.add_argument("--round-to", type=positive_int, metavar="N", help="keep channel counts multiples of N")
+    g.add_argument("--plan-out", metavar="PATH", help="also write the pruning plan as JSON")
+    g.add_argument(
+        "--members", choices=("out", "all"), default="out",
+        help="score a channel group by its producing slices only, or also its consumers' (default out)",
+    )  # fmt: skip
+    g.add_argument("--no-verify", action="store_true", help="skip the small-vs-masked output check")
+    g.add_argument("--latency-repeats", type=positive_int, default=20, metavar="N",
+                   help="timed forward passes per model for the before/after table (default 20)")  # fmt: skip
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.out is None:
+        raise UsageError("--out PATH is required (where the pruned checkpoint goes)")
+    if args.sparsity is None:
+        raise UsageError("--structured needs --sparsity: the fraction of --target to remove, in [0, 1)")
+    if args.granularity != "element":
+        raise UsageError("--granularity does not apply to --structured (it always removes whole channels)")
+    if args.layer or args.include or args.score_norm:
+        raise UsageError("--layer, --include and --score-norm do not apply to --structured; use --exclude")
+
+
+def _excluded(patterns: list[str] | None, names: list[str]) -> list[str]:
+    out: list[str] = []
+    for pattern in patterns or []:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            from prunekit.errors import ConfigError, close_matches
+
+            raise ConfigError(
+                f"--exclude {pattern!r} matches no prunable layer; {close_matches(pattern, names)}"
+            )
+        out += hits
+    return out
+
+
+def _importance(args: argparse.Namespace, model: Any, targets: list, name: str, info: dict) -> Any:
+    from prunekit.importance import registry
+
+    loader = None
+    if registry.needs_data(args.criterion):
+        from prunekit.cli.common import make_loaders_from_args
+
+        loader, _ = make_loaders_from_args(args, name, info["metadata"])
+    return registry.build(args.criterion, model, targets, loader, args.calib_batches)
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prune channels, print the before/after table, save checkpoint (+ plan)."""
+    _check_args(args)
+    from prunekit.cli.common import (
+        example_input_for,
+        load_model_from_args,
+        resolve_dataset,
+        resolved_normalize,
+    )
+    from prunekit.metrics import compare_latency
+    from prunekit.structure import DependencyGraph, prune_channels, save_pruned, score_targets
+
+    model, name, info = load_model_from_args(args)
+    model.eval()
+    dataset = resolve_dataset(args, name, info["metadata"])
+    example = example_input_for(dataset)
+    graph = DependencyGraph.build(model, example)
+    exclude = _excluded(args.exclude, sorted({a.module for a in graph.axes}))
+    importance = _importance(args, model, score_targets(graph, args.members), name, {**info, "name": name})
+    before_top1 = _top1(model, args, name, info) if args.eval else None
+    small, plan, report = prune_channels(
+        model, example, ratio=args.sparsity, importance=importance, target=args.target, round_to=args.round_to,
+        verify=not args.no_verify, allocation=args.scope, reduction=args.reduction, members=args.members,
+        min_keep=args.min_keep, exclude=exclude, graph=graph,
+    )  # fmt: skip
+    lat = compare_latency({"dense": model, "pruned": small}, example, warmup=3, repeats=args.latency_repeats)
+    rows = [
+        ("", "dense", "pruned", "ratio"),
+        ("params", f"{report.params_before:,}", f"{report.params_after:,}",
+         f"{report.params_after / report.params_before:.3f}"),
+        ("MACs", f"{report.macs_before:,}", f"{report.macs_after:,}", f"{report.macs_after / report.macs_before:.3f}"),
+        ("latency (ms, median, batch 1)", f"{1e3 * lat['dense'].median_s:.3f}", f"{1e3 * lat['pruned'].median_s:.3f}",
+         f"{lat['pruned'].median_s / lat['dense'].median_s:.3f}"),
+    ]  # fmt: skip
+    print(f"{name}: structured {args.criterion}, {args.scope}, target {args.target} {args.sparsity}")
+    print(_table(rows))
+    print(
+        f"latency: {lat['dense'].threads} thread(s), {args.latency_repeats} interleaved repeats; shared machine"
+    )
+    print(report)
+    if args.eval:
+        after_top1 = _top1(small, args, name, info)
+        print(f"test top-1: dense {100 * before_top1:.2f}%  pruned {100 * after_top1:.2f}%")
+    metadata = {
+        **info["metadata"],
+        "dataset": dataset,
+        "pruning": {"structured": True, **plan.meta, "reached": report.reached},
+    }
+    normalize = resolved_normalize(args, dataset, info["metadata"])
+    if normalize:
+        metadata["normalize"] = normalize
+    metadata.pop("masks", None)
+    save_pruned(args.out, name, info["config"], plan, small, metadata)
+    print(f"wrote {args.out}")
+    if args.plan_out:
+        plan.save(args.plan_out)
+        print(f"wrote {args.plan_out}")
+    return 0
+
+
+def _top1(model: Any, args: argparse.Namespace, name: str, info: dict) -> float:
+    from prunekit.cli.common import make_loaders_from_args
+    from prunekit.train import evaluate
+
+    _, test = make_loaders_from_args(args, name, info["metadata"])
+    return evaluate(model, test, max_batches=args.max_batches).top1
