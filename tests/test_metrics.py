@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -339,6 +341,7 @@ def test_measure_latency_restores_threads_and_mode() -> None:
     assert 0 < r.p10_s <= r.median_s <= r.p90_s
     assert r.mean_s > 0
     assert model.training and model[1].training
+    assert gc.isenabled()  # paused only while timing
 
 
 def test_latency_runs_in_eval_mode_without_grad() -> None:

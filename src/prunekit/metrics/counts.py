@@ -40,7 +40,8 @@ class LayerSparsity:
 
 
 def _is_parametrization_container(name: str) -> bool:
-    return name == "parametrizations" or ".parametrizations" in name or name.startswith("parametrizations.")
+    """True for ``parametrize``'s bookkeeping modules (``<layer>.parametrizations.<tensor>...``)."""
+    return "parametrizations" in name.split(".")
 
 
 def effective_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, torch.Tensor]]:

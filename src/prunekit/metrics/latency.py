@@ -1,6 +1,6 @@
 """Wall-clock inference latency: one model, or several interleaved for fair ratios.
 
-Measurements run under ``torch.no_grad()`` in eval mode (each submodule's train/eval flag is
+Measurements run under ``torch.no_grad()``, with the garbage collector paused, in eval mode (each submodule's train/eval flag is
 restored afterwards) with ``torch.set_num_threads(threads)`` in force (restored afterwards).
 On CUDA the device is synchronized around every timed call.
 
@@ -13,6 +13,7 @@ On CUDA the device is synchronized around every timed call.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Iterator, Mapping
@@ -93,6 +94,19 @@ def num_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Keep Python's garbage collector from running inside timed calls (as ``timeit`` does)."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _check_counts(warmup: int, repeats: int) -> None:
     if warmup < 0:
         raise ConfigError(f"warmup must be >= 0, got {warmup}")
@@ -158,6 +172,7 @@ def compare_latency(
         for _ in range(warmup):
             for n in names:
                 run_model(models[n], example_input)
+        stack.enter_context(_gc_paused())
         for r in range(repeats):
             for i in range(len(names)):
                 n = names[(r + i) % len(names)]
