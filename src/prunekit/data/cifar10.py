@@ -63,7 +63,11 @@ def _load_npz_split(path: Path, split: str, limit: int | None = None) -> ArraySp
     """Decode a split of the JPEG npz; with ``limit``, only the balanced slice is decoded."""
     try:
         with np.load(path) as z:
-            blob, offsets, labels = z[f"{split}_jpeg"], z[f"{split}_offsets"], z[f"{split}_labels"]
+            names = (f"{split}_jpeg", f"{split}_offsets", f"{split}_labels")
+            missing = [n for n in names if n not in z.files]
+            if missing:
+                raise DataError(f"{path}: missing array {missing[0]!r}; {NPZ_LAYOUT}")
+            blob, offsets, labels = (z[n] for n in names)
             if len(offsets) != len(labels) + 1:
                 raise DataError(f"{path}: {len(offsets) - 1} {split} images but {len(labels)} labels; file corrupt?")
             indices = None if limit is None else _balanced_indices(labels, limit)
@@ -72,8 +76,6 @@ def _load_npz_split(path: Path, split: str, limit: int | None = None) -> ArraySp
                 labels = labels[indices]
     except DataError:
         raise
-    except KeyError as exc:
-        raise DataError(f"{path}: missing array {exc}; {NPZ_LAYOUT}") from exc
     except ImportError as exc:
         raise DataError("decoding the JPEG CIFAR-10 needs Pillow: pip install 'prunekit[data]'") from exc
     except Exception as exc:
@@ -138,12 +140,12 @@ def _cache_file(src: Path, split: str) -> Path:
 
 def _load_slice(src: Path, split: str, limit: int) -> ArraySplit:
     """The balanced ``limit``-slice of a split: from the cache when present, else decoding only it."""
+    if not src.exists():
+        raise DataError(f"CIFAR-10 not found at {src}; pass the .npz file or a cifar-10-batches-py folder")
     if src.is_dir() or _cache_file(src, split).is_file():
         full = load_cifar10_arrays(src, split)
         idx = _balanced_indices(full.labels, limit)
         return ArraySplit(full.images[idx], full.labels[idx])
-    if not src.exists():
-        raise DataError(f"CIFAR-10 not found at {src}; pass the .npz file or a cifar-10-batches-py folder")
     return _load_npz_split(src, split, limit)
 
 
