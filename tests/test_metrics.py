@@ -81,6 +81,19 @@ def test_grouped_strided_conv() -> None:
     assert profile.total_flops == 2 * 800 * 18 + 800
 
 
+@pytest.mark.parametrize(
+    ("conv", "shape", "expected"),
+    [
+        (nn.Conv2d(4, 8, 3, padding="same", bias=False), (1, 4, 5, 5), 8 * 25 * 4 * 9),
+        (nn.Conv2d(4, 8, 3, dilation=2, bias=False), (1, 4, 9, 9), 8 * 25 * 4 * 9),  # out 5x5
+        (nn.Conv1d(4, 8, 3, groups=2, bias=False), (2, 4, 10), 2 * 8 * 8 * 2 * 3),
+        (nn.Conv3d(2, 4, 3, bias=False), (1, 2, 5, 5, 5), 4 * 27 * 2 * 27),
+    ],
+)
+def test_other_convolutions(conv: nn.Module, shape: tuple[int, ...], expected: int) -> None:
+    assert count_macs(conv, torch.zeros(shape)) == expected
+
+
 def test_transposed_conv() -> None:
     conv = nn.ConvTranspose2d(4, 6, 3, stride=2, bias=False)
     # every input element (1*4*5*5 = 100) scatters into Cout/groups = 6 channels * 3*3

@@ -151,7 +151,7 @@ FORMULAS[aten.mv] = _mv
 FORMULAS[aten.addmv] = _addmv
 for _p in _packets("dot", "vdot"):
     FORMULAS[_p] = _dot
-for _p in _packets("convolution", "_convolution", "cudnn_convolution", "mkldnn_convolution"):
+for _p in _packets("convolution", "_convolution"):  # the backend convs (cudnn, mkldnn) run beneath these
     FORMULAS[_p] = _convolution
 for _p in _packets(
     "_scaled_dot_product_flash_attention_for_cpu",
