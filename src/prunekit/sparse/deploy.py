@@ -33,7 +33,7 @@ from prunekit.metrics.latency import compare_latency, num_threads
 from prunekit.metrics.macs import run_model
 from prunekit.sparse.activations import activation_sparsity
 from prunekit.sparse.kernels import KERNELS, available_kernels
-from prunekit.sparse.modules import DEFAULT_BLOCK, SparseConv2d, SparseLinear
+from prunekit.sparse.modules import SparseConv2d, SparseLinear
 
 SPARSE_KERNELS: tuple[str, ...] = tuple(k for k in KERNELS if k != "dense")
 
@@ -104,7 +104,7 @@ def deploy(
     max_density: float = 0.8,
     threads: int | None = None,
     calibration: Iterable[Any] | None = None,
-    block: tuple[int, int] = DEFAULT_BLOCK,
+    block: tuple[int, int] | None = None,
 ) -> tuple[nn.Module, DeployReport]:
     """Return ``(deployed copy of model, report)``; ``model`` itself is not changed.
 
@@ -178,14 +178,14 @@ def _capture_inputs(model: nn.Module, example_input: Any) -> dict[str, torch.Ten
     return seen
 
 
-def _build(layer: nn.Module, kernel: str, block: tuple[int, int]) -> nn.Module:
+def _build(layer: nn.Module, kernel: str, block: tuple[int, int] | None) -> nn.Module:
     if isinstance(layer, nn.Linear):
         return SparseLinear.from_dense(layer, kernel=kernel, block=block)
     return SparseConv2d.from_dense(layer, kernel=kernel, block=block)
 
 
 def _choose(name: str, layer: nn.Module, inp: torch.Tensor, kernels: list[str], repeats: int, warmup: int,
-            margin: float, max_density: float, block: tuple[int, int],
+            margin: float, max_density: float, block: tuple[int, int] | None,
             zero_fraction: float) -> tuple[LayerChoice, nn.Module]:
     """Time dense vs each candidate on ``inp``; keep a sparse kernel only if it wins twice by ``margin``."""
     weight = layer.weight.detach()

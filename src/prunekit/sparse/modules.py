@@ -28,6 +28,20 @@ from prunekit.sparse.kernels import KERNELS, numba_available, numba_csr
 DEFAULT_BLOCK: tuple[int, int] = (4, 4)
 
 
+def fitting_block(rows: int, cols: int, largest: int = DEFAULT_BLOCK[0]) -> tuple[int, int]:
+    """The largest square block (halving from ``largest``) that divides a (rows, cols) matrix.
+
+    torch's CPU BSR matmul (MKL) takes square blocks only.
+
+    >>> fitting_block(8, 27), fitting_block(16, 64), fitting_block(6, 10)
+    ((1, 1), (4, 4), (2, 2))
+    """
+    b = largest
+    while b > 1 and (rows % b or cols % b):
+        b //= 2
+    return b, b
+
+
 def resolve_kernel(kernel: str) -> str:
     """Map ``"auto"`` to the best general kernel here (``numba_csr`` if numba is installed,
     else ``torch_csr``) and check any other name.
@@ -48,9 +62,16 @@ def resolve_kernel(kernel: str) -> str:
 class _SparseMatrixOp(nn.Module):
     """Holds one packed (N, K) weight matrix for one kernel and multiplies it by a dense matrix."""
 
-    def _pack(self, weight2d: torch.Tensor, kernel: str, block: tuple[int, int]) -> None:
-        """Register the buffers ``kernel`` needs for the (N, K) fp32 matrix ``weight2d``."""
+    def _pack(self, weight2d: torch.Tensor, kernel: str, block: tuple[int, int] | None) -> None:
+        """Register the buffers ``kernel`` needs for the (N, K) fp32 matrix ``weight2d``.
+
+        ``block`` (BSR only): None picks :func:`fitting_block`.
+        """
         w = weight2d.detach().cpu()
+        if block is None:
+            block = fitting_block(int(w.shape[0]), int(w.shape[1]))
+        elif kernel == "torch_bsr" and block[0] != block[1]:
+            raise UnsupportedError(f"torch's CPU BSR kernel needs square blocks, got {tuple(block)}")
         if kernel != "dense" and w.dtype != torch.float32:
             raise UnsupportedError(f"sparse kernel {kernel!r} runs fp32 weights, got {w.dtype}; "
                                    "call .float() on the layer first or use kernel='dense'")
@@ -123,7 +144,7 @@ class SparseLinear(_SparseMatrixOp):
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str = "auto",
-                 block: tuple[int, int] = DEFAULT_BLOCK) -> None:
+                 block: tuple[int, int] | None = None) -> None:
         super().__init__()
         if weight.ndim != 2:
             raise ConfigError(f"SparseLinear needs a 2-D weight (out, in), got shape {tuple(weight.shape)}")
@@ -133,7 +154,7 @@ class SparseLinear(_SparseMatrixOp):
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, kernel: str = "auto",
-                   block: tuple[int, int] = DEFAULT_BLOCK) -> SparseLinear:
+                   block: tuple[int, int] | None = None) -> SparseLinear:
         """Pack ``linear``'s weight (zeros included as they are) for ``kernel``."""
         if not isinstance(linear, nn.Linear):
             raise ConfigError(f"SparseLinear.from_dense expects nn.Linear, got {type(linear).__name__}")
@@ -179,7 +200,7 @@ class SparseConv2d(_SparseMatrixOp):
     True
     """
 
-    def __init__(self, conv: nn.Conv2d, kernel: str = "auto", block: tuple[int, int] = DEFAULT_BLOCK) -> None:
+    def __init__(self, conv: nn.Conv2d, kernel: str = "auto", block: tuple[int, int] | None = None) -> None:
         super().__init__()
         if not isinstance(conv, nn.Conv2d):
             raise ConfigError(f"SparseConv2d expects nn.Conv2d, got {type(conv).__name__}")
@@ -198,7 +219,7 @@ class SparseConv2d(_SparseMatrixOp):
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, kernel: str = "auto",
-                   block: tuple[int, int] = DEFAULT_BLOCK) -> SparseConv2d:
+                   block: tuple[int, int] | None = None) -> SparseConv2d:
         """Pack ``conv``'s weight for ``kernel``."""
         return cls(conv, kernel=kernel, block=block)
 

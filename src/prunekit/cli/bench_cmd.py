@@ -1,0 +1,76 @@
+"""``prunekit bench``: sparse vs dense time of a Linear over batch sizes, sparsities and kernels.
+
+Example::
+
+    prunekit bench --shape 4096x4096 --batch-sizes 1,16,128 --sparsities 0.5,0.7,0.8,0.9,0.95,0.98
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from prunekit.cli.common import add_threads_arg, positive_int
+
+HELP = "time a sparse Linear against dense over batch sizes, sparsities and kernels"
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 1,16,128, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive ints like 1,16,128, got {text!r}")
+    return values
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0.5,0.9, got {text!r}") from None
+    if not values or any(not 0.0 <= v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"sparsities must be fractions in [0, 1), got {text!r}")
+    return values
+
+
+def _shape(text: str) -> tuple[int, int]:
+    parts = _ints(text.replace("x", ","))
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected OUTxIN like 4096x4096, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``bench`` sub-command."""
+    p = subparsers.add_parser("bench", help=HELP, description=HELP + ".")
+    p.add_argument("--shape", type=_shape, default=(4096, 4096), metavar="OUTxIN", help="default 4096x4096")
+    p.add_argument("--batch-sizes", type=_ints, default=[1, 16, 128], metavar="B,...", help="default 1,16,128")
+    p.add_argument("--sparsities", type=_fractions, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98], metavar="S,...",
+                   help="default 0.5,0.7,0.8,0.9,0.95,0.98")
+    p.add_argument("--kernels", type=_names, metavar="K,...",
+                   help="sparse kernels to time (default: all available: torch_csr, torch_bsr, numba_csr)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="interleaved timed repeats (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    add_threads_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the markdown tables."""
+    import torch
+
+    from prunekit.sparse.bench import bench_linear, format_bench
+
+    rows = bench_linear(args.shape, args.batch_sizes, args.sparsities, args.kernels, repeats=args.repeats,
+                        warmup=args.warmup, threads=args.threads)
+    out, inp = args.shape
+    print(f"Linear {inp} -> {out}, fp32, torch {torch.__version__}, threads {rows[0].threads}, "
+          f"{args.repeats} interleaved repeats, medians")
+    print(format_bench(rows))
+    return 0

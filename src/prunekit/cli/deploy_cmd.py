@@ -1,0 +1,91 @@
+"""``prunekit deploy``: per layer, keep a sparse kernel only where it measurably beats dense.
+
+Examples::
+
+    prunekit deploy --checkpoint pruned.pt --batch-size 1 --out deployed.pt --onnx deployed.onnx
+    prunekit deploy --model lenet300_100 --pretrained w.pt --candidates numba_csr,torch_csr
+    prunekit deploy --checkpoint pruned.pt --calibration-batches 4 --data ../shared/data/cifar10-jpeg75.npz
+
+Without ``--calibration-batches`` the example input is random (seed 0); with it, the first
+test batch is the example input and the activation-sparsity column is measured on N batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from typing import Any
+
+import torch
+
+from prunekit.cli.common import (
+    add_data_args,
+    add_model_args,
+    add_threads_arg,
+    apply_threads,
+    example_input_for,
+    load_model_from_args,
+    make_loaders_from_args,
+    positive_int,
+)
+from prunekit.cli.main import UsageError
+
+HELP = "time dense vs sparse kernels per layer and keep the faster one"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``deploy`` sub-command."""
+    p = subparsers.add_parser("deploy", help=HELP, description=HELP + ".")
+    add_model_args(p)
+    add_data_args(p, batch_size=1)
+    p.add_argument("--calibration-batches", type=int, default=0, metavar="N",
+                   help="use N real test batches (see --dataset/--data) for the example input and the "
+                   "activation-sparsity column (default 0: one random input)")
+    p.add_argument("--candidates", metavar="K,...",
+                   help="sparse kernels to try (default: all available: torch_csr, torch_bsr, numba_csr)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="interleaved timed repeats (default 20)")
+    p.add_argument("--margin", type=float, default=0.05,
+                   help="a sparse kernel must be this much faster than dense, twice (default 0.05)")
+    add_threads_arg(p)
+    p.add_argument("--out", metavar="PATH", help="save the deployed model (torch.save of the module; "
+                   "load with torch.load(path, weights_only=False))")
+    p.add_argument("--onnx", metavar="PATH", help="also export the (densified) deployed model to ONNX and check it")
+    p.set_defaults(func=run)
+
+
+def _inputs(args: argparse.Namespace, name: str, metadata: dict[str, Any]) -> tuple[torch.Tensor, list[Any] | None]:
+    if args.calibration_batches < 0:
+        raise UsageError(f"--calibration-batches must be >= 0, got {args.calibration_batches}")
+    if args.calibration_batches == 0:
+        shape = example_input_for(name, args.batch_size).shape
+        return torch.randn(shape, generator=torch.Generator().manual_seed(0)), None
+    _, test = make_loaders_from_args(args, name, metadata)
+    batches = [images for images, _ in itertools.islice(test, args.calibration_batches)]
+    return batches[0], batches
+
+
+def run(args: argparse.Namespace) -> int:
+    """Deploy, print the per-layer report, optionally save and export."""
+    from prunekit.export import check_onnx, export_onnx
+    from prunekit.io import atomic_torch_save
+    from prunekit.sparse.deploy import deploy
+
+    apply_threads(args)
+    model, name, info = load_model_from_args(args)
+    example, calibration = _inputs(args, name, info.get("metadata", {}))
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
+    deployed, report = deploy(model.eval(), example, candidates=candidates, repeats=args.repeats,
+                              margin=args.margin, calibration=calibration)
+    print(f"model: {name}   batch: {report.batch_size}   threads: {report.threads}   torch {torch.__version__}")
+    print(report.table())
+    with torch.no_grad():
+        diff = float((deployed(example) - model(example)).abs().max())
+    print(f"max |deployed - dense| on the example input: {diff:.3g}")
+    if args.out:
+        atomic_torch_save(deployed, args.out)
+        print(f"saved deployed model to {args.out}")
+    if args.onnx:
+        path = export_onnx(deployed, example, args.onnx)
+        err = check_onnx(path, model, example)
+        print(f"exported ONNX to {path} (onnxruntime matches the model within {err:.3g})")
+    return 0

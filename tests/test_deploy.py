@@ -1,0 +1,117 @@
+"""deploy: keeps the model's function, never picks a kernel slower than dense, reports per layer."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.cli.main import main
+from prunekit.errors import ConfigError
+from prunekit.metrics import LatencyResult
+from prunekit.sparse import SparseConv2d, SparseLinear, deploy
+
+deploy_module = importlib.import_module("prunekit.sparse.deploy")
+
+
+def _pruned(model: nn.Module, sparsity: float = 0.9) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.mul_((torch.rand(m.weight.shape, generator=g) >= sparsity).float())
+    return model
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return _pruned(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10),
+    ))
+
+
+def test_deploy_keeps_outputs_and_never_slower_than_dense() -> None:
+    model = _cnn().train()
+    x = torch.randn(2, 3, 8, 8)
+    deployed, report = deploy(model, x, repeats=3, warmup=1, threads=1)
+    assert [c.name for c in report.layers] == ["0", "3", "6", "8"]
+    assert model.training and isinstance(model[0], nn.Conv2d)  # the original is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+    for c in report.layers:
+        assert c.chosen_s <= c.dense_s, c
+        assert "dense" in c.times_s and c.speedup >= 1.0
+        assert 0.85 < 1 - c.density < 0.95  # the pruned weights, measured
+    assert report.layers[0].input_zero_fraction == 0.0
+    assert report.layers[2].input_zero_fraction > 0.2  # after ReLU
+    assert report.batch_size == 2 and report.threads == 1 and report.speedup > 0
+    table = report.table()
+    assert "| 6 | Linear | 32x256 |" in table and "end to end (batch 2, threads 1" in table
+
+
+def _fake_latency(times: dict[str, list[float]]):
+    """A compare_latency stand-in: each call pops the next time of each name."""
+
+    def fake(models, example_input, warmup=0, repeats=1, threads=None):
+        return {n: LatencyResult.from_times([times[n].pop(0) if n in times and times[n] else 1.0], 1, 1)
+                for n in models}
+
+    return fake
+
+
+def test_deploy_replaces_a_layer_only_when_it_wins_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _pruned(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)))
+    # layer "0": torch_csr wins in both rounds; layer "2": wins once, loses the re-check.
+    fake = _fake_latency({"dense": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], "torch_csr": [0.5, 0.6, 0.5, 1.2]})
+    monkeypatch.setattr(deploy_module, "compare_latency", fake)
+    x = torch.randn(1, 16)
+    deployed, report = deploy(model, x, candidates=["torch_csr"], repeats=1)
+    first, second = report.layers
+    assert first.kernel == "torch_csr" and isinstance(deployed[0], SparseLinear)
+    assert (first.dense_s, first.chosen_s) == (1.0, 0.6)
+    assert second.kernel == "dense" and isinstance(deployed[2], nn.Linear)
+    assert second.chosen_s == second.dense_s
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_deploy_margin_keeps_dense_on_a_near_tie(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _pruned(nn.Sequential(nn.Conv2d(2, 4, 3)))
+    monkeypatch.setattr(deploy_module, "compare_latency",
+                        _fake_latency({"dense": [1.0, 1.0], "torch_csr": [0.97]}))
+    deployed, report = deploy(model, torch.randn(1, 2, 5, 5), candidates="torch_csr", margin=0.05)
+    assert report.layers[0].kernel == "dense" and isinstance(deployed[0], nn.Conv2d)
+    monkeypatch.setattr(deploy_module, "compare_latency",
+                        _fake_latency({"dense": [1.0, 1.0, 1.0], "torch_csr": [0.5, 0.5]}))
+    deployed, report = deploy(model, torch.randn(1, 2, 5, 5), candidates="torch_csr")
+    assert report.layers[0].kernel == "torch_csr" and isinstance(deployed[0], SparseConv2d)
+    assert report.layers[0].chosen_bytes < report.layers[0].dense_bytes
+
+
+def test_dense_layers_are_not_tried_and_bad_candidates_fail() -> None:
+    model = nn.Sequential(nn.Linear(8, 8))  # fully dense weight
+    _, report = deploy(model, torch.randn(1, 8), repeats=1, warmup=0)
+    assert report.layers[0].kernel == "dense"
+    assert all("max_density" in why for why in report.layers[0].skipped.values())
+    with pytest.raises(ConfigError, match="unknown deploy candidate 'mkl'"):
+        deploy(model, torch.randn(1, 8), candidates=["mkl"])
+    with pytest.raises(ConfigError, match="no nn.Linear or nn.Conv2d"):
+        deploy(nn.Sequential(nn.ReLU()), torch.randn(1, 8))
+
+
+def test_cli_deploy_and_bench(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    out = tmp_path / "deployed.pt"
+    code = main(["deploy", "--model", "lenet300_100", "--repeats", "2", "--threads", "1",
+                 "--candidates", "torch_csr", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "| fc1 | Linear | 300x784 |" in text and "end to end (batch 1" in text
+    assert isinstance(torch.load(out, weights_only=False), nn.Module)
+    code = main(["bench", "--shape", "16x32", "--batch-sizes", "1,4", "--sparsities", "0.5,0.9",
+                 "--kernels", "torch_csr", "--repeats", "2", "--threads", "1"])
+    text = capsys.readouterr().out
+    assert code == 0 and "| 90% |" in text and "crossover sparsity" in text
+    assert main(["bench", "--sparsities", "1.5"]) == 2

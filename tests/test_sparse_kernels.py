@@ -1,0 +1,187 @@
+"""Sparse kernels and modules compute what the dense layers compute; errors are clear."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError, UnsupportedError
+from prunekit.sparse import (
+    SemiStructuredLinear,
+    SparseConv2d,
+    SparseLinear,
+    activation_sparsity,
+    available_kernels,
+    numba_available,
+)
+from prunekit.sparse.bench import BenchRow, crossover, pruned_weight
+
+KERNELS = available_kernels()
+needs_numba = pytest.mark.skipif(not numba_available(), reason="numba not installed (pip install numba)")
+
+
+def _sparse_(module: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
+    """Zero a random ``sparsity`` fraction of the weight and the whole first output row."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = module.weight
+        w.mul_((torch.rand(w.shape, generator=g) >= sparsity).to(w.dtype))
+        w[0].zero_()  # an all-zero row
+    return module.eval()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_sparse_linear_matches_dense(kernel: str, sparsity: float, batch: int) -> None:
+    torch.manual_seed(batch)
+    lin = _sparse_(nn.Linear(48, 20), sparsity)
+    sp = SparseLinear.from_dense(lin, kernel=kernel)
+    x = torch.randn(batch, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(sp(x), lin(x), rtol=1e-5, atol=1e-5)
+    assert sp.kernel == kernel
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sparse_linear_leading_dims_and_no_bias(kernel: str) -> None:
+    lin = _sparse_(nn.Linear(16, 8, bias=False), 0.7)
+    sp = SparseLinear.from_dense(lin, kernel=kernel)
+    x = torch.randn(2, 5, 16)  # (B, T, K)
+    with torch.no_grad():
+        out = sp(x)
+        torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-5)
+    assert out.shape == (2, 5, 8)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 1.0])
+@pytest.mark.parametrize(
+    "conv_args",
+    [
+        dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
+        dict(in_channels=4, out_channels=8, kernel_size=3, stride=2, padding=1, bias=False),
+        dict(in_channels=4, out_channels=4, kernel_size=(3, 1), dilation=2, padding=(2, 0)),
+        dict(in_channels=8, out_channels=16, kernel_size=1),
+    ],
+)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_sparse_conv_matches_dense(kernel: str, sparsity: float, conv_args: dict, batch: int) -> None:
+    conv = _sparse_(nn.Conv2d(**conv_args), sparsity)
+    sp = SparseConv2d.from_dense(conv, kernel=kernel)
+    x = torch.relu(torch.randn(batch, conv.in_channels, 9, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(sp(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_round_trips_copy_pickle_and_to_dense(kernel: str) -> None:
+    conv = _sparse_(nn.Conv2d(4, 8, 3, padding=1), 0.8)
+    sp = SparseConv2d.from_dense(conv, kernel=kernel)
+    buf = io.BytesIO()
+    torch.save(copy.deepcopy(sp), buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), conv(x), rtol=1e-5, atol=1e-5)
+    dense = loaded.to_dense()
+    assert isinstance(dense, nn.Conv2d)
+    assert torch.equal(dense.weight, conv.weight) and torch.equal(dense.bias, conv.bias)
+    lin = _sparse_(nn.Linear(10, 6), 0.5)
+    assert torch.equal(SparseLinear.from_dense(lin, kernel=kernel).to_dense().weight, lin.weight)
+
+
+@needs_numba
+def test_numba_packs_small_indices_and_counts_bytes() -> None:
+    lin = _sparse_(nn.Linear(300, 40), 0.9)
+    sp = SparseLinear.from_dense(lin, kernel="numba_csr")
+    nnz = int(lin.weight.count_nonzero())
+    assert sp.col_indices.dtype == torch.int16 and sp.row_ptr.dtype == torch.int32
+    assert sp.packed_nbytes() == nnz * (4 + 2) + (40 + 1) * 4
+    small = SparseLinear.from_dense(_sparse_(nn.Linear(100, 7), 0.5), kernel="numba_csr")
+    assert small.col_indices.dtype == torch.uint8  # 100 columns fit in one byte
+
+
+@needs_numba
+@pytest.mark.parametrize("col_dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("width", [1, 7])
+def test_numba_kernel_any_index_dtype(col_dtype: torch.dtype, width: int) -> None:
+    from prunekit.sparse.kernels.numba_csr import csr_matmul_t
+
+    w = pruned_weight(33, 200, 0.8, seed=3)
+    w[5] = 0.0
+    sp = w.to_sparse_csr()
+    x = torch.randn(200, width)
+    out = csr_matmul_t(sp.crow_indices().to(torch.int32), sp.col_indices().to(col_dtype), sp.values(), x)
+    torch.testing.assert_close(out, w @ x, rtol=1e-5, atol=1e-5)
+    assert torch.all(out[5] == 0)
+
+
+def test_auto_kernel_and_errors() -> None:
+    lin = nn.Linear(8, 4)
+    assert SparseLinear.from_dense(lin).kernel == ("numba_csr" if numba_available() else "torch_csr")
+    with pytest.raises(ConfigError, match="unknown kernel 'cusparse'"):
+        SparseLinear.from_dense(lin, kernel="cusparse")
+    with pytest.raises(ConfigError, match="expects nn.Linear"):
+        SparseLinear.from_dense(nn.Conv2d(1, 1, 1))
+    with pytest.raises(ConfigError, match="does not divide"):
+        SparseLinear.from_dense(nn.Linear(6, 4), kernel="torch_bsr", block=(4, 4))
+    with pytest.raises(UnsupportedError, match="groups=1 only"):
+        SparseConv2d.from_dense(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(UnsupportedError, match="fp32"):
+        SparseLinear.from_dense(nn.Linear(8, 4).double(), kernel="torch_csr")
+    with pytest.raises(UnsupportedError, match="inference module"):
+        SparseLinear.from_dense(lin, kernel="torch_csr")(torch.randn(1, 8, requires_grad=True))
+
+
+def test_semi_structured_needs_cuda_or_24_weight() -> None:
+    lin = nn.Linear(8, 4)
+    if not torch.cuda.is_available():
+        with pytest.raises(UnsupportedError, match="needs CUDA"):
+            SemiStructuredLinear.from_dense(lin)
+    else:  # pragma: no cover - GPU machines
+        with pytest.raises(ConfigError, match="not 2:4 sparse"):
+            SemiStructuredLinear.from_dense(lin)
+
+
+@pytest.mark.gpu
+def test_semi_structured_matches_dense_on_gpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    lin = nn.Linear(128, 64).half()
+    with torch.no_grad():
+        lin.weight.view(64, 32, 4)[:, :, :2] = 0  # 2:4
+    sp = SemiStructuredLinear.from_dense(lin)
+    x = torch.randn(32, 128, dtype=torch.float16, device="cuda")
+    torch.testing.assert_close(sp(x), lin.cuda()(x), rtol=1e-2, atol=1e-2)
+
+
+def test_activation_sparsity_counts_exact_zeros_and_restores_model() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).train()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(4))
+        model[0].bias.zero_()
+    batches = [torch.tensor([[1.0, -1.0, 2.0, -2.0]]), (torch.tensor([[0.0, 3.0, -1.0, 1.0]]), torch.tensor([1]))]
+    stats = activation_sparsity(model, batches)
+    assert stats["0"].zeros == 1 and stats["0"].numel == 8  # one literal zero in the raw inputs
+    assert stats["2"].zeros == 4 and stats["2"].zero_fraction == 0.5  # after ReLU: 2 + 2 zeros
+    assert stats["2"].batches == 2
+    assert model.training and all(not m._forward_pre_hooks for m in model.modules())
+    with pytest.raises(ConfigError, match="no batches"):
+        activation_sparsity(model, [])
+
+
+def test_bench_helpers() -> None:
+    w = pruned_weight(10, 10, 0.37)
+    assert int((w == 0).sum()) == 37
+    rows = [BenchRow("k", 1, s, 1.0, t, 100, 10, "int16", 1) for s, t in [(0.5, 1.2), (0.7, 0.9), (0.8, 1.1),
+                                                                          (0.9, 0.5), (0.95, 0.3)]]
+    assert crossover(rows, "k", 1) == 0.9  # 0.7 wins but 0.8 loses again
+    assert crossover(rows, "k", 16) is None
+    with pytest.raises(ConfigError, match="sparsity"):
+        pruned_weight(2, 2, 1.0)
