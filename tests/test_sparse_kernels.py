@@ -63,10 +63,10 @@ def test_sparse_linear_leading_dims_and_no_bias(kernel: str) -> None:
 @pytest.mark.parametrize(
     "conv_args",
     [
-        dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
-        dict(in_channels=4, out_channels=8, kernel_size=3, stride=2, padding=1, bias=False),
-        dict(in_channels=4, out_channels=4, kernel_size=(3, 1), dilation=2, padding=(2, 0)),
-        dict(in_channels=8, out_channels=16, kernel_size=1),
+        {"in_channels": 3, "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1, "bias": False},
+        {"in_channels": 4, "out_channels": 4, "kernel_size": (3, 1), "dilation": 2, "padding": (2, 0)},
+        {"in_channels": 8, "out_channels": 16, "kernel_size": 1},
     ],
 )
 @pytest.mark.parametrize("batch", [1, 2])
