@@ -342,6 +342,34 @@ def test_eie_bytes_hand_computed() -> None:
     assert e2.nbytes() == -(-9 * 5 // 8) + -(-9 * 2 // 8) + 5 + 4 * 4
 
 
+@pytest.mark.parametrize("pes", [2, 4, 7, 64])
+def test_eie_pe_interleaving_round_trip(pes: int) -> None:
+    w = sparse_tensor((40, 30), 0.1, seed=pes)
+    w[:, 3] = 0.0  # empty column
+    e = EIEMatrix.pack(w, num_pes=pes)
+    assert torch.equal(e.unpack() != 0, w != 0)
+    row, col = e.positions()
+    assert torch.equal(e.unpack_with(w[row, col]), w)
+    assert e.col_ptr.numel() == pes * 31 and int(e.pe_entries().sum()) == e.num_entries
+    assert bool(((row % pes)[1:] >= (row % pes)[:-1]).all())  # storage grouped by PE
+    one = EIEMatrix.pack(w)
+    assert e.nnz == one.nnz
+
+
+def test_eie_pe_example_from_the_paper() -> None:
+    # The 8x4 example of Han et al. (ISCA 2016), rows interleaved over 4 PEs: PE0 owns rows 0 and 4
+    w = torch.zeros(8, 4)
+    for r, c in [(0, 0), (0, 1), (0, 3), (1, 2), (2, 1), (2, 3), (4, 2), (4, 3), (5, 0), (6, 3), (7, 1)]:
+        w[r, c] = 1.0 + r + 0.1 * c
+    e = EIEMatrix.pack(w, num_pes=4)
+    assert e.pe_col_ptr()[0].tolist() == [0, 1, 2, 3, 5]  # the paper's column pointer for PE0
+    row, col = e.positions()
+    assert list(zip(row[:5].tolist(), col[:5].tolist())) == [(0, 0), (0, 1), (4, 2), (0, 3), (4, 3)]
+    assert e.relative_indices()[:5].tolist() == [0, 0, 1, 0, 0]  # zeros before each entry (local rows)
+    assert e.pe_entries().tolist() == [5, 2, 3, 1]  # PE1: rows 1, 5 ; PE2: rows 2, 6 ; PE3: rows 3, 7
+    assert torch.equal(e.unpack(), w)  # 11 distinct values <= 15 centroids
+
+
 def test_eie_errors() -> None:
     with pytest.raises(ConfigError, match="at least 2 dims"):
         EIEMatrix.pack(torch.ones(5))
@@ -349,14 +377,30 @@ def test_eie_errors() -> None:
         EIEMatrix.pack(torch.ones(3, 3), codebook=torch.zeros(4))
     with pytest.raises(ConfigError, match="needs 3 values"):
         EIEMatrix.pack(torch.eye(3)).unpack_with(torch.ones(1))
+    with pytest.raises(ConfigError, match="num_pes must be a positive int"):
+        EIEMatrix.pack(torch.eye(3), num_pes=0)
 
 
 # ----------------------------------------------------------------------------- weight sharing
-def test_kmeans_linear_init_and_convergence() -> None:
-    x = torch.cat([torch.full((50,), -1.0), torch.full((30,), 0.2), torch.full((20,), 2.0)])
+def test_kmeans_lloyd_finds_separated_clusters() -> None:
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([-1.0, 0.2, 2.0])
+    labels = torch.cat([torch.zeros(50), torch.ones(30), torch.full((20,), 2.0)]).long()
+    x = centers[labels] + 0.01 * torch.randn(100, generator=g)  # 100 distinct values, 3 clusters
     c, a = kmeans_1d(x, 3)
-    assert c.tolist() == pytest.approx([-1.0, 0.2, 2.0])
-    assert torch.equal(a, torch.cat([torch.zeros(50), torch.ones(30), torch.full((20,), 2.0)]).long())
+    assert torch.equal(a, labels)
+    for j in range(3):
+        assert float(c[j]) == pytest.approx(float(x[labels == j].double().mean()), abs=1e-9)
+
+
+def test_kmeans_exact_when_few_distinct_values() -> None:
+    x = torch.tensor([1.0, 1.1, 1.0, 5.0, 8.1, 1.1])  # 4 distinct values, 6 clusters
+    c, a = kmeans_1d(x, 6)
+    assert torch.equal(c[a].float(), x)
+    # linear init (spacing 1.18) starts 1.0 and 1.1 in one cluster; the exact path keeps them apart
+    w = torch.zeros(4, 3)
+    w[0, 0], w[1, 1], w[2, 2], w[3, 0] = 1.0, 1.1, 5.0, 8.1
+    assert torch.equal(EIEMatrix.pack(w, bits=3).unpack(), w)
 
 
 def test_shared_weight_codebook_gradient_is_summed_cluster_gradient() -> None:

@@ -12,6 +12,11 @@ zero activation skips a whole column). Each stored entry has
 Column pointers (C+1, smallest dtype holding the entry count) mark where each column starts.
 ``nbytes()`` = packed relative indices + packed codes + column pointers + codebook.
 
+With ``num_pes = P > 1`` the rows are interleaved over P processing elements as in the EIE
+hardware (PE k owns rows k, k+P, ...): each PE stores its own column-wise entries with relative
+indices counted in its local rows and its own C+1 column pointers (``col_ptr`` then holds P
+such blocks, each relative to the start of that PE's entries; the PE streams are concatenated).
+
 ``unpack()`` returns the shared (quantised) weight exactly; ``unpack_with(values)`` places the
 original values at the stored positions instead, which reproduces the original tensor exactly
 (the structure round trip is lossless; only values go through the codebook).
@@ -49,10 +54,11 @@ class EIEMatrix(SparseFormat):
     bits: int
     index_bits: int
     shape: tuple[int, ...]
+    num_pes: int = 1
 
     @classmethod
     def pack(cls, dense: torch.Tensor, bits: int = 4, index_bits: int = 4,
-             codebook: torch.Tensor | None = None, max_iter: int = 100) -> EIEMatrix:
+             codebook: torch.Tensor | None = None, max_iter: int = 100, num_pes: int = 1) -> EIEMatrix:
         """Compress ``dense`` (>= 2-D, trailing dims flattened into columns).
 
         Without ``codebook``, the nonzeros are clustered into ``2**bits - 1`` shared values
@@ -63,6 +69,8 @@ class EIEMatrix(SparseFormat):
             raise ConfigError(f"EIE code width must be 1..16 bits, got {bits}")
         if not 1 <= index_bits <= 16:
             raise ConfigError(f"EIE relative index width must be 1..16 bits, got {index_bits}")
+        if not (isinstance(num_pes, int) and num_pes >= 1):
+            raise ConfigError(f"EIE num_pes must be a positive int, got {num_pes!r}")
         mat, shape = as_matrix(dense, "EIEMatrix")  # (R, C)
         cols_major = mat.t()  # (C, R): walk column by column
         nonzero = cols_major != 0
@@ -77,21 +85,28 @@ class EIEMatrix(SparseFormat):
                                   f"got {codebook.numel()} entries starting with {float(codebook[0])}")
         codes = nearest_codes(values, codebook)  # nearest nonzero entry, in the stored dtype
         col, row = nonzero.nonzero(as_tuple=True)
-        return cls.from_positions(row, col, codes, codebook, mat.shape, shape, bits, index_bits)
+        return cls.from_positions(row, col, codes, codebook, mat.shape, shape, bits, index_bits, num_pes)
 
     @classmethod
     def from_positions(cls, row: torch.Tensor, col: torch.Tensor, codes: torch.Tensor, codebook: torch.Tensor,
                        matrix_shape: tuple[int, int], shape: tuple[int, ...], bits: int = 4,
-                       index_bits: int = 4) -> EIEMatrix:
-        """Build from nonzero positions sorted by (col, row), their codes and the codebook."""
+                       index_bits: int = 4, num_pes: int = 1) -> EIEMatrix:
+        """Build from nonzero positions (any order), their codes and the codebook."""
         rows, cols = matrix_shape
         row, col, codes = row.to(torch.int64), col.to(torch.int64), codes.to(torch.int64)
+        pes = num_pes
+        local_rows = -(-rows // pes)
+        # Segment = (PE, column); inside a segment, entries run down the PE's local rows.
+        seg = (row % pes) * cols + col  # (nnz,)
+        local = row // pes
+        order = torch.argsort(seg * max(local_rows, 1) + local)
+        seg, local, codes = seg[order], local[order], codes[order]
         span = 2**index_bits  # positions one padding entry covers
-        prev = torch.full_like(row, -1)
-        if row.numel() > 1:
-            same_col = col[1:] == col[:-1]
-            prev[1:] = torch.where(same_col, row[:-1], torch.full_like(row[1:], -1))
-        gap = row - prev - 1  # zeros before each nonzero since the previous entry
+        prev = torch.full_like(local, -1)
+        if local.numel() > 1:
+            same = seg[1:] == seg[:-1]
+            prev[1:] = torch.where(same, local[:-1], torch.full_like(local[1:], -1))
+        gap = local - prev - 1  # zeros before each nonzero since the previous entry
         pads = gap // span  # padding entries needed before it
         per_nz = pads + 1  # entries each nonzero expands to
         total = int(per_nz.sum())
@@ -100,16 +115,26 @@ class EIEMatrix(SparseFormat):
         last = torch.cumsum(per_nz, dim=0) - 1  # slot of each real entry
         z[last] = gap % span
         entry_code[last] = codes
-        col_ptr = torch.zeros(cols + 1, dtype=torch.int64)
-        col_ptr[1:] = torch.cumsum(torch.zeros(cols, dtype=torch.int64).index_add_(0, col, per_nz), dim=0)
+        per_seg = torch.zeros(pes * cols, dtype=torch.int64).index_add_(0, seg, per_nz).reshape(pes, cols)
+        col_ptr = torch.zeros(pes, cols + 1, dtype=torch.int64)
+        col_ptr[:, 1:] = torch.cumsum(per_seg, dim=1)  # per PE, relative to its own stream
+        top = int(col_ptr[:, -1].max()) if pes else 0
         return cls(rel_index=pack_bits(z, index_bits), codes=pack_bits(entry_code, bits),
-                   col_ptr=col_ptr.to(index_dtype(total)), codebook=codebook.clone(), bits=bits,
-                   index_bits=index_bits, shape=tuple(shape))
+                   col_ptr=col_ptr.reshape(-1).to(index_dtype(top)), codebook=codebook.clone(), bits=bits,
+                   index_bits=index_bits, shape=tuple(shape), num_pes=pes)
+
+    def pe_col_ptr(self) -> torch.Tensor:
+        """Column pointers per PE, (num_pes, C+1) int64, each relative to that PE's first entry."""
+        return self.col_ptr.to(torch.int64).reshape(self.num_pes, self.matrix_shape[1] + 1)
+
+    def pe_entries(self) -> torch.Tensor:
+        """Entries (padding included) stored by each PE, (num_pes,) int64: the load balance."""
+        return self.pe_col_ptr()[:, -1]
 
     @property
     def num_entries(self) -> int:
         """Stored entries, padding included."""
-        return int(self.col_ptr[-1])
+        return int(self.pe_entries().sum())
 
     def relative_indices(self) -> torch.Tensor:
         """The relative index of every entry, (E,) int64."""
@@ -120,17 +145,18 @@ class EIEMatrix(SparseFormat):
         return unpack_bits(self.codes, self.bits, self.num_entries)
 
     def entry_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row, col) of every entry, padding included, each (E,) int64."""
-        cols = self.matrix_shape[1]
-        ptr = self.col_ptr.to(torch.int64)
-        col = torch.repeat_interleave(torch.arange(cols), ptr[1:] - ptr[:-1])  # (E,)
+        """(row, col) of every entry, padding included, in storage order, each (E,) int64."""
+        cols, pes = self.matrix_shape[1], self.num_pes
+        per_seg = self.pe_col_ptr().diff(dim=1).reshape(-1)  # (P*C,) entries per (PE, column)
+        seg = torch.repeat_interleave(torch.arange(pes * cols), per_seg)  # (E,)
         steps = torch.cumsum(self.relative_indices() + 1, dim=0)  # (E,)
-        before = torch.cat([torch.zeros(1, dtype=torch.int64), steps])[ptr[:-1]]  # (C,) steps before each column
-        row = steps - before[col] - 1
-        return row, col
+        seg_start = torch.cumsum(per_seg, dim=0) - per_seg  # (P*C,) first entry of each segment
+        before = torch.cat([torch.zeros(1, dtype=torch.int64), steps])[seg_start]  # steps before each segment
+        local = steps - before[seg] - 1
+        return local * pes + seg // cols, seg % cols
 
     def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row, col) of the real (non-padding) entries, in storage (column-major) order."""
+        """(row, col) of the real (non-padding) entries, in storage order (by PE, column, row)."""
         row, col = self.entry_positions()
         real = self.code_values() != 0
         return row[real], col[real]
@@ -148,10 +174,10 @@ class EIEMatrix(SparseFormat):
         return dense.reshape(self.shape)
 
     def unpack_with(self, values: torch.Tensor) -> torch.Tensor:
-        """Place ``values`` ((nnz,), storage order = column-major) at the stored positions.
+        """Place ``values`` ((nnz,), in the order of :meth:`positions`) at the stored positions.
 
-        With the original nonzeros (``w.reshape(R, -1).t()[...t() != 0]``) this reproduces the
-        original tensor exactly.
+        With the original nonzeros (``w.reshape(R, -1)[e.positions()]``; for one PE simply the
+        column-major nonzeros) this reproduces the original tensor exactly.
         """
         row, col = self.positions()
         if values.numel() != row.numel():

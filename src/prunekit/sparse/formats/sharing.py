@@ -31,7 +31,8 @@ def kmeans_1d(values: torch.Tensor, k: int, max_iter: int = 100) -> tuple[torch.
 
     Returns ``(centroids (k,) sorted ascending, assignment (n,) int64)``; every value is
     assigned to its nearest final centroid. A cluster that ends up empty keeps its previous
-    centroid. Computed in float64.
+    centroid. Values with at most ``k`` distinct entries are reproduced exactly (the distinct
+    values become the centroids, the last one repeated). Computed in float64.
 
     >>> c, a = kmeans_1d(torch.tensor([0.1, 0.2, 0.9, 1.0]), 2)
     >>> [round(v, 2) for v in c.tolist()], a.tolist()
@@ -42,6 +43,10 @@ def kmeans_1d(values: torch.Tensor, k: int, max_iter: int = 100) -> tuple[torch.
     x = values.detach().reshape(-1).to(torch.float64).cpu()  # (n,)
     if x.numel() == 0:
         return torch.zeros(k, dtype=torch.float64), torch.zeros(0, dtype=torch.int64)
+    distinct = torch.unique(x)  # sorted
+    if distinct.numel() <= k:  # already shareable: the distinct values are the optimal centroids
+        centroids = torch.cat([distinct, distinct[-1:].expand(k - distinct.numel())])
+        return centroids, torch.searchsorted(distinct, x)
     # In 1-D every cluster is a contiguous run of the sorted values, so one sort plus prefix
     # sums turn each Lloyd step into k binary searches.
     xs = x.sort().values  # (n,)
