@@ -269,6 +269,44 @@ def test_feature_equals_output_change_from_masking_each_channel(groups: int) -> 
         conv.weight.copy_(w0)
 
 
+def test_feature_bn_removed_is_the_energy_of_the_whole_bn_output() -> None:
+    torch.manual_seed(5)
+    conv, bn = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.bias.copy_(torch.tensor([5.0, 0.0, -1.0]))
+    m = nn.Sequential(conv, bn).eval()
+    x = torch.randn(4, 2, 5, 5)
+    t = select(m)[0]
+    s = FeatureReconstruction(bn_removed=True).calibrate(m, [x], 1, [t]).channel_scores(t)
+    with torch.no_grad():
+        torch.testing.assert_close(s, m(x).pow(2).sum(dim=(0, 2, 3)) / 4)
+    with pytest.raises(ConfigError, match="bn_removed=True"):
+        FeatureReconstruction(dim=1, bn_removed=True)
+
+
+@pytest.mark.parametrize("bn_removed", [False, True])
+def test_feature_relu_equals_post_relu_change_from_removing_each_channel(bn_removed: bool) -> None:
+    torch.manual_seed(6)
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.bias.uniform_(-1, 1)
+    m = nn.Sequential(conv, bn, nn.ReLU()).eval()
+    x = torch.randn(3, 3, 6, 6)
+    t = select(m)[0]
+    s = FeatureReconstruction(relu=True, bn_removed=bn_removed).calibrate(m, [x], 1, [t]).channel_scores(t)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.no_grad():
+        ref = m(x)
+        for c in range(4):
+            m.load_state_dict(state)
+            conv.weight[c] = 0.0
+            if bn_removed:
+                bn.weight[c] = bn.bias[c] = 0.0
+            assert s[c].item() == pytest.approx(_energy(ref - m(x)), rel=1e-4)
+
+
 def test_feature_input_channels_of_linear_by_hand() -> None:
     lin = nn.Linear(3, 2)
     m = nn.Sequential(lin)

@@ -9,7 +9,11 @@ that input (for a conv: the energy of the convolution of ``X_c`` with the filter
 When a BatchNorm consumes the layer's output (found from the data flow), the change is measured
 after it, i.e. each output channel is scaled by ``gamma / sqrt(running_var + eps)``; otherwise the
 raw conv output would rank channels by an arbitrary pre-BN scale. Pass ``through_bn=False`` for
-the raw layer output.
+the raw layer output. Masking a conv's weights leaves its BN emitting the constant
+``beta - gamma * mean / sqrt(var + eps)``; when the channel is removed *with* its BN channel
+(structural pruning, or zeroing gamma and beta too), pass ``bn_removed=True``: the change is then
+the whole BN output, ``E ||BN(Y)_c||^2``. ``relu=True`` measures the change after a ReLU that
+follows (what the next layer actually receives), e.g. ``E ||relu(BN(Y))_c - relu(BN(b))_c||^2``.
 
 >>> import torch, torch.nn as nn
 >>> from prunekit.targets import select
@@ -42,6 +46,25 @@ def _output_scale(bn: _BatchNorm | None, y: torch.Tensor, out_ch: int) -> torch.
     if bn is None:
         return torch.ones(out_ch, device=y.device)
     return bn_channel_scale(bn, y).to(y.device).float()
+
+
+def _bn_output(bn: _BatchNorm, v: torch.Tensor, stats_from: torch.Tensor | None = None) -> torch.Tensor:
+    """``bn(v)`` in eval form, channels on dim 1, without updating ``bn``.
+
+    Uses the running statistics, or (a BN keeping none) the batch statistics of ``stats_from``
+    (default ``v``).
+    """
+    if bn.running_mean is not None and bn.running_var is not None:
+        mean, var = bn.running_mean.float(), bn.running_var.float()
+    else:
+        ref = v if stats_from is None else stats_from
+        dims = [d for d in range(ref.dim()) if d != 1]
+        mean, var = ref.mean(dim=dims), ref.var(dim=dims, unbiased=False)
+    shape = [1, -1] + [1] * (v.dim() - 2)
+    out = (v - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + bn.eps)
+    if bn.weight is not None:
+        out = out * bn.weight.detach().float().reshape(shape) + bn.bias.detach().float().reshape(shape)
+    return out
 
 
 def input_channel_energy(conv: nn.Conv2d, x: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
@@ -87,12 +110,18 @@ def input_channel_broadcast(per_input: torch.Tensor, weight: torch.Tensor, group
 class FeatureReconstruction(ChannelStatistic):
     """Output-error scores of output (``dim=0``) or input (``dim=1``) channels on calibration data."""
 
-    def __init__(self, dim: int = 0, through_bn: bool = True) -> None:
+    def __init__(self, dim: int = 0, through_bn: bool = True, bn_removed: bool = False, relu: bool = False) -> None:
         super().__init__()
         if dim not in (0, 1):
             raise ConfigError(f"FeatureReconstruction(dim={dim}): use 0 (output channels) or 1 (input channels)")
+        if (bn_removed or relu) and (dim != 0 or not through_bn):
+            raise ConfigError(
+                "FeatureReconstruction(bn_removed=True or relu=True) applies to output channels (dim=0) with through_bn"
+            )
         self.dim = dim
         self.through_bn = through_bn
+        self.bn_removed = bn_removed
+        self.relu = relu
 
     def _layer_hook(self, target: Target):
         def hook(mod: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
@@ -122,14 +151,22 @@ class FeatureReconstruction(ChannelStatistic):
 
     def _record_output(self, target: Target, mod: nn.Module, y: torch.Tensor, bn: _BatchNorm | None) -> None:
         dim = channel_dim(mod)
-        bias = getattr(mod, "bias", None)
         y = y.float()
+        shape = [1] * y.dim()
+        shape[dim] = -1
+        bias = getattr(mod, "bias", None)
+        # what the next layer sees with the channel's weights kept (full) and masked (masked)
         if isinstance(bias, torch.Tensor):
-            shape = [1] * y.dim()
-            shape[dim] = -1
-            y = y - bias.detach().float().reshape(shape)  # the part that masking the weights removes
-        scale = _output_scale(bn, y, y.shape[dim])
-        energy = per_channel_sum(y.pow(2), dim) * scale.pow(2)  # (C,) summed over batch and positions
+            masked = bias.detach().float().reshape(shape).expand_as(y)
+        else:
+            masked = torch.zeros_like(y)
+        full = y
+        if bn is not None:
+            full = _bn_output(bn, y)
+            masked = torch.zeros_like(y) if self.bn_removed else _bn_output(bn, masked, y)
+        if self.relu:
+            full, masked = full.clamp(min=0), masked.clamp(min=0)
+        energy = per_channel_sum((full - masked).pow(2), 1 if bn is not None else dim)  # (C,) over batch, positions
         self._add(target, energy, y.shape[0])
 
     def _record_input(
@@ -156,4 +193,5 @@ class FeatureReconstruction(ChannelStatistic):
         return input_channel_broadcast(per_channel, target.weight, getattr(target.module, "groups", 1))
 
     def __repr__(self) -> str:
-        return f"FeatureReconstruction(dim={self.dim}, through_bn={self.through_bn})"
+        extra = (", bn_removed=True" if self.bn_removed else "") + (", relu=True" if self.relu else "")
+        return f"FeatureReconstruction(dim={self.dim}, through_bn={self.through_bn}{extra})"
