@@ -58,6 +58,16 @@ def test_resnet_macs_and_params(name: str, n: int, approx_macs: float, params: i
     assert 2 * macs < flops < 2.1 * macs  # BN, ReLU, adds, pooling are a small extra
 
 
+def test_agrees_with_torch_flop_counter() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(2, 3, 32, 32)
+    model = create("resnet20").eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    assert counter.get_total_flops() == 2 * count_macs(model, x)  # it counts 2 FLOPs per MAC
+
+
 def test_macs_scale_with_batch() -> None:
     model = create("resnet20")
     assert count_macs(model, torch.zeros(4, 3, 32, 32)) == 4 * resnet_cifar_macs(3)
