@@ -184,6 +184,13 @@ def test_min_keep_is_a_per_layer_floor():
     assert kept == [w // 4 for w in widths]
 
 
+def test_max_keep_forces_every_layer_to_shrink():
+    model = tiny_vgg()
+    small, _, report = prune_channels(model, X32, ratio=0.05, max_keep=0.5)
+    assert [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)] == [8, 8, 16, 16, 16]
+    assert report.verified is not None
+
+
 class ByIndex:
     """Importance = channel index: the lowest-index channels are the least important."""
 

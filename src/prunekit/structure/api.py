@@ -114,7 +114,9 @@ def prune_channels(
     allocation: str = "global",
     reduction: str = "mean",
     members: str = "out",
+    member_norm: bool = True,
     min_keep: float = 0.0,
+    max_keep: float = 1.0,
     exclude: Sequence[str] = (),
     graph: DependencyGraph | None = None,
 ) -> tuple[nn.Module, PruningPlan, PruneReport]:
@@ -123,7 +125,7 @@ def prune_channels(
     ``ratio`` is the fraction to remove of ``target``: ``"channels"`` (prunable units),
     ``"macs"`` or ``"params"`` (searched until reached; the report gives what was reached).
     ``importance`` follows the prunekit importance contract (default L1 magnitude); ``allocation``
-    ``"global"`` or ``"uniform"``; ``min_keep`` is the per-layer minimum kept fraction; ``round_to``
+    ``"global"`` or ``"uniform"``; ``min_keep``/``max_keep`` bound each layer's kept fraction; ``round_to``
     rounds each group's kept channel count up to a multiple. The input model is not modified. With
     ``verify`` the small model is checked against the masked original (eval mode).
     """
@@ -133,10 +135,12 @@ def prune_channels(
         raise ConfigError(f"ratio is the fraction to remove and must be in [0, 1), got {ratio}")
     graph = graph if graph is not None else DependencyGraph.build(model, example_input)
     graph.check_handlers()
-    scores = unit_scores(graph, importance, reduction=reduction, members=members)
+    scores = unit_scores(graph, importance, reduction=reduction, members=members, member_norm=member_norm)
     n_prunable = int(np.sum(~np.isnan(scores)))
 
-    choose = UnitSelector(graph, scores, allocation, min_keep, round_to, exclude=exclude).choose
+    choose = UnitSelector(
+        graph, scores, allocation, min_keep, round_to, exclude=exclude, max_keep=max_keep
+    ).choose
 
     cost = CostModel(graph, example_input)
     notes: list[str] = []
@@ -152,7 +156,7 @@ def prune_channels(
         _, units = _search(graph, scores, float(ratio), measure, choose)
     meta = {
         "target": target, "ratio": float(ratio), "allocation": allocation, "reduction": reduction,
-        "members": members, "round_to": round_to, "min_keep": min_keep,
+        "members": members, "member_norm": member_norm, "round_to": round_to, "min_keep": min_keep, "max_keep": max_keep,
         "importance": type(importance).__name__ if importance is not None else "Magnitude(p=1)",
     }  # fmt: skip
     plan = make_plan(graph, units, meta)

@@ -87,8 +87,13 @@ def unit_scores(
     reduction: str = "mean",
     members: str = "out",
     include_norm: bool = False,
+    member_norm: bool = True,
 ) -> np.ndarray:
-    """One score per unit (``nan`` for pinned units or units without scored slices)."""
+    """One score per unit (``nan`` for pinned units or units without scored slices).
+
+    With ``member_norm`` each member slice's scores are first divided by their mean over that
+    axis, so layers of different fan-in weigh alike when a unit spans several layers.
+    """
     if reduction not in REDUCTIONS:
         raise ConfigError(f"unknown reduction {reduction!r}; use one of {sorted(REDUCTIONS)}")
     importance = importance if importance is not None else default_importance()
@@ -109,7 +114,11 @@ def unit_scores(
         v = s.transpose(0, sl.dim).reshape(s.shape[sl.dim], -1).sum(1)  # (param dim,)
         size = graph.axes[ref]
         idx = sl.indices(torch.arange(size)).view(len(sl.offsets), size, sl.unit)
-        per_axis.setdefault(ref, []).append(v[idx].sum(dim=(0, 2)).numpy())  # (size,)
+        vec = v[idx].sum(dim=(0, 2)).numpy()  # (size,)
+        if member_norm:
+            mean = float(vec.mean())
+            vec = vec / mean if mean > 0 else vec
+        per_axis.setdefault(ref, []).append(vec)
     reduce = REDUCTIONS[reduction]
     out = np.full(len(graph.units), np.nan)
     for u in graph.units:
@@ -124,11 +133,15 @@ def unit_scores(
 class _Budget:
     """Tracks kept indices per module axis so no axis drops below its minimum."""
 
-    def __init__(self, graph: DependencyGraph, min_keep: float) -> None:
+    def __init__(self, graph: DependencyGraph, min_keep: float, max_keep: float = 1.0) -> None:
         sizes = list(graph.axes.values())
         self.per_unit = graph.unit_counts()
         self.kept = list(sizes)
         self.floor = [max(1, math.ceil(min_keep * n)) for n in sizes]
+        self.cap = [max(f, math.floor(max_keep * n + 1e-9)) for f, n in zip(self.floor, sizes)]
+
+    def over_cap(self, ui: int) -> bool:
+        return any(self.kept[a] > self.cap[a] for a, _ in self.per_unit[ui])
 
     def can_remove(self, ui: int) -> bool:
         kept, floor = self.kept, self.floor
@@ -166,6 +179,7 @@ class UnitSelector:
         round_to: int | None = None,
         normalize: bool = True,
         exclude: Sequence[str] = (),
+        max_keep: float = 1.0,
     ) -> None:
         if allocation not in ("global", "uniform"):
             raise ConfigError(f"allocation must be 'global' or 'uniform', got {allocation!r}")
@@ -173,7 +187,10 @@ class UnitSelector:
             raise ConfigError(f"round_to must be >= 1, got {round_to}")
         if not 0.0 <= min_keep <= 1.0:
             raise ConfigError(f"min_keep is a kept fraction in [0, 1], got {min_keep}")
+        if not min_keep <= max_keep <= 1.0:
+            raise ConfigError(f"max_keep is a kept fraction in [min_keep, 1], got {max_keep}")
         self.graph, self.allocation, self.min_keep, self.round_to = graph, allocation, min_keep, round_to
+        self.max_keep = max_keep
         excluded = set(exclude)
         unknown = excluded - {a.module for a in graph.axes}
         if unknown:
@@ -202,7 +219,7 @@ class UnitSelector:
         if not 0.0 <= ratio < 1.0:
             raise ConfigError(f"pruning ratio must be in [0, 1), got {ratio}")
         graph = self.graph
-        budget = _Budget(graph, self.min_keep)
+        budget = _Budget(graph, self.min_keep, self.max_keep)
         removed: dict[int, list[int]] = {g: [] for g in self.orders}
         if self.allocation == "uniform":
             for g, units in self.orders.items():
@@ -229,6 +246,14 @@ class UnitSelector:
                 target_keep = min(total, int(math.ceil((total - len(rem)) / self.round_to) * self.round_to))
                 while total - len(rem) < target_keep and rem:
                     budget.restore(rem.pop())  # give back the highest-scored removal
+        if self.max_keep < 1.0:  # force more removals (lowest scores first) where a layer keeps too much
+            gone = {u for rem in removed.values() for u in rem}
+            for g, units in self.orders.items():
+                for u in units:
+                    if u not in gone and budget.over_cap(u) and budget.can_remove(u):
+                        budget.remove(u)
+                        removed[g].append(u)
+                        gone.add(u)
         return sorted(u for rem in removed.values() for u in rem)
 
 
@@ -241,15 +266,19 @@ def choose_units(
     round_to: int | None = None,
     normalize: bool = True,
     exclude: Sequence[str] = (),
+    max_keep: float = 1.0,
 ) -> list[int]:
     """Indices of units to remove so that about ``ratio`` of the prunable units go.
 
     ``allocation="uniform"``: the same fraction of every group; ``"global"``: lowest scores across
     groups (each group's scores divided by its mean when ``normalize``). No module axis keeps fewer
-    than ``max(1, ceil(min_keep * size))`` indices. ``round_to``: each group's kept unit count is
+    than ``max(1, ceil(min_keep * size))`` indices; where possible none keeps more than
+    ``floor(max_keep * size)`` (extra lowest-score removals). ``round_to``: each group's kept unit count is
     rounded up to a multiple of it. Units touching a module in ``exclude`` are never removed.
     """
-    return UnitSelector(graph, scores, allocation, min_keep, round_to, normalize, exclude).choose(ratio)
+    return UnitSelector(graph, scores, allocation, min_keep, round_to, normalize, exclude, max_keep).choose(
+        ratio
+    )
 
 
 # ---------------------------------------------------------------------------------------------
