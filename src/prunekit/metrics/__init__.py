@@ -15,14 +15,16 @@ from prunekit.metrics.counts import (
     sparsity_report,
     total_sparsity,
 )
-from prunekit.metrics.latency import LatencyResult, compare_latency, measure_latency
+from prunekit.metrics.latency import LatencyResult, compare_latency, measure_latency, num_threads
 from prunekit.metrics.macs import (
     CostProfile,
     count_flops,
     count_macs,
     count_nonzero_macs,
+    eval_mode,
     macs_by_layer,
     profile_costs,
+    run_model,
 )
 from prunekit.metrics.size import model_bytes, tensor_sizes
 from prunekit.metrics.table import LayerRow, format_table, layer_table
@@ -39,12 +41,15 @@ __all__ = [
     "count_nonzeros",
     "count_params",
     "effective_tensors",
+    "eval_mode",
     "format_table",
     "layer_table",
     "macs_by_layer",
     "measure_latency",
     "model_bytes",
+    "num_threads",
     "profile_costs",
+    "run_model",
     "sparsity_report",
     "tensor_sizes",
     "total_sparsity",
