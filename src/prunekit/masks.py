@@ -92,6 +92,8 @@ class Masks(Mapping[str, torch.Tensor]):
                 raise ConfigError(f"mask of {name!r} must be a tensor, got {type(m).__name__}")
             self._masks[str(name)] = m.detach().to(torch.bool)
         self.param_names: dict[str, str] = dict.fromkeys(self._masks, "weight")
+        if isinstance(masks, Masks):
+            self.param_names.update(masks.param_names)
         self.param_names.update(dict(param_names or {}))
         self._handles: list[RemovableHandle] = []
         self._model: nn.Module | None = None

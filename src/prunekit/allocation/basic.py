@@ -19,6 +19,7 @@ Exactness: with a regular granularity, ``Uniform(s)`` prunes ``round(s * G)`` of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -162,7 +163,7 @@ class Global(Allocation):
         for t in targets:
             g = normalize_scores(granularity.group_scores(scores[t.name]).float(), self.normalize)  # (G,)
             if self.min_keep > 0:
-                n_protect = max(1, int(torch.tensor(self.min_keep * g.numel()).ceil().item()))
+                n_protect = max(1, math.ceil(self.min_keep * g.numel() - 1e-9))
                 protect = torch.topk(g, min(n_protect, g.numel())).indices
                 g = g.clone()
                 g[protect] = float("inf")
