@@ -100,7 +100,7 @@ CASES = {
     "resnet20_A": (lambda: randomize_bn(create("resnet20", option="A")), X32),
     "resnet20_B": (lambda: randomize_bn(create("resnet20", option="B")), X32),
     "vgg": (tiny_vgg, X32),
-    "mobilenetv2": (lambda: randomize_bn(create("mobilenetv2")), X32[:1]),
+    "mobilenetv2": (lambda: randomize_bn(create("mobilenetv2", width_mult=0.25)), X32[:1, :, :16, :16]),
     "densenet_block": (lambda: randomize_bn(DenseBlock()), torch.randn(2, 3, 8, 8)),
     "lenet5": (lambda: create("lenet5").eval(), torch.randn(2, 1, 28, 28)),
     "grouped": (lambda: randomize_bn(GroupedNet()), torch.randn(2, 3, 8, 8)),

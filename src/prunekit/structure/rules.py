@@ -489,12 +489,10 @@ def _conv(p: Propagation, node: fx.Node) -> None:
     g = m.groups
     if g > 1:  # grouped/depthwise: a whole group (its in and out channels) is one unit
         ip, op_ = m.in_channels // g, m.out_channels // g
-        for k in range(g):
-            ins = np.arange(k * ip, (k + 1) * ip)
-            outs = np.arange(k * op_, (k + 1) * op_)
-            p.space.link(kin, ins, kin, np.full_like(ins, k * ip))
-            p.space.link(kout, outs, kout, np.full_like(outs, k * op_))
-            p.space.link(kin, ins[:1], kout, outs[:1])
+        ins, outs, k = np.arange(m.in_channels), np.arange(m.out_channels), np.arange(g)
+        p.space.link(kin, ins, kin, (ins // ip) * ip)
+        p.space.link(kout, outs, kout, (outs // op_) * op_)
+        p.space.link(kin, k * ip, kout, k * op_)
 
 
 def _linear(p: Propagation, node: fx.Node) -> None:
