@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TypeVar
 
 import numpy as np
 import torch
 
 from prunekit.errors import ConfigError
-
-T = TypeVar("T", bound="SparseFormat")
 
 # The column/row index dtypes the formats choose from, smallest first, with their largest value.
 _UNSIGNED_LADDER: tuple[tuple[torch.dtype, int], ...] = (
