@@ -72,6 +72,7 @@ def test_deploy_replaces_a_layer_only_when_it_wins_twice(monkeypatch: pytest.Mon
     deployed, report = deploy(model, x, candidates=["torch_csr"], repeats=1)
     first, second = report.layers
     assert first.kernel == "torch_csr" and isinstance(deployed[0], SparseLinear)
+    assert report.changed == ["0"]
     assert (first.dense_s, first.chosen_s) == (1.0, 0.6)
     assert second.kernel == "dense" and isinstance(deployed[2], nn.Linear)
     assert second.chosen_s == second.dense_s
@@ -97,6 +98,11 @@ def test_dense_layers_are_not_tried_and_bad_candidates_fail() -> None:
     _, report = deploy(model, torch.randn(1, 8), repeats=1, warmup=0)
     assert report.layers[0].kernel == "dense"
     assert all("max_density" in why for why in report.layers[0].skipped.values())
+    assert report.changed == [] and "no layer changed" in report.table()
+    _, report = deploy(model, torch.randn(1, 8), repeats=2, warmup=0, statistic="p10")
+    assert "p10s)" in report.table()
+    with pytest.raises(ConfigError, match="statistic must be one of median, p10"):
+        deploy(model, torch.randn(1, 8), statistic="mean")
     with pytest.raises(ConfigError, match="unknown deploy candidate 'mkl'"):
         deploy(model, torch.randn(1, 8), candidates=["mkl"])
     with pytest.raises(ConfigError, match="no nn.Linear or nn.Conv2d"):

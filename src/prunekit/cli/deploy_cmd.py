@@ -46,6 +46,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repeats", type=positive_int, default=20, help="interleaved timed repeats (default 20)")
     p.add_argument("--margin", type=float, default=0.05,
                    help="a sparse kernel must be this much faster than dense, twice (default 0.05)")
+    p.add_argument("--statistic", choices=("median", "p10"), default="median",
+                   help="summary of the timed repeats (p10 is steadier on a busy machine; default median)")
     add_threads_arg(p)
     p.add_argument("--out", metavar="PATH", help="save the deployed model (torch.save of the module; "
                    "load with torch.load(path, weights_only=False))")
@@ -75,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     example, calibration = _inputs(args, name, info.get("metadata", {}))
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
     deployed, report = deploy(model.eval(), example, candidates=candidates, repeats=args.repeats,
-                              margin=args.margin, calibration=calibration)
+                              margin=args.margin, calibration=calibration,
+                              statistic=args.statistic)
     print(f"model: {name}   batch: {report.batch_size}   threads: {report.threads}   torch {torch.__version__}")
     print(report.table())
     with torch.no_grad():

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     numba = None
 
 AVAILABLE: bool = numba is not None
+PARALLEL_MIN_WORK = 1 << 16  # nonzeros x columns below which one thread does the product
 
 if numba is not None:
 
@@ -105,7 +106,8 @@ def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt
     rows = row_ptr.numel() - 1
     out = torch.empty((rows, xt.shape[1]), dtype=torch.float32)  # (N, L)
     args = (_unsigned(row_ptr), _unsigned(col), val.numpy())
-    parallel = _threads() > 1
+    # Small products run serially: waking the thread pool costs more than it saves.
+    parallel = val.numel() * xt.shape[1] >= PARALLEL_MIN_WORK and _threads() > 1
     if xt.shape[1] == 1:
         fn = _spmv_parallel if parallel else _spmv_serial
         fn(*args, xt.numpy()[:, 0], out.numpy()[:, 0])
