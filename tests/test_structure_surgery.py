@@ -207,6 +207,50 @@ def test_importance_contract_decides_which_channels_go():
     assert plan.meta["importance"] == "ByIndex"
 
 
+class NotFor:
+    """Refuses to score one layer (like a criterion without data for it)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def scores(self, target):
+        if target.name == self.name:
+            raise ConfigError(f"no scores for {target.name}")
+        return target.weight.detach().abs()
+
+
+def test_excluded_and_pinned_layers_are_never_scored():
+    model = tiny_vgg()
+    with pytest.raises(ConfigError, match="no scores for features.0"):
+        prune_channels(model, X32, ratio=0.3, importance=NotFor("features.0"))
+    small, plan, _ = prune_channels(
+        model, X32, ratio=0.3, importance=NotFor("features.0"), exclude=["features.0"]
+    )
+    assert "features.0" not in plan.modules and small.features[0].out_channels == 16
+    prune_channels(model, X32, ratio=0.3, importance=NotFor("classifier"))  # pinned output: not scored
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_head_pruned_attention_matches_stock_attention_with_all_heads(batch_first):
+    from prunekit.structure import HeadPrunedMultiheadAttention
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(12, 3, batch_first=batch_first).eval()
+    small = HeadPrunedMultiheadAttention.from_mha(mha, torch.arange(3)).eval()
+    q, k = torch.randn(4, 2, 12), torch.randn(6, 2, 12)
+    if batch_first:
+        q, k = q.transpose(0, 1), k.transpose(0, 1)
+    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    kpm[1, -2:] = True
+    for kwargs in (
+        {},
+        {"key_padding_mask": kpm, "attn_mask": torch.rand(4, 6) > 0.8},
+        {"average_attn_weights": False},
+    ):
+        for a, b in zip(mha(q, k, k, **kwargs), small(q, k, k, **kwargs)):
+            torch.testing.assert_close(a, b)
+
+
 def test_verification_catches_a_wrong_model():
     model = tiny_vgg()
     graph = DependencyGraph.build(model, X32)

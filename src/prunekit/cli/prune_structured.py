@@ -100,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     example = example_input_for(dataset)
     graph = DependencyGraph.build(model, example)
     exclude = _excluded(args.exclude, sorted({a.module for a in graph.axes}))
-    importance = _importance(args, model, score_targets(graph, args.members), name, {**info, "name": name})
+    importance = _importance(
+        args, model, score_targets(graph, args.members, exclude=exclude), name, {**info, "name": name}
+    )
     before_top1 = _top1(model, args, name, info) if args.eval else None
     small, plan, report = prune_channels(
         model, example, ratio=args.sparsity, importance=importance, target=args.target, round_to=args.round_to,

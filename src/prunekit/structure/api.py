@@ -135,7 +135,9 @@ def prune_channels(
         raise ConfigError(f"ratio is the fraction to remove and must be in [0, 1), got {ratio}")
     graph = graph if graph is not None else DependencyGraph.build(model, example_input)
     graph.check_handlers()
-    scores = unit_scores(graph, importance, reduction=reduction, members=members, member_norm=member_norm)
+    scores = unit_scores(
+        graph, importance, reduction=reduction, members=members, member_norm=member_norm, exclude=exclude
+    )
     n_prunable = int(np.sum(~np.isnan(scores)))
 
     choose = UnitSelector(

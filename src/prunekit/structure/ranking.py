@@ -54,15 +54,28 @@ def _target(graph: DependencyGraph, module_name: str, param: str) -> Target:
     return Target(name, graph.model.get_submodule(name), leaf)
 
 
+def candidate_axes(graph: DependencyGraph, exclude: Sequence[str] = ()) -> set[AxisRef]:
+    """Module axes of the units that may be removed (prunable, touching no ``exclude`` module)."""
+    excluded = set(exclude)
+    out: set[AxisRef] = set()
+    for u in graph.units:
+        if u.prunable and not any(a.module in excluded for a in u.slots):
+            out.update(u.slots)
+    return out
+
+
 def scored_slices(
-    graph: DependencyGraph, members: str = "out", include_norm: bool = False
+    graph: DependencyGraph, members: str = "out", include_norm: bool = False, exclude: Sequence[str] = ()
 ) -> list[tuple[AxisRef, ParamSlice]]:
-    """The (axis, slice) pairs whose element scores feed unit scores."""
+    """The (axis, slice) pairs whose element scores feed unit scores (candidate units' axes only)."""
     if members not in ("out", "all"):
         raise ConfigError(f"members must be 'out' or 'all', got {members!r}")
     kinds = {"weight", "norm"} if include_norm else {"weight"}
+    wanted = candidate_axes(graph, exclude)
     out = []
     for ref in graph.axes:
+        if ref not in wanted:
+            continue
         if members == "out" and ref.axis not in OUT_AXES:
             continue
         module = graph.module(ref.module)
@@ -72,10 +85,12 @@ def scored_slices(
     return out
 
 
-def score_targets(graph: DependencyGraph, members: str = "out", include_norm: bool = False) -> list[Target]:
+def score_targets(
+    graph: DependencyGraph, members: str = "out", include_norm: bool = False, exclude: Sequence[str] = ()
+) -> list[Target]:
     """Targets :func:`unit_scores` will call ``importance.scores`` on (calibrate on these)."""
     seen: dict[str, Target] = {}
-    for ref, sl in scored_slices(graph, members, include_norm):
+    for ref, sl in scored_slices(graph, members, include_norm, exclude):
         t = _target(graph, ref.module, sl.param)
         seen.setdefault(f"{t.name}/{t.param_name}", t)
     return list(seen.values())
@@ -88,18 +103,20 @@ def unit_scores(
     members: str = "out",
     include_norm: bool = False,
     member_norm: bool = True,
+    exclude: Sequence[str] = (),
 ) -> np.ndarray:
     """One score per unit (``nan`` for pinned units or units without scored slices).
 
     With ``member_norm`` each member slice's scores are first divided by their mean over that
-    axis, so layers of different fan-in weigh alike when a unit spans several layers.
+    axis, so layers of different fan-in weigh alike when a unit spans several layers. Units
+    touching an ``exclude`` module are not scored (``nan``).
     """
     if reduction not in REDUCTIONS:
         raise ConfigError(f"unknown reduction {reduction!r}; use one of {sorted(REDUCTIONS)}")
     importance = importance if importance is not None else default_importance()
     per_axis: dict[AxisRef, list[np.ndarray]] = {}
     cache: dict[str, torch.Tensor] = {}
-    for ref, sl in scored_slices(graph, members, include_norm):
+    for ref, sl in scored_slices(graph, members, include_norm, exclude):
         t = _target(graph, ref.module, sl.param)
         key = f"{t.name}/{t.param_name}"
         if key not in cache:
@@ -121,8 +138,9 @@ def unit_scores(
         per_axis.setdefault(ref, []).append(vec)
     reduce = REDUCTIONS[reduction]
     out = np.full(len(graph.units), np.nan)
+    excluded = set(exclude)
     for u in graph.units:
-        if not u.prunable:
+        if not u.prunable or any(a.module in excluded for a in u.slots):
             continue
         vals = [vec[list(ix)] for ref, ix in u.slots.items() for vec in per_axis.get(ref, [])]
         if vals:
