@@ -10,6 +10,7 @@ from torch import nn
 from prunekit.errors import ConfigError, UnsupportedError
 from prunekit.regression import (
     RegressionChannelSelector,
+    apply_selection,
     apply_to_chain,
     collect_samples,
     group_lasso,
@@ -283,3 +284,26 @@ def test_channel_pruning_errors():
         samples_from_features(conv, feats[:, :3])
     with pytest.raises(ConfigError, match="no module named 'convx'"):
         collect_samples(nn.Sequential(conv), "convx", [feats])
+
+
+def test_apply_selection_through_structure_graph_matches_chain_adapter():
+    from prunekit.models import create
+
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    batches = [torch.randn(2, 3, 32, 32)]
+    X, Y = collect_samples(model, "layer2.1.conv2", batches, positions_per_image=50)
+    sel = regression_prune_layer(model.get_submodule("layer2.1.conv2"), X, Y, n_keep=20)
+    small, plan = apply_selection(model, torch.zeros(1, 3, 32, 32), "layer2.1.conv2", sel)
+    assert set(plan.modules) == {"layer2.1.conv1", "layer2.1.bn1", "layer2.1.conv2"}
+    chain = __import__("copy").deepcopy(model)
+    apply_to_chain(chain, "layer2.1.conv1", "layer2.1.conv2", sel, norm="layer2.1.bn1")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), chain(x))
+    # conv1 reads the residual stream: its channels are coupled across the whole stage
+    X2, Y2 = collect_samples(model, "layer2.1.conv1", batches, positions_per_image=50)
+    sel2 = regression_prune_layer(model.get_submodule("layer2.1.conv1"), X2, Y2, n_keep=20)
+    small2, plan2 = apply_selection(model, torch.zeros(1, 3, 32, 32), "layer2.1.conv1", sel2)
+    assert {"layer2.0.conv2", "layer2.2.conv1", "layer3.0.conv1"} <= set(plan2.modules)
+    torch.testing.assert_close(small2.get_submodule("layer2.1.conv1").weight, sel2.weight)

@@ -4,6 +4,7 @@ Solvers (``least_squares``, ``ridge``, ``lasso``, ``group_lasso``, ``omp``) acce
 torch tensors; ``backend="sklearn"`` delegates to scikit-learn (extra ``prunekit[regression]``).
 """
 
+from prunekit.regression.apply import apply_selection, units_for_input_channels
 from prunekit.regression.channel_selection import (
     LayerSelection,
     RegressionChannelSelector,
@@ -32,6 +33,7 @@ __all__ = [
     "NISP",
     "LayerSelection",
     "RegressionChannelSelector",
+    "apply_selection",
     "apply_to_chain",
     "collect_samples",
     "group_lasso",
@@ -49,4 +51,5 @@ __all__ = [
     "ridge",
     "samples_from_features",
     "soft_threshold",
+    "units_for_input_channels",
 ]
