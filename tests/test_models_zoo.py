@@ -13,6 +13,16 @@ INPUT_SHAPES = {"digits_cnn": (1, 8, 8), "lenet300_100": (1, 28, 28), "lenet5": 
 BATCH = 2
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small forward passes: one thread avoids oversubscribing the shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def input_for(name: str) -> torch.Tensor:
     return torch.randn(BATCH, *INPUT_SHAPES.get(name, (3, 32, 32)), generator=torch.Generator().manual_seed(0))
 
