@@ -18,58 +18,22 @@ Importing this module never fails; :data:`AVAILABLE` says whether numba is there
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import torch
 
-try:  # numba is optional: without it the torch kernels are used.
-    import numba
-except ImportError:  # pragma: no cover - depends on the environment
-    numba = None
-
-AVAILABLE: bool = numba is not None
+AVAILABLE: bool = importlib.util.find_spec("numba") is not None
 PARALLEL_MIN_WORK = 1 << 16  # nonzeros x columns below which one thread does the product
 
-if numba is not None:
 
-    @numba.njit(fastmath=True, cache=True, nogil=True)
-    def _spmv_serial(row_ptr, col, val, x, out):  # pragma: no cover - compiled
-        for i in range(out.shape[0]):
-            acc = np.float32(0.0)
-            for k in range(row_ptr[i], row_ptr[i + 1]):
-                acc += val[k] * x[col[k]]
-            out[i] = acc
+def _loops():
+    """The compiled loops module (imports numba on first use, so importing prunekit stays fast)."""
+    if not AVAILABLE:
+        raise ImportError("numba is not installed: pip install numba (extra 'kernels')")
+    from prunekit.sparse.kernels import _numba_loops
 
-    @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-    def _spmv_parallel(row_ptr, col, val, x, out):  # pragma: no cover - compiled
-        for i in numba.prange(out.shape[0]):
-            acc = np.float32(0.0)
-            for k in range(row_ptr[i], row_ptr[i + 1]):
-                acc += val[k] * x[col[k]]
-            out[i] = acc
-
-    @numba.njit(fastmath=True, cache=True, nogil=True)
-    def _spmm_t_serial(row_ptr, col, val, xt, out):  # pragma: no cover - compiled
-        width = xt.shape[1]
-        for i in range(out.shape[0]):
-            for b in range(width):
-                out[i, b] = 0.0
-            for k in range(row_ptr[i], row_ptr[i + 1]):
-                v = val[k]
-                c = col[k]
-                for b in range(width):
-                    out[i, b] += v * xt[c, b]
-
-    @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-    def _spmm_t_parallel(row_ptr, col, val, xt, out):  # pragma: no cover - compiled
-        width = xt.shape[1]
-        for i in numba.prange(out.shape[0]):
-            for b in range(width):
-                out[i, b] = 0.0
-            for k in range(row_ptr[i], row_ptr[i + 1]):
-                v = val[k]
-                c = col[k]
-                for b in range(width):
-                    out[i, b] += v * xt[c, b]
+    return _numba_loops
 
 
 _UNSIGNED = {np.dtype(np.int8): np.uint8, np.dtype(np.int16): np.uint16,
@@ -82,10 +46,10 @@ def _unsigned(index: torch.Tensor) -> np.ndarray:
     return arr.view(_UNSIGNED[arr.dtype]) if arr.dtype in _UNSIGNED else arr
 
 
-def _threads() -> int:
+def _threads(loops) -> int:
     """Threads for the next call: torch's setting, capped by numba's pool; sets numba's."""
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
+    n = max(1, min(torch.get_num_threads(), loops.numba.config.NUMBA_NUM_THREADS))
+    loops.numba.set_num_threads(n)
     return n
 
 
@@ -100,19 +64,18 @@ def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt
     >>> csr_matmul_t(m.row_ptr.int(), m.col_indices, m.values, x).tolist()
     [[6.0, 8.0], [1.0, 2.0], [0.0, 0.0]]
     """
-    if numba is None:
-        raise ImportError("numba is not installed: pip install numba (extra 'kernels')")
+    loops = _loops()
     xt = xt.contiguous()  # (K, L)
     rows = row_ptr.numel() - 1
     out = torch.empty((rows, xt.shape[1]), dtype=torch.float32)  # (N, L)
     args = (_unsigned(row_ptr), _unsigned(col), val.numpy())
     # Small products run serially: waking the thread pool costs more than it saves.
-    parallel = val.numel() * xt.shape[1] >= PARALLEL_MIN_WORK and _threads() > 1
+    parallel = val.numel() * xt.shape[1] >= PARALLEL_MIN_WORK and _threads(loops) > 1
     if xt.shape[1] == 1:
-        fn = _spmv_parallel if parallel else _spmv_serial
+        fn = loops.spmv_parallel if parallel else loops.spmv_serial
         fn(*args, xt.numpy()[:, 0], out.numpy()[:, 0])
     else:
-        fn = _spmm_t_parallel if parallel else _spmm_t_serial
+        fn = loops.spmm_t_parallel if parallel else loops.spmm_t_serial
         fn(*args, xt.numpy(), out.numpy())
     return out
 
