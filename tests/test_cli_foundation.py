@@ -85,6 +85,13 @@ def test_unknown_model_exits_1_with_hint(capsys) -> None:
     assert "did you mean: 'digits_cnn'" in capsys.readouterr().err
 
 
+def test_model_dataset_mismatch_exits_1(tmp_path, capsys) -> None:
+    assert main(["train", "--model", "digits_cnn", "--dataset", "mnist", "--out", str(tmp_path / "x.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "does not accept mnist inputs (1, 28, 28)" in err and "--dataset digits" in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_bad_lr_is_reported_before_loading(tmp_path, capsys) -> None:
     assert main(["train", "--model", "digits_cnn", "--lr", "-1", "--out", str(tmp_path / "x.pt")]) == 1
     assert "lr must be > 0" in capsys.readouterr().err

@@ -116,6 +116,38 @@ def example_input_for(model_name_or_dataset: str, batch: int = 1) -> torch.Tenso
     return torch.zeros(batch, *INPUT_SHAPES[dataset])
 
 
+def check_model_fits(model: nn.Module, model_name: str, dataset: str) -> None:
+    """Raise :class:`ConfigError` when ``model`` cannot take ``dataset``'s input shape.
+
+    One batch-of-2 forward in eval mode (train/eval mode restored), before any long run.
+
+    >>> from prunekit.models import create
+    >>> check_model_fits(create("lenet5"), "lenet5", "digits")
+    Traceback (most recent call last):
+    ...
+    prunekit.errors.ConfigError: model 'lenet5' does not accept digits inputs (1, 8, 8) ...
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input_for(dataset, batch=2).to(_device(model)))
+    except RuntimeError as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"model {model_name!r} does not accept {dataset} inputs {INPUT_SHAPES[dataset]} ({first}); "
+            f"use --dataset {dataset_for_model(model_name)} or another model"
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict[str, Any]]:
     """Build the model named by ``--model`` / ``--checkpoint`` / ``--pretrained``.
 

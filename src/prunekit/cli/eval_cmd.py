@@ -17,6 +17,7 @@ from prunekit.cli.common import (
     add_model_args,
     add_threads_arg,
     apply_threads,
+    check_model_fits,
     load_model_from_args,
     make_loaders_from_args,
     positive_int,
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     model, name, info = load_model_from_args(args)
     dataset = resolve_dataset(args, name, info["metadata"])
+    check_model_fits(model, name, dataset)
     _, test_loader = make_loaders_from_args(args, name, info["metadata"])
     result = evaluate(model, test_loader, max_batches=args.max_batches, progress=args.progress)
     print(

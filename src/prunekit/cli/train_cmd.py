@@ -24,6 +24,7 @@ from prunekit.cli.common import (
     add_model_args,
     add_threads_arg,
     apply_threads,
+    check_model_fits,
     load_model_from_args,
     make_loaders_from_args,
     positive_int,
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     model, name, info = load_model_from_args(args)
     dataset = resolve_dataset(args, name, info["metadata"])
+    check_model_fits(model, name, dataset)
     train_loader, test_loader = make_loaders_from_args(args, name, info["metadata"])
     print(f"training {name} on {dataset}: {len(train_loader.dataset)} train / {len(test_loader.dataset)} test images")
     history = fit(model, train_loader, test_loader, cfg, on_epoch=print_epoch)
