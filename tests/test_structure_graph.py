@@ -174,6 +174,35 @@ def test_transposed_conv_channels_are_pinned():
     assert "transposed conv" in unit_with(g, "3", "in", 1).pinned
 
 
+class HardCoded(nn.Module):
+    """Ops whose channel counts are literals in forward: their channels must be kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(4, 4, 1)
+        self.c = nn.Conv2d(3, 6, 1)
+        self.d = nn.Conv2d(3, 8, 1)
+        self.e = nn.Conv2d(6, 2, 1)
+        self.fc = nn.Linear(6 * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = torch.split(F.relu(self.a(x)), [4, 4], dim=1)  # (B, 4, H, W) each
+        y = self.b(left + right).sum()
+        z = self.fc(self.c(x).view(-1, 6 * 16))  # literal size: channels of c are kept
+        w = self.e(self.d(x)[:, :6])  # literal slice bounds: channels of d are kept
+        return z + y + w.sum()
+
+
+def test_literal_sizes_in_forward_pin_channels():
+    g = DependencyGraph.build(HardCoded(), torch.zeros(1, 3, 4, 4))
+    assert "split sizes" in unit_with(g, "a", "out", 6).pinned
+    assert unit_with(g, "b", "out", 1).prunable
+    assert "hard-coded size" in unit_with(g, "c", "out", 2).pinned
+    assert "slice bounds" in unit_with(g, "d", "out", 2).pinned
+    assert unit_with(g, "fc", "in", 5).pinned
+
+
 class Rolled(nn.Module):
     def __init__(self) -> None:
         super().__init__()

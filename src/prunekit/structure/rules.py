@@ -205,6 +205,10 @@ def _elementwise(additive: bool) -> Callable[[Propagation, fx.Node], None]:
     return rule
 
 
+def _noop(p: Propagation, node: fx.Node) -> None:
+    """Tuple-producing split/chunk: the mapping happens in each ``getitem`` piece."""
+
+
 def _unary(p: Propagation, node: fx.Node) -> None:
     """Ops whose output has the first tensor argument's shape, position for position."""
     src = node.all_input_nodes[0] if node.all_input_nodes else None
@@ -298,6 +302,26 @@ def reshape_rule(p: Propagation, node: fx.Node, src: fx.Node | None = None) -> N
             raise UnsupportedError(f"{_where(node)} mixes several channel-carrying dims")
         ka, kb = p.val(src, ta[0]), p.val(node, tb[0])
         p.space.link(ka, _coords(a, da, ta[0]), kb, _coords(b, db, tb[0]))
+        if tb[0] in _literal_dims(node, len(b)) and b[tb[0]] > 1:
+            p.pin(kb, f"{_where(node)} has a hard-coded size for a channel-carrying dim (use -1 or x.size())")
+
+
+def _literal_dims(node: fx.Node, ndim: int) -> set[int]:
+    """Output dims of view/reshape/unflatten whose size is a literal in the code (not -1, not computed)."""
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        spec = list(node.args[1:])
+    elif node.op == "call_function" and node.target is torch.reshape:
+        spec = list(node.args[1:2])
+    elif node.op == "call_method" and node.target == "unflatten":
+        dim, sizes = int(_arg(node, 1, "dim")), _arg(node, 2, "sizes")
+        n_in = ndim - len(sizes) + 1
+        dim %= n_in
+        return {dim + i for i, v in enumerate(sizes) if isinstance(v, int) and v != -1}
+    else:
+        return set()
+    if len(spec) == 1 and isinstance(spec[0], (list, tuple)):
+        spec = list(spec[0])
+    return {i for i, v in enumerate(spec) if isinstance(v, int) and v != -1}
 
 
 def _permute_rule(p: Propagation, node: fx.Node, perm: list[int]) -> None:
@@ -419,7 +443,10 @@ def _pad(p: Propagation, node: fx.Node) -> None:
     for d in range(len(a)):
         if d in padded:
             if d in p.tracked(src) | p.tracked(node):
-                raise UnsupportedError(f"{_where(node)} pads the channel dim (use a PadShortcut module)")
+                p.pin(
+                    p.val(src, d),
+                    f"{_where(node)} pads channels by a fixed amount (PadShortcut can be pruned)",
+                )
         else:
             p.ident_dims(src, d, node, d)
 
@@ -435,8 +462,42 @@ def _getitem(p: Propagation, node: fx.Node) -> None:
             return
         if _is_query(node):
             return
-        raise UnsupportedError(f"structured pruning cannot map channels through {_where(src)}")
+        if _is_split(src):
+            _split_piece(p, node, src, int(node.args[1]))
+            return
+        if p.tracked(node) or any(p.tracked(a) for a in src.all_input_nodes):
+            raise UnsupportedError(f"structured pruning cannot map channels through {_where(src)}")
+        return
     _index_rule(p, node, src, node.args[1])
+
+
+_SPLIT_FUNCTIONS = {torch.split, torch.chunk, torch.tensor_split}
+_SPLIT_METHODS = {"split", "chunk", "tensor_split"}
+
+
+def _is_split(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _SPLIT_FUNCTIONS
+    return node.op == "call_method" and node.target in _SPLIT_METHODS
+
+
+def _split_piece(p: Propagation, node: fx.Node, split: fx.Node, k: int) -> None:
+    """Piece ``k`` of split/chunk: along the split dim it is the input's slice at the piece offset."""
+    src = split.all_input_nodes[0]
+    a = p.shape(src)
+    metas = split.meta.get("tensor_meta")
+    shapes = [tuple(int(d) for d in m.shape) for m in metas]
+    dim = int(_arg(split, 2, "dim", 0)) % len(a)
+    offset = sum(s[dim] for s in shapes[:k])
+    n = shapes[k][dim]
+    for d in range(len(a)):
+        if d == dim:
+            if d in p.tracked(src) or d in p.tracked(node):
+                ksrc = p.val(src, d)
+                p.space.link(ksrc, np.arange(offset, offset + n), p.val(node, d), np.arange(n))
+                p.pin(ksrc, f"split sizes of {_where(split)} are fixed in the code")
+        else:
+            p.ident_dims(src, d, node, d)
 
 
 def _index_rule(p: Propagation, node: fx.Node, src: fx.Node, index: Any) -> None:
@@ -466,7 +527,9 @@ def _index_rule(p: Propagation, node: fx.Node, src: fx.Node, index: Any) -> None
         if len(picked) == a[in_d] and step == 1:
             p.ident_dims(src, in_d, node, out_d)
         elif in_d in p.tracked(src) or out_d in p.tracked(node):
-            p.space.link(p.val(src, in_d), picked, p.val(node, out_d), np.arange(len(picked)))
+            ksrc = p.val(src, in_d)
+            p.space.link(ksrc, picked, p.val(node, out_d), np.arange(len(picked)))
+            p.pin(ksrc, f"slice bounds of {_where(node)} are fixed in the code")
         in_d += 1
         out_d += 1
 
@@ -636,7 +699,7 @@ FUNCTION_RULES: dict[Any, Callable[[Propagation, fx.Node], None]] = {
     torch.mean: _reduction(sum_ok=False), torch.sum: _reduction(sum_ok=True),
     torch.amax: _reduction(sum_ok=False),
     F.softmax: _softmax, F.log_softmax: _softmax, torch.softmax: _softmax,
-    F.pad: _pad, operator.getitem: _getitem,
+    F.pad: _pad, operator.getitem: _getitem, torch.split: _noop, torch.chunk: _noop, torch.tensor_split: _noop,
     F.max_pool1d: _pool_fn(1), F.max_pool2d: _pool_fn(2), F.max_pool3d: _pool_fn(3),
     F.avg_pool1d: _pool_fn(1), F.avg_pool2d: _pool_fn(2), F.avg_pool3d: _pool_fn(3),
     F.adaptive_avg_pool1d: _pool_fn(1), F.adaptive_avg_pool2d: _pool_fn(2), F.adaptive_avg_pool3d: _pool_fn(3),
@@ -653,5 +716,5 @@ METHOD_RULES: dict[str, Callable[[Propagation, fx.Node], None]] = {
     "reshape": reshape_rule, "unflatten": reshape_rule, "permute": _permute, "transpose": _transpose,
     "t": _t, "squeeze": _squeeze_like, "unsqueeze": _squeeze_like, "mean": _reduction(sum_ok=False),
     "sum": _reduction(sum_ok=True), "amax": _reduction(sum_ok=False), "softmax": _softmax,
-    "log_softmax": _softmax,
+    "log_softmax": _softmax, "split": _noop, "chunk": _noop, "tensor_split": _noop,
 }  # fmt: skip
