@@ -212,3 +212,12 @@ def test_torch_compile_inductor() -> None:
     t0 = time.time()
     _compiled_matches("inductor")
     print(f"inductor compile test took {time.time() - t0:.1f}s")
+
+
+def test_non_finite_pruned_weights_are_cleared() -> None:
+    model = _net().eval()
+    masks = _random_masks(model).apply(model)
+    with torch.no_grad():
+        model[0].weight[~masks["0"]] = float("nan")
+    out = model(torch.randn(2, 3, 6, 6))
+    assert bool(torch.isfinite(out).all()) and _pruned_are_zero(model, masks)

@@ -47,25 +47,25 @@ class _ZeroPrunedBeforeForward:
     """Forward pre-hook: re-zero the pruned weights if the parameter changed since last time."""
 
     def __init__(self, mask: torch.Tensor, param_name: str) -> None:
-        self.mask, self.param_name = mask, param_name
+        self.pruned, self.param_name = ~mask, param_name  # True where the weight must be 0
         self.seen: tuple[int, int] | None = None  # (id(param), version) after the last re-zero
 
     def __call__(self, module: nn.Module, args: Any) -> None:
         param = getattr(module, self.param_name)
         if self.seen != (id(param), param._version):
             with torch.no_grad():
-                param.mul_(self.mask.to(param.device, param.dtype))
+                param.masked_fill_(self.pruned.to(param.device), 0)
             self.seen = (id(param), param._version)
 
 
 class _ZeroPrunedGrad:
-    """Tensor gradient hook: ``grad * mask``."""
+    """Tensor gradient hook: pruned entries of the gradient set to 0."""
 
     def __init__(self, mask: torch.Tensor) -> None:
-        self.mask = mask
+        self.pruned = ~mask
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad * self.mask.to(grad.device, grad.dtype)
+        return grad.masked_fill(self.pruned.to(grad.device), 0)
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class Masks(Mapping[str, torch.Tensor]):
         bound = self._resolve(model)
         with torch.no_grad():
             for _, _, param, mask in bound:
-                param.mul_(mask.to(param.dtype))
+                param.masked_fill_(~mask, 0)
         self._model = model
         if enforce:
             for name, module, param, mask in bound:
@@ -168,7 +168,7 @@ class Masks(Mapping[str, torch.Tensor]):
                 for p in group["params"]:
                     hit = self._params.get(id(p))
                     if hit is not None and hit[0] is p:
-                        p.mul_(hit[1].to(p.dtype))
+                        p.masked_fill_(hit[2].pruned, 0)
                         hit[2].seen = (id(p), p._version)  # the pre-hook need not redo it
 
     def remove(self) -> None:
@@ -198,6 +198,8 @@ class Masks(Mapping[str, torch.Tensor]):
         """Replace the masks with those in ``state`` (re-applied if this object was enforcing)."""
         if not isinstance(state, Mapping) or state.get("format") != FORMAT:
             raise CheckpointError(f"not a prunekit masks state (expected format {FORMAT!r})")
+        if not isinstance(state.get("masks"), Mapping):
+            raise CheckpointError("masks state has no 'masks' mapping (name -> bool tensor)")
         model, was_enforced = self._model, self.enforced
         fresh = Masks(state["masks"], state.get("param_names"))
         self.remove()
