@@ -626,6 +626,13 @@ def _mha(p: Propagation, node: fx.Node) -> None:
             p.pin(p.val(x, -1), f"embedding width of MultiheadAttention {name!r} (only heads are pruned)")
 
 
+def _prelu(p: Propagation, node: fx.Node) -> None:
+    _unary(p, node)
+    m = p.modules[str(node.target)]
+    if m.num_parameters > 1:
+        p.pin(p.val(node, 1), f"per-channel PReLU {node.target!r} (no surgery for it)")
+
+
 def _embedding(p: Propagation, node: fx.Node) -> None:
     p.pin(p.val(node, -1), f"embedding table {node.target!r}")
 
@@ -654,7 +661,8 @@ _POOL_MODULES: tuple[type, ...] = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-    nn.LPPool1d, nn.LPPool2d,
+    nn.LPPool1d, nn.LPPool2d, nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd,
 )  # fmt: skip
 
 MODULE_RULES: list[tuple[Any, Callable[[Propagation, fx.Node], None]]] = [
@@ -665,6 +673,7 @@ MODULE_RULES: list[tuple[Any, Callable[[Propagation, fx.Node], None]]] = [
     (PadShortcut, _pad_shortcut),
     (_MHA_TYPES, _mha),
     (nn.Embedding, _embedding),
+    (nn.PReLU, _prelu),
     (_ELEMENTWISE_MODULES, _identity_module),
     (_POOL_MODULES, _pool_module),
     (nn.Flatten, _flatten_module),
