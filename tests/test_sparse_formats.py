@@ -20,6 +20,8 @@ from prunekit.sparse.formats import (
     bits_for,
     centroid_grad,
     finetune_codebook,
+    huffman_bits,
+    huffman_code_lengths,
     index_dtype,
     kmeans_1d,
     pack_bits,
@@ -370,6 +372,18 @@ def test_eie_pe_example_from_the_paper() -> None:
     assert torch.equal(e.unpack(), w)  # 11 distinct values <= 15 centroids
 
 
+def test_huffman_lengths_and_eie_estimate() -> None:
+    sym = torch.tensor([5] * 8 + [1] * 4 + [2] * 2 + [3, 4])
+    assert huffman_code_lengths(sym) == {5: 1, 1: 2, 2: 3, 3: 4, 4: 4}
+    assert huffman_bits(sym) == 8 + 8 + 6 + 4 + 4
+    assert huffman_bits(torch.zeros(7, dtype=torch.long)) == 7 and huffman_bits(torch.zeros(0)) == 0
+    w = column_gap_matrix()
+    e = EIEMatrix.pack(w)
+    z, c = e.relative_indices(), e.code_values()
+    expected = -(-huffman_bits(z) // 8) + -(-huffman_bits(c) // 8) + 5 + 64
+    assert e.huffman_nbytes() == expected <= e.nbytes()
+
+
 def test_eie_errors() -> None:
     with pytest.raises(ConfigError, match="at least 2 dims"):
         EIEMatrix.pack(torch.ones(5))
@@ -568,3 +582,13 @@ def test_formats_pack_what_the_granularities_prune() -> None:
     w = lin[0].weight.detach()
     b = BSRMatrix.pack(w, block=(4, 4))
     assert torch.equal(b.unpack(), w) and 25 <= b.nblocks <= 26  # 20 % of 128 blocks kept
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_csr_to_torch_on_cuda_matches_dense() -> None:
+    w = sparse_tensor((64, 128), 0.1)
+    x = torch.randn(128, 8)
+    t = CSRMatrix.pack(w).to_torch(device="cuda")
+    assert t.is_cuda
+    torch.testing.assert_close((t @ x.cuda()).cpu(), w @ x, rtol=1e-4, atol=1e-4)

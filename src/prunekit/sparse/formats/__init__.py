@@ -18,6 +18,7 @@ from prunekit.sparse.formats.base import (
 from prunekit.sparse.formats.bsr import BlockedELL, BSRMatrix
 from prunekit.sparse.formats.csr import CSRMatrix
 from prunekit.sparse.formats.eie import EIEMatrix
+from prunekit.sparse.formats.huffman import huffman_bits, huffman_code_lengths
 from prunekit.sparse.formats.nm import NMMatrix, check_nm
 from prunekit.sparse.formats.pattern import FKWWeight, PatternGroup
 from prunekit.sparse.formats.sharing import (
@@ -45,6 +46,8 @@ __all__ = [
     "centroid_grad",
     "check_nm",
     "finetune_codebook",
+    "huffman_bits",
+    "huffman_code_lengths",
     "index_dtype",
     "kmeans_1d",
     "nearest_codes",

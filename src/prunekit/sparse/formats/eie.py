@@ -29,7 +29,15 @@ from dataclasses import dataclass
 import torch
 
 from prunekit.errors import ConfigError
-from prunekit.sparse.formats.base import SparseFormat, as_matrix, index_dtype, pack_bits, unpack_bits
+from prunekit.sparse.formats.base import (
+    SparseFormat,
+    as_matrix,
+    index_dtype,
+    pack_bits,
+    tensor_nbytes,
+    unpack_bits,
+)
+from prunekit.sparse.formats.huffman import huffman_bits
 from prunekit.sparse.formats.sharing import kmeans_1d, nearest_codes
 
 
@@ -185,6 +193,16 @@ class EIEMatrix(SparseFormat):
         dense = torch.zeros(self.matrix_shape, dtype=values.dtype)
         dense[row, col] = values.reshape(-1).cpu()
         return dense.reshape(self.shape)
+
+    def huffman_nbytes(self) -> int:
+        """Bytes if the relative indices and the codes were Huffman-coded (Deep Compression's last stage).
+
+        Each stream gets its own optimal prefix code; the code tables (at most 2**index_bits and
+        2**bits lengths) are not counted. Column pointers and codebook are counted as stored.
+        """
+        idx_bits = huffman_bits(self.relative_indices())
+        code_bits = huffman_bits(self.code_values())
+        return -(-idx_bits // 8) + -(-code_bits // 8) + tensor_nbytes(self.col_ptr) + tensor_nbytes(self.codebook)
 
     def arrays(self) -> dict[str, torch.Tensor]:
         return {"rel_index": self.rel_index, "codes": self.codes, "col_ptr": self.col_ptr,
