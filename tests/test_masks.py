@@ -221,3 +221,17 @@ def test_non_finite_pruned_weights_are_cleared() -> None:
         model[0].weight[~masks["0"]] = float("nan")
     out = model(torch.randn(2, 3, 6, 6))
     assert bool(torch.isfinite(out).all()) and _pruned_are_zero(model, masks)
+
+
+@pytest.mark.gpu
+def test_enforcement_on_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = _net().cuda()
+    masks = _random_masks(model).apply(model)  # CPU masks, CUDA weights
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(10):
+        opt.zero_grad()
+        model(torch.randn(8, 3, 6, 6, device="cuda")).pow(2).mean().backward()
+        opt.step()
+        assert all(bool((model.get_submodule(n).weight[~m.cuda()] == 0).all()) for n, m in masks.items())
