@@ -17,6 +17,7 @@ from prunekit.sparse.formats import (
     FKWWeight,
     NMMatrix,
     SharedWeightLinear,
+    SparseFormat,
     bits_for,
     centroid_grad,
     finetune_codebook,
@@ -592,3 +593,18 @@ def test_csr_to_torch_on_cuda_matches_dense() -> None:
     t = CSRMatrix.pack(w).to_torch(device="cuda")
     assert t.is_cuda
     torch.testing.assert_close((t @ x.cuda()).cpu(), w @ x, rtol=1e-4, atol=1e-4)
+
+
+def test_every_format_saves_and_loads_with_weights_only(tmp_path) -> None:
+    w = pattern_conv(8, 4, pattern_set_3x3(), 0.6, seed=4)  # (8, 4, 3, 3); 2-D view (8, 36)
+    nm = nm_tensor(8, 16, 2, 4, seed=4)
+    packed = [CSRMatrix.pack(w), NMMatrix.pack(nm), BSRMatrix.pack(w, block=(4, 4)),
+              BlockedELL.pack(w, block=(2, 4)), EIEMatrix.pack(w, num_pes=2), FKWWeight.pack(w)]
+    for fmt in packed:
+        path = tmp_path / f"{type(fmt).__name__}.pt"
+        torch.save(fmt.state_dict(), path)
+        back = SparseFormat.from_state_dict(torch.load(path, weights_only=True))
+        assert type(back) is type(fmt) and back.nbytes() == fmt.nbytes()
+        assert torch.equal(back.unpack(), fmt.unpack())
+    with pytest.raises(ConfigError, match="not a saved sparse format"):
+        SparseFormat.from_state_dict({"format": "COO"})
