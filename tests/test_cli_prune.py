@@ -91,3 +91,12 @@ def test_checkpoint_round_trip_input(tmp_path, capsys) -> None:
     assert code == 0, capsys.readouterr().err
     meta = load_checkpoint(tmp_path / "second.pt")["metadata"]
     assert abs(meta["pruning"]["sparsity"] - 0.5) < 0.01
+
+
+def test_structured_flag_delegates(tmp_path, capsys) -> None:
+    pytest.importorskip("prunekit.cli.prune_structured")
+    code, out, err = _run(
+        capsys, "--structured", "--sparsity", "0.25", "--latency-repeats", "2", "--out", str(tmp_path / "s.pt")
+    )
+    assert code == 0, err
+    assert (tmp_path / "s.pt").is_file() and "params" in out
