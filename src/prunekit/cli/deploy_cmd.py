@@ -63,7 +63,9 @@ def _inputs(args: argparse.Namespace, name: str, metadata: dict[str, Any]) -> tu
         return torch.randn(shape, generator=torch.Generator().manual_seed(0)), None
     _, test = make_loaders_from_args(args, name, metadata)
     batches = [images for images, _ in itertools.islice(test, args.calibration_batches)]
-    return batches[0], batches
+    if not batches:
+        raise UsageError("the test split gave no batches for --calibration-batches; check --data / --limit")
+    return batches[0][: args.batch_size], batches  # a loader may batch its test split differently
 
 
 def run(args: argparse.Namespace) -> int:
