@@ -286,24 +286,44 @@ def test_channel_pruning_errors():
         collect_samples(nn.Sequential(conv), "convx", [feats])
 
 
+class _TinyRes(nn.Module):
+    """stem -> one basic block with an identity shortcut -> pool -> fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.stem(x)))
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(h)))))
+        return self.fc(torch.relu(out + h).mean((2, 3)))
+
+
 def test_apply_selection_through_structure_graph_matches_chain_adapter():
-    from prunekit.models import create
+    import copy
 
     torch.manual_seed(0)
-    model = create("resnet20").eval()
-    batches = [torch.randn(2, 3, 32, 32)]
-    X, Y = collect_samples(model, "layer2.1.conv2", batches, positions_per_image=50)
-    sel = regression_prune_layer(model.get_submodule("layer2.1.conv2"), X, Y, n_keep=20)
-    small, plan = apply_selection(model, torch.zeros(1, 3, 32, 32), "layer2.1.conv2", sel)
-    assert set(plan.modules) == {"layer2.1.conv1", "layer2.1.bn1", "layer2.1.conv2"}
-    chain = __import__("copy").deepcopy(model)
-    apply_to_chain(chain, "layer2.1.conv1", "layer2.1.conv2", sel, norm="layer2.1.bn1")
-    x = torch.randn(2, 3, 32, 32)
+    model = _TinyRes().eval()
+    batches = [torch.randn(4, 3, 12, 12)]
+    example = torch.zeros(1, 3, 12, 12)
+    X, Y = collect_samples(model, "conv2", batches, positions_per_image=30)
+    sel = regression_prune_layer(model.conv2, X, Y, n_keep=5)
+    small, plan = apply_selection(model, example, "conv2", sel)
+    assert set(plan.modules) == {"conv1", "bn1", "conv2"}
+    chain = copy.deepcopy(model)
+    apply_to_chain(chain, "conv1", "conv2", sel, norm="bn1")
+    x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(small(x), chain(x))
-    # conv1 reads the residual stream: its channels are coupled across the whole stage
-    X2, Y2 = collect_samples(model, "layer2.1.conv1", batches, positions_per_image=50)
-    sel2 = regression_prune_layer(model.get_submodule("layer2.1.conv1"), X2, Y2, n_keep=20)
-    small2, plan2 = apply_selection(model, torch.zeros(1, 3, 32, 32), "layer2.1.conv1", sel2)
-    assert {"layer2.0.conv2", "layer2.2.conv1", "layer3.0.conv1"} <= set(plan2.modules)
-    torch.testing.assert_close(small2.get_submodule("layer2.1.conv1").weight, sel2.weight)
+    # conv1 reads the residual stream: its channels are coupled to the stem and conv2's outputs
+    X2, Y2 = collect_samples(model, "conv1", batches, positions_per_image=30)
+    sel2 = regression_prune_layer(model.conv1, X2, Y2, n_keep=6)
+    small2, plan2 = apply_selection(model, example, "conv1", sel2)
+    assert {"stem", "bn", "conv2", "bn2", "fc"} <= set(plan2.modules)
+    torch.testing.assert_close(small2.conv1.weight, sel2.weight)
