@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-verify", action="store_true", help="skip the small-vs-masked output check")
     g.add_argument("--latency-repeats", type=positive_int, default=20, metavar="N",
                    help="timed forward passes per model for the before/after table (default 20)")  # fmt: skip
+    g.add_argument("--latency-threads", type=positive_int, metavar="N",
+                   help="torch threads while timing (default: torch's current setting)")  # fmt: skip
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -109,7 +111,13 @@ def run(args: argparse.Namespace) -> int:
         verify=not args.no_verify, allocation=args.scope, reduction=args.reduction, members=args.members,
         min_keep=args.min_keep, exclude=exclude, graph=graph,
     )  # fmt: skip
-    lat = compare_latency({"dense": model, "pruned": small}, example, warmup=3, repeats=args.latency_repeats)
+    lat = compare_latency(
+        {"dense": model, "pruned": small},
+        example,
+        warmup=3,
+        repeats=args.latency_repeats,
+        threads=args.latency_threads,
+    )
     rows = [
         ("", "dense", "pruned", "ratio"),
         ("params", f"{report.params_before:,}", f"{report.params_after:,}",
