@@ -131,7 +131,7 @@ def as_matrix(dense: torch.Tensor, fmt: str) -> tuple[torch.Tensor, tuple[int, .
     if dense.is_complex() or dense.dtype == torch.bool:
         raise ConfigError(f"{fmt}.pack expects a real-valued tensor, got dtype {dense.dtype}")
     shape = tuple(int(s) for s in dense.shape)
-    return dense.detach().cpu().reshape(shape[0], -1), shape
+    return dense.detach().cpu().reshape(shape[0], math.prod(shape[1:])), shape
 
 
 def index_dtype(max_value: int) -> torch.dtype:
