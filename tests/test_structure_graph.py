@@ -43,6 +43,7 @@ def test_resnet_option_a_maps_channels_through_the_pad_shortcut():
     assert u.slots[AxisRef("layer3.0.shortcut", "out")] == (18,)
     assert u.slots[AxisRef("linear", "in")] == (18,)
     # everything on the residual stream is one group of 64 units; inner block channels are their own groups
+    assert len(g.units_on("layer2.0.shortcut", "in")) == 16
     residual = g.units[u.index].group
     assert len(g.groups[residual].units) == 64
     inner = unit_with(g, "layer1.0.conv1", "out", 0)

@@ -51,6 +51,14 @@ class PruneReport:
             "macs": 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0,
         }
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (for benchmark result files)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("verified", "notes")}
+        out["reached"] = self.reached
+        out["verified_max_abs_diff"] = self.verified.max_abs_diff if self.verified else None
+        out["notes"] = list(self.notes)
+        return out
+
     def __str__(self) -> str:
         r = self.reached
         lines = [

@@ -109,6 +109,11 @@ class DependencyGraph:
     def prunable_units(self) -> list[Unit]:
         return [u for u in self.units if u.prunable]
 
+    def units_on(self, module: str, axis: str) -> list[Unit]:
+        """Units owning some index of ``module``'s ``axis`` (e.g. ``("layer1.0.conv2", "in")``)."""
+        ref = AxisRef(module, axis)
+        return [u for u in self.units if ref in u.slots]
+
     def module_axes(self) -> dict[str, dict[str, int]]:
         """``{module name: {axis: size}}`` for every module touched by the graph."""
         out: dict[str, dict[str, int]] = {}

@@ -70,7 +70,11 @@ class HeadPrunedMultiheadAttention(nn.Module):
             dropout=mha.dropout,
             batch_first=mha.batch_first,
         )
-        rows = (heads.view(-1, 1) * hd + torch.arange(hd).view(1, -1)).reshape(-1)  # (heads*hd,)
+        device = mha.in_proj_weight.device
+        heads = heads.to(device)
+        rows = (heads.view(-1, 1) * hd + torch.arange(hd, device=device).view(1, -1)).reshape(
+            -1
+        )  # (heads*hd,)
         qkv_rows = torch.cat([rows, rows + inner, rows + 2 * inner])
         with torch.no_grad():
             new.in_proj_weight.copy_(mha.in_proj_weight[qkv_rows])
@@ -79,8 +83,9 @@ class HeadPrunedMultiheadAttention(nn.Module):
             new.out_proj.weight.copy_(mha.out_proj.weight[:, rows])
             if new.out_proj.bias is not None:
                 new.out_proj.bias.copy_(mha.out_proj.bias)
+        new = new.to(device, mha.in_proj_weight.dtype)
         new.train(mha.training)
-        return new.to(mha.in_proj_weight.device, mha.in_proj_weight.dtype)
+        return new
 
     def forward(
         self,

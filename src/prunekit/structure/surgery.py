@@ -112,7 +112,7 @@ class Handler:
                 tensor = get_tensor(module, sl.param)
                 if tensor is None:
                     continue
-                set_tensor(module, sl.param, tensor.index_select(sl.dim, sl.indices(idx)))
+                set_tensor(module, sl.param, tensor.index_select(sl.dim, sl.indices(idx).to(tensor.device)))
 
     def _update(self, module: nn.Module, sizes: dict[str, int], keep: dict[str, torch.Tensor]) -> None:
         return None

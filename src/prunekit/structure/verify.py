@@ -92,9 +92,11 @@ def random_like(example_input: Any, seed: int = 0) -> Any:
     gen = torch.Generator().manual_seed(seed)
     if isinstance(example_input, torch.Tensor):
         if example_input.is_floating_point():
-            return torch.randn(example_input.shape, generator=gen, dtype=example_input.dtype)
-        hi = int(example_input.max()) + 1 if example_input.numel() else 1
-        return torch.randint(0, max(hi, 2), example_input.shape, generator=gen, dtype=example_input.dtype)
+            out = torch.randn(example_input.shape, generator=gen, dtype=example_input.dtype)
+        else:
+            hi = int(example_input.max()) + 1 if example_input.numel() else 1
+            out = torch.randint(0, max(hi, 2), example_input.shape, generator=gen, dtype=example_input.dtype)
+        return out.to(example_input.device)
     if isinstance(example_input, Mapping):
         return {k: random_like(v, seed) if k == "input_ids" else v for k, v in example_input.items()}
     if isinstance(example_input, (tuple, list)):
