@@ -11,6 +11,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
 from prunekit.sparse import (
+    CSRMatrix,
     SemiStructuredLinear,
     SparseConv2d,
     SparseLinear,
@@ -115,9 +116,9 @@ def test_numba_kernel_any_index_dtype(col_dtype: torch.dtype, width: int) -> Non
 
     w = pruned_weight(33, 200, 0.8, seed=3)
     w[5] = 0.0
-    sp = w.to_sparse_csr()
+    sp = CSRMatrix.pack(w)
     x = torch.randn(200, width)
-    out = csr_matmul_t(sp.crow_indices().to(torch.int32), sp.col_indices().to(col_dtype), sp.values(), x)
+    out = csr_matmul_t(sp.row_ptr.to(torch.int32), sp.col_indices.to(col_dtype), sp.values, x)
     torch.testing.assert_close(out, w @ x, rtol=1e-5, atol=1e-5)
     assert torch.all(out[5] == 0)
 
@@ -185,3 +186,22 @@ def test_bench_helpers() -> None:
     assert crossover(rows, "k", 16) is None
     with pytest.raises(ConfigError, match="sparsity"):
         pruned_weight(2, 2, 1.0)
+
+
+@needs_numba
+@pytest.mark.parametrize("width", [1, 3])
+def test_numba_parallel_and_serial_paths_agree(width: int) -> None:
+    from prunekit.metrics.latency import num_threads
+    from prunekit.sparse.kernels import numba_csr
+
+    w = pruned_weight(256, 512, 0.5, seed=1)  # 65536 nonzeros: big enough for the parallel loops
+    sp = CSRMatrix.pack(w)
+    args = (sp.row_ptr.to(torch.int32), sp.col_indices.to(torch.int16), sp.values)
+    x = torch.randn(512, width)
+    assert args[2].numel() * width >= numba_csr.PARALLEL_MIN_WORK
+    with num_threads(2):
+        parallel = numba_csr.csr_matmul_t(*args, x)
+    with num_threads(1):
+        serial = numba_csr.csr_matmul_t(*args, x)
+    torch.testing.assert_close(parallel, w @ x, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(serial, parallel, rtol=1e-5, atol=1e-5)
