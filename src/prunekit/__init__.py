@@ -1,3 +1,95 @@
-"""prunekit: pruning and sparsity for PyTorch (scores -> masks -> structure -> sparse kernels)."""
+"""prunekit: pruning and sparsity for PyTorch (scores -> masks -> structure -> sparse kernels).
+
+>>> import torch, prunekit as pk
+>>> model = pk.models.create("resnet20")
+>>> masks = pk.prune(model, pk.select(model), pk.Magnitude(p=1), pk.Element(), pk.Global(0.9))
+>>> round(masks.sparsity(), 2)
+0.9
+>>> small, plan, report = pk.prune_channels(pk.models.create("resnet20"), torch.zeros(1, 3, 32, 32), ratio=0.5)
+>>> report.params_after < report.params_before
+True
+
+Sub-packages: ``models``, ``data``, ``train``, ``metrics``, ``importance``, ``allocation``,
+``structure``, ``regression``, ``sparse``. Everything heavy (scikit-learn, transformers,
+onnxruntime, numba) is imported lazily by the functions that need it.
+"""
+
+from prunekit import allocation, data, importance, metrics, models, regression, sparse, structure, train
+from prunekit.allocation import Global, PerLayer, Uniform
+from prunekit.errors import CheckpointError, ConfigError, DataError, PrunekitError, UnsupportedError
+from prunekit.granularity import NM, Block, Channel, Element, Kernel, LoadBalanced, Pattern, Vector
+from prunekit.importance import (
+    OBD,
+    APoZ,
+    BNScale,
+    FeatureReconstruction,
+    Magnitude,
+    MeanActivation,
+    Random,
+    Taylor,
+)
+from prunekit.masks import Masks
+from prunekit.metrics import count_macs, count_nonzeros, count_params, layer_table, measure_latency
+from prunekit.pruning import prune
+from prunekit.regression import NISP
+from prunekit.sparse import deploy
+from prunekit.structure import PruningPlan, load_pruned, prune_channels, save_pruned
+from prunekit.targets import Target, select
+from prunekit.train import TrainConfig, evaluate, fit
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "NISP",
+    "NM",
+    "OBD",
+    "APoZ",
+    "BNScale",
+    "Block",
+    "Channel",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "Element",
+    "FeatureReconstruction",
+    "Global",
+    "Kernel",
+    "LoadBalanced",
+    "Magnitude",
+    "Masks",
+    "MeanActivation",
+    "Pattern",
+    "PerLayer",
+    "PrunekitError",
+    "PruningPlan",
+    "Random",
+    "Target",
+    "Taylor",
+    "TrainConfig",
+    "Uniform",
+    "UnsupportedError",
+    "Vector",
+    "__version__",
+    "allocation",
+    "count_macs",
+    "count_nonzeros",
+    "count_params",
+    "data",
+    "deploy",
+    "evaluate",
+    "fit",
+    "importance",
+    "layer_table",
+    "load_pruned",
+    "measure_latency",
+    "metrics",
+    "models",
+    "prune",
+    "prune_channels",
+    "regression",
+    "save_pruned",
+    "select",
+    "sparse",
+    "structure",
+    "train",
+]
