@@ -313,3 +313,15 @@ def test_cli_prune_structured_writes_model_and_plan(tmp_path, capsys):
     assert ckpt["metadata"]["pruning"]["target"] == "params"
     assert main(["prune", "--structured", "--model", "lenet5", "--out", str(out)]) == 2  # no --sparsity
     assert "--sparsity" in capsys.readouterr().err
+
+
+def test_pretrained_resnet20_prunes_exactly(pretrained_dir, tmp_path):
+    from prunekit.models import load_pretrained
+
+    model = load_pretrained(create("resnet20"), pretrained_dir / "resnet20-12fca82f.th").eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    small, plan, report = prune_channels(model, x, ratio=0.3, target="macs", allocation="uniform")
+    assert report.reached["macs"] >= 0.3 and report.verified.max_rel_diff < 1e-4
+    again, _ = load_pruned(save_pruned(tmp_path / "r20.pt", "resnet20", {}, plan, small))
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), small.eval()(x))
