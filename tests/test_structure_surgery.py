@@ -205,6 +205,9 @@ def test_importance_contract_decides_which_channels_go():
     small, plan, _ = prune_channels(model, X32, ratio=0.5, importance=ByIndex(), allocation="uniform")
     assert plan.modules["features.0"].remove["out"] == list(range(8))
     assert plan.meta["importance"] == "ByIndex"
+    _, plan_bn, _ = prune_channels(model, X32, ratio=0.5, importance="bn", allocation="uniform")
+    gammas = model.features[1].weight.detach().abs()
+    assert plan_bn.modules["features.0"].remove["out"] == sorted(gammas.argsort()[:8].tolist())
 
 
 class NotFor:

@@ -132,7 +132,8 @@ def prune_channels(
 
     ``ratio`` is the fraction to remove of ``target``: ``"channels"`` (prunable units),
     ``"macs"`` or ``"params"`` (searched until reached; the report gives what was reached).
-    ``importance`` follows the prunekit importance contract (default L1 magnitude); ``allocation``
+    ``importance`` follows the prunekit importance contract (default L1 magnitude; a criterion name
+    such as ``"l2"`` or ``"bn"`` is built for the graph's layers); ``allocation``
     ``"global"`` or ``"uniform"``; ``min_keep``/``max_keep`` bound each layer's kept fraction; ``round_to``
     rounds each group's kept channel count up to a multiple. The input model is not modified. With
     ``verify`` the small model is checked against the masked original (eval mode).
@@ -143,6 +144,11 @@ def prune_channels(
         raise ConfigError(f"ratio is the fraction to remove and must be in [0, 1), got {ratio}")
     graph = graph if graph is not None else DependencyGraph.build(model, example_input)
     graph.check_handlers()
+    if isinstance(importance, str):  # a criterion name without calibration data ("l1", "l2", "bn", ...)
+        from prunekit.importance import registry
+        from prunekit.structure.ranking import score_targets
+
+        importance = registry.build(importance, model, score_targets(graph, members, exclude=exclude))
     scores = unit_scores(
         graph, importance, reduction=reduction, members=members, member_norm=member_norm, exclude=exclude
     )
@@ -167,7 +173,7 @@ def prune_channels(
     meta = {
         "target": target, "ratio": float(ratio), "allocation": allocation, "reduction": reduction,
         "members": members, "member_norm": member_norm, "round_to": round_to, "min_keep": min_keep, "max_keep": max_keep,
-        "importance": type(importance).__name__ if importance is not None else "Magnitude(p=1)",
+        "importance": _describe(importance),
     }  # fmt: skip
     plan = make_plan(graph, units, meta)
     small = plan.apply(copy.deepcopy(model))
@@ -195,6 +201,14 @@ def prune_channels(
     if verify:
         report.verified = _verify(graph, units, small, example_input)
     return small, plan, report
+
+
+def _describe(importance: Any) -> str:
+    if importance is None:
+        return "Magnitude(p=1)"
+    if type(importance).__repr__ is object.__repr__:
+        return type(importance).__name__
+    return repr(importance)
 
 
 def _verify(graph: DependencyGraph, units: list[int], small: nn.Module, example_input: Any) -> VerifyResult:
