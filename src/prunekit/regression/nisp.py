@@ -80,7 +80,8 @@ def nisp_channel_scores(
 ) -> dict[str, torch.Tensor]:
     """Propagate ``final_scores`` (one per output unit/channel of ``final_layer``) back through
     ``model``; returns ``{module name: per-output-channel score}`` for every Conv/Linear layer
-    that feeds the final layer (layers that do not get zeros). ``model`` is not modified.
+    that feeds the final layer (layers that do not get zeros), in float64 (scores of early layers
+    in deep networks exceed the float32 range). ``model`` is not modified.
     """
     modules = dict(model.named_modules())
     if final_layer not in modules or not isinstance(modules[final_layer], _WEIGHTED):
@@ -88,7 +89,8 @@ def nisp_channel_scores(
         raise ConfigError(
             f"final_layer {final_layer!r} is not a Conv/Linear layer of the model; {close_matches(final_layer, candidates)}"
         )
-    surrogate = copy.deepcopy(model).eval()
+    # float64: products of |W| over ~50 layers overflow float32 (ResNet-56 reaches ~1e80)
+    surrogate = copy.deepcopy(model).eval().double()
     outputs: dict[str, list[torch.Tensor]] = {}
     handles: list[RemovableHandle] = []
 
@@ -114,13 +116,11 @@ def nisp_channel_scores(
                     handles.append(m.register_forward_hook(record(name)))
                 elif isinstance(m, _PASS_THROUGH):
                     handles.append(m.register_forward_hook(identity))
-        ones = torch.ones((1, *example_input.shape[1:]), dtype=torch.float32, device=example_input.device)
-        if example_input.is_floating_point():
-            ones = ones.to(example_input.dtype)
-        else:
+        if not example_input.is_floating_point():
             raise UnsupportedError(
                 "NISP propagation needs a floating-point input (embeddings are not supported)"
             )
+        ones = torch.ones((1, *example_input.shape[1:]), dtype=torch.float64, device=example_input.device)
         with torch.enable_grad():
             ones.requires_grad_(True)
             surrogate(ones)
@@ -150,7 +150,7 @@ def nisp_channel_scores(
                 torch.zeros(t.shape[1]) if g is None else g.detach().transpose(0, 1).flatten(1).sum(1)
             )
             total = per_channel if total is None else total + per_channel
-        scores[name] = total.float().cpu() if total is not None else torch.zeros(0)
+        scores[name] = total.double().cpu() if total is not None else torch.zeros(0, dtype=torch.float64)
     return scores
 
 
@@ -160,7 +160,9 @@ class NISP(DataDrivenImportance):
     ``calibrate`` measures the final-response-layer scores ``s_n`` on the calibration batches
     (``frl_scores="mean_abs"``: mean ``|response|`` per unit; ``"uniform"``: all ones; or a
     tensor you pass) and propagates them to every Conv/Linear layer. ``scores(target)`` broadcasts
-    the layer's per-output-channel score over that channel's weights.
+    the layer's per-output-channel score, divided by its mean over the layer (NISP ranks neurons
+    within a layer; raw scores grow geometrically with depth), over that channel's weights;
+    ``channel_scores(name)`` gives the raw float64 scores.
     ``final_layer`` defaults to the last Conv/Linear module (the classifier).
     """
 
@@ -201,12 +203,12 @@ class NISP(DataDrivenImportance):
 
     def _finish(self) -> None:
         if isinstance(self.frl_scores, torch.Tensor):
-            s_n = self.frl_scores.detach().float().reshape(-1)
+            s_n = self.frl_scores.detach().double().reshape(-1)
         elif self.frl_scores == "uniform" or self._acc is None:
             n_out = 0 if self._acc is None else self._acc.numel()
-            s_n = torch.ones(n_out)
+            s_n = torch.ones(n_out, dtype=torch.float64)
         else:
-            s_n = (self._acc / max(self._count, 1)).float()
+            s_n = self._acc / max(self._count, 1)
         self.final_response_scores = s_n
         self._channel = nisp_channel_scores(self._model, self._example, self._frl_name, s_n)
         self._model = None  # do not keep the model alive
@@ -227,4 +229,6 @@ class NISP(DataDrivenImportance):
                 f"NISP has no per-channel score of size {w.shape[0]} for {target.name!r}; "
                 "calibrate on the same model (before pruning it)"
             )
+        mean = float(s.mean())
+        s = s / mean if mean > 0 else s
         return s.to(w.device, w.dtype).reshape((-1,) + (1,) * (w.ndim - 1)).expand_as(w).clone()
