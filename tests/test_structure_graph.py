@@ -162,6 +162,32 @@ def test_attention_heads_are_units_and_the_model_width_is_pinned():
     assert width.pinned is not None and "MultiheadAttention" in width.pinned
 
 
+class Mixer(nn.Module):
+    """MLP-Mixer-style token mixing: a Linear over tokens, the channel dim passes through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 2, stride=2)  # (B, 8, 2, 2) -> 4 tokens
+        self.tokens = nn.Linear(4, 4)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x).flatten(2).transpose(1, 2)  # (B, 4, 8)
+        h = h + self.tokens(h.transpose(1, 2)).transpose(1, 2)  # mix tokens, keep channels
+        h = h + self.fc2(F.gelu(self.fc1(h)))
+        return self.head(h.mean(1))
+
+
+def test_linear_over_tokens_keeps_channels_coupled():
+    g = DependencyGraph.build(Mixer(), torch.zeros(1, 3, 4, 4))
+    u = unit_with(g, "embed", "out", 5)
+    assert u.slots[AxisRef("fc1", "in")] == (5,) and u.slots[AxisRef("fc2", "out")] == (5,)
+    assert unit_with(g, "tokens", "out", 1).pinned  # tokens are conv positions, not prunable
+    assert unit_with(g, "fc1", "out", 3).prunable
+
+
 def test_layernorm_channels_are_pinned():
     net = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 2))
     g = DependencyGraph.build(net, torch.zeros(3, 4))
@@ -193,6 +219,12 @@ class HardCoded(nn.Module):
         z = self.fc(self.c(x).view(-1, 6 * 16))  # literal size: channels of c are kept
         w = self.e(self.d(x)[:, :6])  # literal slice bounds: channels of d are kept
         return z + y + w.sum()
+
+
+def test_reductions_over_channels_pin_them():
+    g = DependencyGraph.build(ChannelMean(), torch.zeros(1, 3, 8, 8))
+    assert "reduces over these channels" in unit_with(g, "c1", "out", 0).pinned
+    assert unit_with(g, "c2", "out", 0).pinned == "model output"
 
 
 def test_literal_sizes_in_forward_pin_channels():
@@ -241,7 +273,6 @@ class Branchy(Rolled):
     [
         (Rolled(), r"roll.*in module"),
         (Shuffled(), r"cannot prove which part indexes channels"),
-        (ChannelMean(), r"reduces over channels"),
         (Branchy(), r"cannot trace Branchy"),
     ],
 )

@@ -96,6 +96,12 @@ class AttnNet(nn.Module):
         return self.head(h.mean(1))
 
 
+def _mixer() -> nn.Module:
+    from test_structure_graph import Mixer
+
+    return Mixer()
+
+
 CASES = {
     "resnet20_A": (lambda: randomize_bn(create("resnet20", option="A")), X32),
     "resnet20_B": (lambda: randomize_bn(create("resnet20", option="B")), X32),
@@ -105,6 +111,7 @@ CASES = {
     "lenet5": (lambda: create("lenet5").eval(), torch.randn(2, 1, 28, 28)),
     "grouped": (lambda: randomize_bn(GroupedNet()), torch.randn(2, 3, 8, 8)),
     "mha": (lambda: AttnNet().eval(), torch.randn(2, 5, 8)),
+    "mixer": (lambda: _mixer().eval(), torch.randn(2, 3, 4, 4)),
 }
 
 

@@ -410,8 +410,9 @@ def _reduction(sum_ok: bool) -> Callable[[Propagation, fx.Node], None]:
             reduced = set(range(len(a)))
         else:
             reduced = {int(d) % len(a) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
-        if reduced & p.tracked(src) and not sum_ok:
-            raise UnsupportedError(f"{_where(node)} reduces over channels (pruning would change it)")
+        if not sum_ok:
+            for d in reduced & p.tracked(src):
+                p.pin(p.val(src, d), f"{_where(node)} reduces over these channels (pruning would change it)")
         out_d = 0
         for d in range(len(a)):
             if d in reduced:
@@ -430,9 +431,11 @@ def _softmax(p: Propagation, node: fx.Node) -> None:
         dim = p.modules[str(node.target)].dim
     else:
         dim = _arg(node, 1, "dim")
-    if dim is None or int(dim) % n in p.tracked(src) | p.tracked(node):
-        raise UnsupportedError(f"{_where(node)} normalises over channels (pruning would change it)")
     _unary(p, node)
+    dims = range(n) if dim is None else [int(dim) % n]
+    for d in dims:
+        if d in p.tracked(src) | p.tracked(node):
+            p.pin(p.val(node, d), f"{_where(node)} normalises over these channels (pruning would change it)")
 
 
 def _pad(p: Propagation, node: fx.Node) -> None:
@@ -549,6 +552,14 @@ def _conv(p: Propagation, node: fx.Node) -> None:
     kin, kout = p.mod(name, "in", m.in_channels), p.mod(name, "out", m.out_channels)
     p.ident(p.val(x, cdim), kin)
     p.ident(p.val(node, cdim), kout)
+    nd = len(p.shape(x))
+    for d in range(nd):
+        if d < cdim % nd:  # batch dims pass through
+            p.ident_dims(x, d, node, d)
+        elif d > cdim % nd:  # spatial positions are not channels a conv can lose
+            for v in (x, node):
+                if d in p.tracked(v):
+                    p.pin(p.val(v, d), f"spatial dim of conv {name!r} used as channels elsewhere")
     g = m.groups
     if g > 1:  # grouped/depthwise: a whole group (its in and out channels) is one unit
         ip, op_ = m.in_channels // g, m.out_channels // g
@@ -565,6 +576,10 @@ def _linear(p: Propagation, node: fx.Node) -> None:
     assert LinearHandler().mask(m, "in").dim == -1
     p.ident(p.val(x, -1), p.mod(name, "in", m.in_features))
     p.ident(p.val(node, -1), p.mod(name, "out", m.out_features))
+    for d in range(
+        len(p.shape(x)) - 1
+    ):  # leading dims (batch, tokens, channels of a token-mixer) pass through
+        p.ident_dims(x, d, node, d)
 
 
 def _batchnorm(p: Propagation, node: fx.Node) -> None:
