@@ -151,3 +151,18 @@ def test_mnist_eval_on_real_data(data_root, capsys) -> None:
         pytest.skip(f"{mnist} not found")
     assert main(["eval", "--model", "lenet300_100", "--data", str(mnist), "--limit", "64", "--threads", "1"]) == 0
     assert "lenet300_100 on mnist test (64 images)" in capsys.readouterr().out
+
+
+def test_eval_rebuilds_structured_checkpoint(tmp_path, capsys) -> None:
+    """A physically pruned checkpoint (plan + state_dict) loads through build_from_checkpoint / eval."""
+    from prunekit.models import create
+    from prunekit.structure import prune_channels, save_pruned
+
+    torch.manual_seed(0)
+    small, plan, _ = prune_channels(create("digits_cnn"), torch.zeros(1, 1, 8, 8), ratio=0.5, target="macs")
+    path = save_pruned(tmp_path / "small.pt", "digits_cnn", {}, plan, small)
+    again, _ = build_from_checkpoint(path)
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(again.eval()(x), small.eval()(x))
+    assert main(["eval", "--checkpoint", str(path), "--dataset", "digits"]) == 0
+    assert "top-1" in capsys.readouterr().out

@@ -69,8 +69,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--min-keep", type=float, default=0.0, metavar="F",
                    help="global scope: keep at least this fraction of every layer (default 0)")
-    p.add_argument("--reduction", choices=("sum", "mean", "max", "l2"), default="sum",
-                   help="how element scores combine into a group score (default sum)")
+    p.add_argument("--reduction", choices=("sum", "mean", "max", "l2"), default=None,
+                   help="how element scores combine into a group score (default: sum for masks, "
+                        "mean for --structured, where groups span layers of different sizes)")
     p.add_argument("--layer", action="append", type=_layer_ratio, default=[], metavar="NAME=RATIO",
                    help="pin one layer's sparsity (repeatable)")
     p.add_argument("--include", action="append", default=None, metavar="GLOB", help="prune only these layers")
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     model, name, info = load_model_from_args(args)
     info = {**info, "name": name}
     g = gran.parse(args.granularity)
-    if hasattr(g, "reduction") and args.reduction != "sum":
+    if hasattr(g, "reduction") and args.reduction not in (None, "sum"):
         g.reduction = args.reduction
     targets = select(model, types=_types(args.types), include=args.include, exclude=args.exclude)
     for t in targets:  # fail on a bad layer before any (slow) calibration

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     before_top1 = _top1(model, args, name, info) if args.eval else None
     small, plan, report = prune_channels(
         model, example, ratio=args.sparsity, importance=importance, target=args.target, round_to=args.round_to,
-        verify=not args.no_verify, allocation=args.scope, reduction=args.reduction, members=args.members,
+        verify=not args.no_verify, allocation=args.scope, reduction=args.reduction or "mean", members=args.members,
         min_keep=args.min_keep, exclude=exclude, graph=graph,
     )  # fmt: skip
     lat = compare_latency(

@@ -62,10 +62,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def build_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the registered model named in the checkpoint and load its weights."""
+    """Rebuild the registered model named in the checkpoint and load its weights.
+
+    Checkpoints of physically pruned models (written by :func:`prunekit.structure.save_pruned`)
+    are rebuilt by replaying their plan on the original architecture.
+    """
     from prunekit.models import check_state_dict, create
 
     ckpt = load_checkpoint(path)
+    if ckpt.get("structured_plan"):  # a physically pruned model: architecture + plan + state_dict
+        from prunekit.structure import load_pruned
+
+        return load_pruned(path)
     if not ckpt["model_name"]:
         raise CheckpointError(f"{path} does not name its model; build it yourself and use load_state_dict")
     model = create(ckpt["model_name"], **ckpt["model_config"])
