@@ -1,7 +1,7 @@
 """CLI names of the importance criteria, and a one-call way to build a ready-to-score criterion.
 
->>> sorted(CRITERIA)[:4]
-['apoz', 'bn', 'feature', 'l1']
+>>> sorted(CRITERIA)[:3]
+['apoz', 'bn', 'feature']
 >>> needs_data("taylor"), needs_data("l1"), needs_data("bn")
 (True, False, False)
 >>> needs_data("tayler")
@@ -37,6 +37,8 @@ CRITERIA: dict[str, Callable[[], Importance]] = {
     "apoz": APoZ,
     "mean": MeanActivation,
     "feature": lambda: FeatureReconstruction(dim=0),
+    # for convs followed by BN -> ReLU: the change of what the next layer receives (best in the benchmark)
+    "feature-relu": lambda: FeatureReconstruction(dim=0, relu=True),
 }
 
 # Criteria that must see the model but not data (BNScale reads the model's structure).
