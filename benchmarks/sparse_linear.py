@@ -36,6 +36,16 @@ RESULTS = Path(__file__).parent / "results" / "sparse.md"
 PRETRAINED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pretrained" / "resnet20-12fca82f.th"
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parts = [f"# Sparse vs dense on this CPU\n\nCommand: `python benchmarks/{Path(__file__).name}"
              f"{' --quick' if args.quick else ''}` (started {started}).\n",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"Machine: {cpu_name()}, {os.cpu_count()} cores, "
              f"Python {platform.python_version()}, torch {torch.__version__}, kernels here: "
              f"{', '.join(available_kernels())}.\n",
              "**The machine was shared with other agents' jobs while this ran (load average at start "
