@@ -143,7 +143,8 @@ def bn_channel_scale(bn: _BatchNorm, y: torch.Tensor | None = None) -> torch.Ten
 
     Uses the running variance; a BN without running statistics uses the variance of ``y``.
     """
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones(bn.num_features)
+    device = bn.running_var.device if bn.running_var is not None else (y.device if y is not None else None)
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones(bn.num_features, device=device)
     if bn.running_var is not None:
         var = bn.running_var.detach()
     elif y is not None:
