@@ -205,3 +205,19 @@ def test_numba_parallel_and_serial_paths_agree(width: int) -> None:
         serial = numba_csr.csr_matmul_t(*args, x)
     torch.testing.assert_close(parallel, w @ x, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(serial, parallel, rtol=1e-5, atol=1e-5)
+
+
+def test_without_numba_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunekit.sparse import deploy
+    from prunekit.sparse.kernels import numba_csr
+
+    monkeypatch.setattr(numba_csr, "AVAILABLE", False)
+    assert "numba_csr" not in available_kernels()
+    lin = _sparse_(nn.Linear(16, 8), 0.9)
+    assert SparseLinear.from_dense(lin).kernel == "torch_csr"
+    with pytest.raises(ConfigError, match="pip install numba"):
+        SparseLinear.from_dense(lin, kernel="numba_csr")
+    with pytest.raises(ConfigError, match="not available on this machine"):
+        deploy(nn.Sequential(lin), torch.randn(1, 16), candidates=["numba_csr"])
+    _, report = deploy(nn.Sequential(lin), torch.randn(1, 16), repeats=1, warmup=0, threads=1)
+    assert "numba_csr" not in report.layers[0].times_s
