@@ -78,7 +78,8 @@ def export_onnx(
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)  # the TorchScript exporter's notice
+            warnings.filterwarnings("ignore", message="Constant folding")  # slicing with steps (option-A shortcut)
             torch.onnx.export(dense, args, str(tmp), input_names=names, output_names=["output"],
                               opset_version=opset, dynamic_axes=axes, dynamo=False)
 
