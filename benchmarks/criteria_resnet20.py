@@ -52,6 +52,10 @@ from prunekit.targets import Target, select
 from prunekit.train import build_from_checkpoint, evaluate
 
 
+DEFAULT_SECTIONS = "dense,c1,a,b,c2"
+DEFAULT_OUT = "benchmarks/results/pruning_core.md"
+
+
 @dataclass
 class Row:
     section: str
@@ -236,6 +240,8 @@ class Bench:
             "",
             f"- Command: `python benchmarks/criteria_resnet20.py --data {a.data} --checkpoint {a.checkpoint} "
             f"--calib-batches {a.calib_batches} --threads {a.threads}{' --extras' if a.extras else ''}"
+            f"{f' --sections {a.sections}' if a.sections != DEFAULT_SECTIONS else ''}"
+            f"{f' --out {a.out}' if a.out != DEFAULT_OUT else ''}"
             f"{f' --limit {a.limit}' if a.limit else ''}`",
             f"- Started {self.started}; machine: {platform.machine()} CPU ({torch.get_num_threads()} torch threads), "
             f"torch {torch.__version__}, Python {platform.python_version()}. The 2 cores were shared with other "
@@ -282,10 +288,10 @@ def main() -> None:
     ap.add_argument("--allow-pretrained", action="store_true", help="fall back to the original weights")
     ap.add_argument("--calib-batches", type=int, default=16)
     ap.add_argument("--limit", type=int, default=None, help="images per split (development only)")
-    ap.add_argument("--sections", default="dense,c1,a,b,c2")
+    ap.add_argument("--sections", default=DEFAULT_SECTIONS)
     ap.add_argument("--extras", action="store_true", help="afterwards: OBD-Hutchinson, mean activation, LAMP")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="benchmarks/results/pruning_core.md")
+    ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bench = Bench(args)
