@@ -51,7 +51,6 @@ from prunekit.pruning import prune
 from prunekit.targets import Target, select
 from prunekit.train import build_from_checkpoint, evaluate
 
-
 DEFAULT_SECTIONS = "dense,c1,a,b,c2"
 DEFAULT_OUT = "benchmarks/results/pruning_core.md"
 
