@@ -10,7 +10,7 @@ every evaluation, so a run cut short still leaves its finished rows.
     18 3x3 convs of the residual blocks (the stem conv has Cin=3: no 2:4, no 4-wide blocks);
 (c) output-channel masks at 30/50 % on the 9 block-internal convs (``layer*.conv1``, the channels a
     structural pruner can remove in option-A ResNet-20), uniform per layer, one row per criterion;
-    c1: filters masked only, c2 (30 % only): filters and their BN channel (gamma, beta) zeroed =
+    c1: filters masked only, c2: filters and their BN channel (gamma, beta) masked (prune()'s default) =
     the channel removed. Extra random seeds and the ReLU variant of the feature criterion: 30 % only.
 
 Command (2-core CPU, ~15 min idle; longer when the machine is shared):
@@ -42,7 +42,6 @@ from prunekit.importance import (
     MeanActivation,
     Random,
     Taylor,
-    following_batchnorm,
 )
 from prunekit.importance.base import Importance
 from prunekit.io import atomic_write_text
@@ -188,26 +187,14 @@ class Bench:
                 self.calibrated[label] = (imp, time.perf_counter() - t0)
             imp, calib_s = self.calibrated[label]
             for s in (0.3, 0.5):
-                if s != 0.3 and (removed or label in self.only_30):
-                    continue  # bound the run time: c2 and the extra variants at 30 % only
+                if s != 0.3 and label in self.only_30:
+                    continue  # bound the run time: the extra variants at 30 % only
                 t1 = time.perf_counter()
                 self.reset()
-                masks = prune(self.model, targets, imp, Channel(0), Uniform(s), enforce=False)
-                if removed:
-                    self.zero_bn_channels(targets, masks)
+                # c1 masks the filters only; c2 is prune()'s default: the following BN channel too
+                masks = prune(self.model, targets, imp, Channel(0), Uniform(s), enforce=False, couple_norms=removed)
                 self.evaluate(section, f"{label} @ {s:.0%}  (calibration {calib_s:.0f}s, {batches} batches)",
                               masks.sparsity(), t1)
-
-    def zero_bn_channels(self, targets: list[Target], masks: object) -> None:
-        """Zero gamma and beta of the BN channels after pruned filters: the channel's output is then 0."""
-        bns = following_batchnorm(self.model, targets)
-        with torch.no_grad():
-            for t in targets:
-                m = masks[t.name]  # type: ignore[index]
-                keep = m.reshape(m.shape[0], -1).any(dim=1)  # (Cout,)
-                bn = bns[t.name]
-                bn.weight.mul_(keep)
-                bn.bias.mul_(keep)
 
     def element_allocation(self, extras: bool = False) -> None:
         for s in (0.5, 0.7, 0.8, 0.9):
@@ -261,10 +248,10 @@ class Bench:
             "a": "(a) Element-wise L1 magnitude over all 20 layers (19 convs + linear, nothing excluded)",
             "b": "(b) Granularity at 50 %: the 18 3x3 convs of the residual blocks, L1 magnitude, uniform",
             "c1": "(c1) Output-channel masks on the 9 block-internal convs (layer*.conv1), uniform per layer: "
-            "conv filters masked only (what `prune()` does; the BN after a masked filter keeps emitting "
-            "its constant beta - gamma*mean/std)",
-            "c2": "(c2) Same channels at 30 %, removed with their BN channel (gamma and beta zeroed too = what "
-            "physical channel removal computes)",
+            "conv filters masked only (`prune(..., couple_norms=False)`; the BN after a masked filter keeps "
+            "emitting its constant beta - gamma*mean/std)",
+            "c2": "(c2) Same channels, masked with their BN channel (gamma and beta masked too: `prune()`'s "
+            "default, and what physical channel removal computes)",
         }
         for sec in ("dense", "c1", "c2", "a", "b"):
             rows = [r for r in self.rows if r.section == sec]

@@ -41,6 +41,17 @@ from prunekit.io import atomic_torch_save
 from prunekit.targets import Target
 
 FORMAT = "prunekit.masks/1"
+COUPLED_SEP = "::"  # key of a coupled mask: "<module path>::<parameter>" (e.g. a BN's gamma/beta)
+
+
+def coupled_key(module_name: str, param_name: str) -> str:
+    """Key of a mask that follows a target rather than being one (see :meth:`Masks.couple`)."""
+    return f"{module_name}{COUPLED_SEP}{param_name}"
+
+
+def module_of(key: str) -> str:
+    """Module path of a mask key (a target name, or the module part of a coupled key)."""
+    return key.split(COUPLED_SEP, 1)[0]
 
 
 class _ZeroPrunedBeforeForward:
@@ -117,10 +128,27 @@ class Masks(Mapping[str, torch.Tensor]):
     def enforced(self) -> bool:
         return bool(self._handles)
 
+    @property
+    def target_names(self) -> list[str]:
+        """The pruned targets' names (coupled masks, e.g. of a following BatchNorm, left out)."""
+        return [k for k in self._masks if COUPLED_SEP not in k]
+
+    def couple(self, module_name: str, param_name: str, mask: torch.Tensor) -> Masks:
+        """Add a mask that follows a target (e.g. the BN channel after a pruned filter).
+
+        Coupled masks are applied and enforced like any other but do not count in
+        :meth:`sparsity` or :meth:`sparsity_report`, which describe the targets.
+        """
+        key = coupled_key(module_name, param_name)
+        self._masks[key] = mask.detach().to(torch.bool)
+        self.param_names[key] = param_name
+        return self
+
     def sparsity(self) -> float:
-        """Fraction of masked-out elements over all masks."""
-        total = sum(m.numel() for m in self._masks.values())
-        return sum(int((~m).sum()) for m in self._masks.values()) / max(total, 1)
+        """Fraction of masked-out elements over the targets' masks."""
+        masks = [self._masks[k] for k in self.target_names]
+        total = sum(m.numel() for m in masks)
+        return sum(int((~m).sum()) for m in masks) / max(total, 1)
 
     # -- binding to a model -----------------------------------------------------------------
     def _resolve(self, model: nn.Module) -> list[tuple[str, nn.Module, nn.Parameter, torch.Tensor]]:
@@ -128,7 +156,7 @@ class Masks(Mapping[str, torch.Tensor]):
         out = []
         for name, mask in self._masks.items():
             try:
-                module = model.get_submodule(name)
+                module = model.get_submodule(module_of(name))
             except AttributeError:
                 raise ConfigError(
                     f"mask names layer {name!r}, which the model does not have; {close_matches(name, names)}"
@@ -238,7 +266,8 @@ class Masks(Mapping[str, torch.Tensor]):
         """Per-layer zeros: of the model's actual weights if given, else of the masks."""
         rows = []
         model = model if model is not None else self._model
-        for name, mask in self._masks.items():
+        for name in self.target_names:
+            mask = self._masks[name]
             if model is not None:
                 w = getattr(model.get_submodule(name), self.param_names[name]).detach()
                 zeros = int((w == 0).sum())
