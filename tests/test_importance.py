@@ -384,3 +384,23 @@ def test_registry_names_and_data_needs() -> None:
     for name in CRITERIA:
         s = build(name, m, targets, data, 2).scores(targets[1])
         assert s.shape == m.conv2.weight.shape and bool((s >= 0).all()), name
+
+
+def test_calibrate_restores_a_mixed_train_eval_state() -> None:
+    """The base class restores every submodule's own flag (e.g. frozen BN in eval inside a training model)."""
+    from prunekit.importance.base import DataDrivenImportance
+    from prunekit.targets import select
+
+    class Bare(DataDrivenImportance):  # relies on the base class alone for mode handling
+        def _attach(self, model, targets):
+            return []
+
+        def _score(self, target):
+            return torch.ones_like(target.weight)
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2), torch.nn.ReLU())
+    model.train()
+    model[1].eval()
+    batches = [(torch.randn(2, 1, 3, 3), torch.zeros(2, dtype=torch.long))]
+    Bare().calibrate(model, batches, 1, select(model))
+    assert [m.training for m in model.modules()] == [True, True, False, True]

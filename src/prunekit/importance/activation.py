@@ -31,8 +31,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
 from prunekit.errors import ConfigError
-from prunekit.importance.base import DataDrivenImportance
-from prunekit.importance.bn import broadcast_channels, following_batchnorm, preserved_modes
+from prunekit.importance.base import DataDrivenImportance, preserved_modes
+from prunekit.importance.bn import broadcast_channels, following_batchnorm
 from prunekit.targets import Target
 
 

@@ -11,7 +11,8 @@ batches first (``calibrate(model, loader, num_batches, targets)``); ``scores`` b
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -59,6 +60,25 @@ def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+@contextmanager
+def preserved_modes(model: nn.Module) -> Iterator[None]:
+    """Restore the train/eval flag of *every* submodule on exit (a mixed state comes back as it was).
+
+    >>> m = nn.Sequential(nn.Linear(1, 1), nn.Dropout()); _ = m[1].eval()
+    >>> with preserved_modes(m):
+    ...     _ = m.train()
+    >>> [mod.training for mod in m.modules()]
+    [True, True, False]
+    """
+    modes = [(mod, mod.training) for mod in model.modules()]
+    try:
+        yield
+    finally:
+        for mod, training in modes:
+            mod.training = training
+
 
 
 class DataDrivenImportance:
@@ -129,28 +149,27 @@ class DataDrivenImportance:
         if int(num_batches) < 1:
             raise ConfigError(f"num_batches must be >= 1, got {num_batches}")
         targets = list(targets) if targets is not None else select(model)
-        was_training = model.training
         saved_grads = {id(p): p.grad for p in model.parameters()}
         device = model_device(model)
         handles: list[RemovableHandle] = []
         seen = 0
-        try:
-            handles = self._attach(model, targets)
-            model.train(self.train_mode)
-            for batch in loader:
-                if seen >= num_batches:
-                    break
-                inputs, labels = split_batch(batch)
-                inputs = inputs.to(device)
-                labels = labels.to(device) if labels is not None else None
-                self._run_batch(model, inputs, labels)
-                seen += 1
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
-            for p in model.parameters():
-                p.grad = saved_grads.get(id(p))
+        with preserved_modes(model):  # every submodule's own train/eval flag comes back, not just the root's
+            try:
+                handles = self._attach(model, targets)
+                model.train(self.train_mode)
+                for batch in loader:
+                    if seen >= num_batches:
+                        break
+                    inputs, labels = split_batch(batch)
+                    inputs = inputs.to(device)
+                    labels = labels.to(device) if labels is not None else None
+                    self._run_batch(model, inputs, labels)
+                    seen += 1
+            finally:
+                for h in handles:
+                    h.remove()
+                for p in model.parameters():
+                    p.grad = saved_grads.get(id(p))
         if seen == 0:
             raise DataError(f"{type(self).__name__}.calibrate: the loader yielded no batches")
         self._finish()

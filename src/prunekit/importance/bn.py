@@ -16,8 +16,7 @@ tensor([1.0000, 2.0000, 0.5000, 3.0000])
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -25,26 +24,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunekit.errors import ConfigError, DataError
-from prunekit.importance.base import model_device, split_batch
+from prunekit.importance.base import (
+    model_device,
+    preserved_modes,
+    split_batch,
+)
 from prunekit.targets import Target, select
-
-
-@contextmanager
-def preserved_modes(model: nn.Module) -> Iterator[None]:
-    """Restore the train/eval flag of *every* submodule on exit (a mixed state comes back as it was).
-
-    >>> m = nn.Sequential(nn.Linear(1, 1), nn.Dropout()); _ = m[1].eval()
-    >>> with preserved_modes(m):
-    ...     _ = m.train()
-    >>> [mod.training for mod in m.modules()]
-    [True, True, False]
-    """
-    modes = [(mod, mod.training) for mod in model.modules()]
-    try:
-        yield
-    finally:
-        for mod, training in modes:
-            mod.training = training
 
 
 def out_channels(module: nn.Module) -> int:

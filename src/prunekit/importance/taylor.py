@@ -23,8 +23,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from prunekit.errors import ConfigError, DataError
-from prunekit.importance.base import DataDrivenImportance
-from prunekit.importance.bn import preserved_modes
+from prunekit.importance.base import DataDrivenImportance, preserved_modes
 from prunekit.targets import Target
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
