@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--out", default="benchmarks/results/pruning-core.md")
+    ap.add_argument("--out", default="benchmarks/results/masks_overhead.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     kinds = ("dense", "prunekit", "torch-prune")

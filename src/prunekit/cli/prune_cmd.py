@@ -23,9 +23,9 @@ from torch import nn
 
 from prunekit.cli.common import add_data_args, add_model_args, positive_int
 from prunekit.cli.main import UsageError
+from prunekit.importance import registry
 
 HELP = "prune a model (element / vector / kernel / channel / block / N:M / pattern masks)"
-CRITERIA = ("l1", "l2", "random", "bn", "taylor", "obd", "apoz", "mean", "feature")
 TYPES = {"conv": nn.Conv2d, "linear": nn.Linear}
 
 
@@ -58,7 +58,7 @@ def register(subparsers: Any) -> None:
         help="element | vector[:DIM] | kernel | channel[:DIM] | block:HxW | nm:N:M | pattern | lb:NUM_PE "
         "(default element)",
     )
-    p.add_argument("--criterion", default="l1", metavar="C", help=f"one of {', '.join(CRITERIA)} (default l1)")
+    p.add_argument("--criterion", default="l1", metavar="C", help=f"one of {', '.join(registry.CRITERIA)} (default l1)")
     p.add_argument(
         "--sparsity", type=float, metavar="S",
         help="fraction of weights to remove, in [0, 1) (default: the ratio nm/pattern imply)",
@@ -99,17 +99,6 @@ def _types(text: str) -> tuple[type[nn.Module], ...]:
 
 
 def _importance(name: str, model: nn.Module, targets: list, args: argparse.Namespace, info: dict) -> Any:
-    from prunekit.importance import Magnitude, Random
-
-    try:
-        registry = importlib.import_module("prunekit.importance.registry")
-    except ModuleNotFoundError:
-        registry = None
-    if registry is None:
-        simple = {"l1": lambda: Magnitude(1), "l2": lambda: Magnitude(2), "random": lambda: Random(0)}
-        if name not in simple:
-            raise UsageError(f"criterion {name!r} is not available in this install; use l1, l2 or random")
-        return simple[name]()
     if name not in registry.CRITERIA:
         from prunekit.errors import ConfigError, close_matches
 
