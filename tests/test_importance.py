@@ -372,7 +372,7 @@ def test_scores_for_an_uncalibrated_layer_raise() -> None:
 def test_registry_names_and_data_needs() -> None:
     assert {"l1", "l2", "random", "bn", "taylor", "obd", "apoz", "mean", "feature"} <= set(CRITERIA)
     assert [n for n in CRITERIA if needs_data(n)] == [
-        "taylor", "obd", "obd-hutchinson", "apoz", "mean", "feature", "feature-relu"
+        "taylor", "obd", "obd-hutchinson", "apoz", "mean", "feature", "feature-relu", "nisp"
     ]
     m = ConvBN()
     targets = select(m, types=(nn.Conv2d,))

@@ -39,7 +39,14 @@ CRITERIA: dict[str, Callable[[], Importance]] = {
     "feature": lambda: FeatureReconstruction(dim=0),
     # for convs followed by BN -> ReLU: the change of what the next layer receives (best in the benchmark)
     "feature-relu": lambda: FeatureReconstruction(dim=0, relu=True),
+    "nisp": lambda: _nisp(),
 }
+
+
+def _nisp() -> Importance:
+    from prunekit.regression.nisp import NISP  # lazy: prunekit.regression builds on this package
+
+    return NISP()
 
 # Criteria that must see the model but not data (BNScale reads the model's structure).
 _MODEL_ONLY = frozenset({"bn"})
