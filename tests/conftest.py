@@ -19,6 +19,14 @@ DATA_ROOT = Path(os.environ.get("PRUNEKIT_DATA", REPO.parent / "shared" / "data"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts with one torch thread, and a test that changes it cannot leak the change."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The shared data folder; tests needing it skip with the reason when it is absent."""

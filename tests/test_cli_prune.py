@@ -12,13 +12,6 @@ from prunekit.train import build_from_checkpoint, load_checkpoint
 BASE = ["prune", "--model", "digits_cnn"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waiting on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

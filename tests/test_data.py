@@ -28,15 +28,6 @@ from prunekit.errors import ConfigError, DataError
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Small forward passes: one thread avoids oversubscribing the shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path, monkeypatch):
     """Every test gets its own empty decode cache."""
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))

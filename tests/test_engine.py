@@ -14,15 +14,6 @@ from prunekit.train import TrainConfig, evaluate, fit, load_checkpoint, save_che
 from prunekit.train.engine import lr_at
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscribing the shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def toy_data(n: int = 96, seed: int = 0) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, 4, 4, generator=g)  # (N, 1, 4, 4)

@@ -24,15 +24,6 @@ from prunekit.models import create
 from prunekit.targets import Target, select
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Every model here is tiny: extra threads only add synchronisation cost on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _batches(n: int, b: int, shape: tuple[int, ...], classes: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn((b, *shape), generator=g), torch.randint(0, classes, (b,), generator=g)) for _ in range(n)]

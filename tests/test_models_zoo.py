@@ -14,13 +14,6 @@ BATCH = 2
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small forward passes: one thread avoids oversubscribing the shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def input_for(name: str) -> torch.Tensor:

@@ -15,15 +15,6 @@ from prunekit.pruning import prune
 from prunekit.targets import Target, select
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waiting on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_uniform_element_on_resnet20_is_exact_and_enforced() -> None:
     torch.manual_seed(0)
     model = create("resnet20")

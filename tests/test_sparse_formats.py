@@ -32,16 +32,6 @@ from prunekit.sparse.formats import (
 )
 from prunekit.sparse.formats.bsr import to_blocks
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: intra-op threads only add overhead (and stall badly on a shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SHAPES = [(7, 13), (16, 32), (8, 3, 3, 3), (6, 4, 1, 1), (300, 784)]
 
 
