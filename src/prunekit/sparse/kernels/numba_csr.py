@@ -4,8 +4,6 @@ Two loops over the rows of a CSR weight W (N, K), row-parallel with ``prange`` w
 one thread is asked for:
 
 * ``spmv``: y (N,) = W @ x (K,) -- batch 1; the reduction over a row vectorises (gathers).
-  When a C compiler is available the batch-1 product runs the gcc-vectorised loop of
-  :mod:`prunekit.sparse.kernels.simd_csr` instead (about 2x faster on AVX-512), else this one.
 * ``spmm_t``: Y (N, L) = W @ X (K, L), X row-major: the inner loop runs over the L contiguous
   columns of X, so it vectorises. A linear layer passes X = x.T; a convolution passes its
   im2col matrix (Cin*kh*kw, Hout*Wout) directly.
@@ -24,8 +22,6 @@ import importlib.util
 
 import numpy as np
 import torch
-
-from prunekit.sparse.kernels import simd_csr
 
 AVAILABLE: bool = importlib.util.find_spec("numba") is not None
 PARALLEL_MIN_WORK = 1 << 16  # nonzeros x columns below which one thread does the product
@@ -72,9 +68,6 @@ def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt
     xt = xt.contiguous()  # (K, L)
     rows = row_ptr.numel() - 1
     out = torch.empty((rows, xt.shape[1]), dtype=torch.float32)  # (N, L)
-    # Batch 1: the gather-vectorised C loop is about 2x faster than numba's where a compiler exists.
-    if xt.shape[1] == 1 and simd_csr.spmv(row_ptr, col, val, xt[:, 0], out[:, 0]):
-        return out
     args = (_unsigned(row_ptr), _unsigned(col), val.numpy())
     # Small products run serially: waking the thread pool costs more than it saves.
     parallel = val.numel() * xt.shape[1] >= PARALLEL_MIN_WORK and _threads(loops) > 1
