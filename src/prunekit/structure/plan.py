@@ -230,14 +230,11 @@ def load_pruned(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]
 
     Returns ``(model, checkpoint)`` where ``checkpoint["plan"]`` is a :class:`PruningPlan`.
     """
+    from prunekit.train.checkpoint import load_checkpoint  # same safe reader and errors as any checkpoint
+
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"pruned checkpoint {str(p)!r} does not exist")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read pruned checkpoint {str(p)!r}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != PRUNED_FORMAT:
+    ckpt = load_checkpoint(p)
+    if ckpt.get("format") != PRUNED_FORMAT:
         raise CheckpointError(
             f"{str(p)!r} is not a prunekit pruned-model checkpoint (save it with save_pruned)"
         )

@@ -48,7 +48,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
+        raise CheckpointError(f"checkpoint not found: {str(p)!r} does not exist (pass the path of a .pt file)")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
