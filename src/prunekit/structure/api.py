@@ -177,10 +177,8 @@ def prune_channels(
     }  # fmt: skip
     plan = make_plan(graph, units, meta)
     small = plan.apply(copy.deepcopy(model))
-    from prunekit.structure.metrics import FALLBACK, count_macs, count_params
+    from prunekit.metrics import count_macs, count_params
 
-    if FALLBACK:
-        notes.append("note: prunekit.metrics missing; params/MACs from a local conv/linear counter")
     report = PruneReport(
         target=target,
         ratio=float(ratio),

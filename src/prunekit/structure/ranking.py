@@ -310,7 +310,7 @@ class CostModel:
     """
 
     def __init__(self, graph: DependencyGraph, example_input: Any) -> None:
-        from prunekit.structure.metrics import count_params, macs_by_layer
+        from prunekit.metrics import count_params, macs_by_layer
 
         self.graph = graph
         self.total_params = count_params(graph.model)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import UnsupportedError
+from prunekit.metrics import run_model
 from prunekit.structure.graph import DependencyGraph
 from prunekit.structure.groups import AxisRef
 from prunekit.structure.surgery import get_tensor, handler_for
@@ -104,14 +105,6 @@ def random_like(example_input: Any, seed: int = 0) -> Any:
     return example_input
 
 
-def _run(model: nn.Module, x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return model(**x)
-    if isinstance(x, (tuple, list)):
-        return model(*x)
-    return model(x)
-
-
 def verify(
     graph: DependencyGraph,
     removed: dict[AxisRef, list[int]],
@@ -131,10 +124,10 @@ def verify(
         with torch.no_grad():
             for x in inputs:
                 try:
-                    got = list(_tensors(_run(small, x)))
+                    got = list(_tensors(run_model(small, x)))
                 except RuntimeError as exc:
                     raise VerificationError(f"the pruned model fails to run: {exc}") from exc
-                want = list(_tensors(_run(ref, x)))
+                want = list(_tensors(run_model(ref, x)))
                 if len(got) != len(want):
                     raise VerificationError("pruned and masked models return different output structures")
                 for g, w in zip(got, want):
