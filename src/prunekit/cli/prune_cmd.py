@@ -16,26 +16,17 @@ holds the pruning settings under ``"pruning"`` and the masks (``Masks.state_dict
 from __future__ import annotations
 
 import argparse
-import importlib
 from typing import Any
 
 from torch import nn
 
+from prunekit.cli import prune_structured
 from prunekit.cli.common import add_data_args, add_model_args, positive_int
 from prunekit.cli.main import UsageError
 from prunekit.importance import registry
 
 HELP = "prune a model (element / vector / kernel / channel / block / N:M / pattern masks)"
 TYPES = {"conv": nn.Conv2d, "linear": nn.Linear}
-
-
-def _structured_module() -> Any | None:
-    try:
-        return importlib.import_module("prunekit.cli.prune_structured")
-    except ModuleNotFoundError as exc:
-        if exc.name == "prunekit.cli.prune_structured":
-            return None
-        raise
 
 
 def _layer_ratio(text: str) -> tuple[str, float]:
@@ -84,9 +75,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", metavar="PATH", help="where to write the pruned checkpoint")
     p.add_argument("--structured", action="store_true",
                    help="physically remove channels (dependency-aware) instead of masking")
-    structured = _structured_module()
-    if structured is not None and hasattr(structured, "add_arguments"):
-        structured.add_arguments(p)
+    prune_structured.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -137,10 +126,7 @@ def _top1(model: nn.Module, args: argparse.Namespace, info: dict) -> float:
 def run(args: argparse.Namespace) -> int:
     """Prune and print the per-layer sparsity table; returns the exit code."""
     if args.structured:
-        structured = _structured_module()
-        if structured is None:
-            raise UsageError("--structured needs prunekit.cli.prune_structured, which is not installed")
-        return int(structured.run(args) or 0)
+        return int(prune_structured.run(args) or 0)
     from prunekit import granularity as gran
     from prunekit.cli.common import load_model_from_args, resolve_dataset, resolved_normalize
     from prunekit.pruning import prune
