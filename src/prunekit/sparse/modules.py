@@ -115,6 +115,40 @@ class _SparseMatrixOp(nn.Module):
         """Bytes of the buffers this kernel reads (values + indices, or the dense weight)."""
         return sum(b.numel() * b.element_size() for name, b in self.named_buffers() if name != "bias")
 
+    # The numba kernel reads numpy views of the buffers (and the bias), made once: building them
+    # per call costs more than a small layer's whole product. Anything that may replace a buffer
+    # (assignment, .to()/.float(), load_state_dict) drops the views; they are rebuilt on next use.
+
+    def _numba_arrays(self) -> numba_csr.CSRArrays:
+        """The packed buffers (and bias) as numpy views for the compiled loops."""
+        arrays = self.__dict__.get("_arrays_cache")
+        if arrays is None:
+            arrays = numba_csr.as_arrays(self.row_ptr, self.col_indices, self.values, self.bias)
+            self.__dict__["_arrays_cache"] = arrays
+        return arrays
+
+    def _drop_arrays(self) -> None:
+        self.__dict__.pop("_arrays_cache", None)
+        self.__dict__.pop("_plans_cache", None)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        self._drop_arrays()
+        super().__setattr__(name, value)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        self._drop_arrays()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args) -> None:  # type: ignore[no-untyped-def]
+        self._drop_arrays()
+        super()._load_from_state_dict(*args)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_arrays_cache", None)  # numpy views of the buffers: rebuilt on first use
+        state.pop("_plans_cache", None)
+        return state
+
     def _check_input(self, x: torch.Tensor) -> None:
         if torch.is_grad_enabled() and x.requires_grad:
             raise UnsupportedError(f"{type(self).__name__} is an inference module: run it under "
@@ -163,6 +197,10 @@ class SparseLinear(_SparseMatrixOp):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         lead = x.shape[:-1]
+        if self.kernel == "numba_csr" and x.numel() == self.in_features and x.dtype == torch.float32:
+            # batch 1: the lean path (bias fused into the loop)
+            out = numba_csr.spmv(self._numba_arrays(), x.reshape(self.in_features))  # (N,)
+            return out.reshape(*lead, self.out_features)
         x2 = x.reshape(-1, self.in_features)  # (B, K)
         if self.kernel == "dense":
             out = F.linear(x2, self.weight2d)  # (B, N)
@@ -187,10 +225,12 @@ class SparseLinear(_SparseMatrixOp):
 
 
 class SparseConv2d(_SparseMatrixOp):
-    """A Conv2d computed as im2col (``F.unfold``) followed by a sparse x dense matmul.
+    """A Conv2d computed from a packed sparse weight.
 
-    The (Cout, Cin, kh, kw) weight is packed through its GEMM view (Cout, Cin*kh*kw); the
-    unfolded input (Cin*kh*kw, Hout*Wout) of each image is the dense right-hand side.
+    The (Cout, Cin, kh, kw) weight is packed through its GEMM view (Cout, Cin*kh*kw). The torch
+    kernels multiply it with the unfolded input (im2col, ``F.unfold``: (Cin*kh*kw, Hout*Wout) per
+    image); ``numba_csr`` runs a direct sparse convolution instead (no im2col matrix, see
+    :func:`prunekit.sparse.kernels.numba_csr.conv2d`).
 
     >>> conv = nn.Conv2d(3, 4, 3, padding=1)
     >>> sp = SparseConv2d.from_dense(conv, kernel="torch_csr")
@@ -223,6 +263,18 @@ class SparseConv2d(_SparseMatrixOp):
         """Pack ``conv``'s weight for ``kernel``."""
         return cls(conv, kernel=kernel, block=block)
 
+    def _conv_plan(self, x: torch.Tensor) -> numba_csr.ConvPlan:
+        """The numba kernel's plan for this input size (made once per size, dropped with the
+        numpy views when a buffer changes)."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ConfigError(f"SparseConv2d expects input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        hw = (int(x.shape[2]), int(x.shape[3]))
+        plans = self.__dict__.setdefault("_plans_cache", {})
+        if hw not in plans:
+            plans[hw] = numba_csr.conv_plan(self._numba_arrays().col, self.in_channels, hw, self.kernel_size,
+                                            self.stride, self.padding, self.dilation)
+        return plans[hw]
+
     def _out_hw(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
         return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
@@ -232,6 +284,9 @@ class SparseConv2d(_SparseMatrixOp):
         if self.kernel == "dense":
             weight = self.weight2d.reshape(self.out_channels, self.in_channels, *self.kernel_size)
             return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
+        if self.kernel == "numba_csr":
+            return numba_csr.conv2d(self._numba_arrays(), self._conv_plan(x), x.to(torch.float32),
+                                    self.out_channels)
         b, _, h, w = x.shape
         ho, wo = self._out_hw(h, w)
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, K, L)

@@ -1,28 +1,85 @@
 """The numba-compiled CSR loops (imported on first use by ``numba_csr``; needs numba).
 
 Indices arrive as unsigned arrays, see :mod:`prunekit.sparse.kernels.numba_csr`.
+
+The batch-1 loops (``spmv_*``) issue software prefetches for the values and column indices a
+fixed distance (``PREFETCH_AHEAD`` nonzeros, a few rows) ahead of the row being summed. When the
+weight is not in cache, the hardware prefetcher alone keeps too few misses in flight for this
+loop: measured on this repository's 2-core Xeon, 4096x4096 at 90 % sparsity with the caches
+flushed before each call, 1.40 ms without and 1.03 ms with the prefetches (dense 5.46 ms).
+
+``conv2d_direct_*`` compute a convolution straight from the CSR form of its GEMM view
+(Cout, Cin*kh*kw), without an im2col matrix ("direct sparse convolution", Park et al. 2017):
+each nonzero w[co, c, i, j] adds w * (a shifted window of input plane c) to output plane co.
+A stride-s convolution is split into s_h * s_w stride-1 ones over the polyphase components of
+the input, so every tap is one contiguous shifted slice of a flattened plane.
 """
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+PREFETCH_AHEAD = 1024  # nonzeros, about 2.5 rows of a 4096-wide row at 90 % sparsity
+PREFETCH_MIN_BYTES = 1 << 20  # smaller weights (values + indices) stay in L2: no prefetches
+_PREFETCH_NAME = "llvm.prefetch.p0i8" if getattr(ir, "ir_layer_typed_pointers_enabled", True) else "llvm.prefetch.p0"
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # pragma: no cover - compiled
+    """Hint the CPU to load ``arr[idx]``'s cache line (read, keep in all levels)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
+                                       boundscheck=False)
+        byte_ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH_NAME)
+        builder.call(fn, [byte_ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
+def _row_dot(row_ptr, col, val, x, i, ahead):  # pragma: no cover - compiled
+    """sum_k val[k] * x[col[k]] over row i, prefetching the span ``ahead`` nonzeros ahead
+    (``ahead`` = 0: no prefetches, for weights that stay in cache)."""
+    start, stop = row_ptr[i], row_ptr[i + 1]
+    if ahead > 0:
+        end = min(stop + ahead, val.shape[0])
+        for k in range(start + ahead, end, 16):  # 16 fp32 values per 64-byte line
+            _prefetch(val, k)
+        for k in range(start + ahead, end, 32):  # >= 32 indices per line
+            _prefetch(col, k)
+    acc = np.float32(0.0)
+    for k in range(start, stop):
+        acc += val[k] * x[col[k]]
+    return acc
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True)
-def spmv_serial(row_ptr, col, val, x, out):  # pragma: no cover - compiled
+def spmv_serial(row_ptr, col, val, x, bias, out, ahead):  # pragma: no cover - compiled
+    """out (N,) = W @ x (+ bias, when bias has N entries; pass an empty array for none);
+    ``ahead``: prefetch distance in nonzeros (0: none)."""
+    has_bias = bias.shape[0] == out.shape[0]
     for i in range(out.shape[0]):
-        acc = np.float32(0.0)
-        for k in range(row_ptr[i], row_ptr[i + 1]):
-            acc += val[k] * x[col[k]]
-        out[i] = acc
+        acc = _row_dot(row_ptr, col, val, x, i, ahead)
+        out[i] = acc + bias[i] if has_bias else acc
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def spmv_parallel(row_ptr, col, val, x, out):  # pragma: no cover - compiled
+def spmv_parallel(row_ptr, col, val, x, bias, out, ahead):  # pragma: no cover - compiled
+    has_bias = bias.shape[0] == out.shape[0]
     for i in numba.prange(out.shape[0]):
-        acc = np.float32(0.0)
-        for k in range(row_ptr[i], row_ptr[i + 1]):
-            acc += val[k] * x[col[k]]
-        out[i] = acc
+        acc = _row_dot(row_ptr, col, val, x, i, ahead)
+        out[i] = acc + bias[i] if has_bias else acc
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True)
@@ -49,3 +106,87 @@ def spmm_t_parallel(row_ptr, col, val, xt, out):  # pragma: no cover - compiled
             c = col[k]
             for b in range(width):
                 out[i, b] += v * xt[c, b]
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def fill_phases(x, pad_h, pad_w, sh, sw, hq, wq, phases):  # pragma: no cover - compiled
+    """Scatter x (B, Cin, H, W) into its zero-padded polyphase planes: phases (B, sh*sw*Cin*Hq*Wq),
+    zero-initialised, plane (a*sw + b)*Cin + c holding xpad[n, c, u*sh + a, v*sw + b] at u*Wq + v."""
+    cin, h, w = x.shape[1], x.shape[2], x.shape[3]
+    plane = hq * wq
+    for n in range(x.shape[0]):
+        for c in range(cin):
+            a, u = pad_h % sh, pad_h // sh  # phase row and row inside it of padded row R = r + pad_h
+            for r in range(h):
+                b0, v0 = pad_w % sw, pad_w // sw
+                if sw == 1:
+                    base = (a * cin + c) * plane + u * wq + v0
+                    for s in range(w):
+                        phases[n, base + s] = x[n, c, r, s]
+                else:
+                    b, v = b0, v0
+                    for s in range(w):
+                        phases[n, ((a * sw + b) * cin + c) * plane + u * wq + v] = x[n, c, r, s]
+                        b += 1
+                        if b == sw:
+                            b = 0
+                            v += 1
+                a += 1
+                if a == sh:
+                    a = 0
+                    u += 1
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
+def _conv_plane(row_ptr, taps, val, phases, bias, wq, n, co, acc, out):  # pragma: no cover - compiled
+    """out[n, co] (Ho, Wo) = bias[co] + sum over row co's nonzeros of w * shifted phase plane.
+
+    ``acc`` is a scratch (Ho * Wq,) row-major grid as wide as the phase planes: on it every tap
+    is one contiguous slice of image n's phase planes starting at ``taps[k]``, so the inner loop
+    is a plain vectorised axpy (four taps per pass, to load and store ``acc`` a quarter as
+    often). Slicing before the loop keeps it free of index checks. The grid's columns s >= Wo
+    are never copied out.
+    """
+    ho, wo = out.shape[2], out.shape[3]
+    length = ho * wq
+    b0 = bias[co] if bias.shape[0] > co else np.float32(0.0)
+    for t in range(length):
+        acc[t] = b0
+    src = phases[n]
+    k, stop = row_ptr[co], row_ptr[co + 1]
+    while k + 4 <= stop:
+        v0, v1, v2, v3 = val[k], val[k + 1], val[k + 2], val[k + 3]
+        s0 = src[taps[k]:taps[k] + length]
+        s1 = src[taps[k + 1]:taps[k + 1] + length]
+        s2 = src[taps[k + 2]:taps[k + 2] + length]
+        s3 = src[taps[k + 3]:taps[k + 3] + length]
+        for t in range(length):
+            acc[t] += v0 * s0[t] + v1 * s1[t] + v2 * s2[t] + v3 * s3[t]
+        k += 4
+    while k < stop:
+        v = val[k]
+        s0 = src[taps[k]:taps[k] + length]
+        for t in range(length):
+            acc[t] += v * s0[t]
+        k += 1
+    for r in range(ho):
+        for s in range(wo):
+            out[n, co, r, s] = acc[r * wq + s]
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def conv2d_direct_serial(row_ptr, taps, val, phases, bias, wq, out):  # pragma: no cover - compiled
+    """out (B, Cout, Ho, Wo) from the polyphase planes of the padded input (see fill_phases);
+    taps (nnz,): each nonzero's flat start in one image's planes; bias (Cout,) or empty."""
+    acc = np.empty(out.shape[2] * wq, np.float32)
+    for n in range(out.shape[0]):
+        for co in range(out.shape[1]):
+            _conv_plane(row_ptr, taps, val, phases, bias, wq, n, co, acc, out)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def conv2d_direct_parallel(row_ptr, taps, val, phases, bias, wq, out):  # pragma: no cover - compiled
+    planes = out.shape[0] * out.shape[1]
+    for p in numba.prange(planes):
+        acc = np.empty(out.shape[2] * wq, np.float32)
+        _conv_plane(row_ptr, taps, val, phases, bias, wq, p // out.shape[1], p % out.shape[1], acc, out)

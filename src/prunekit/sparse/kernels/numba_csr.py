@@ -5,8 +5,13 @@ one thread is asked for:
 
 * ``spmv``: y (N,) = W @ x (K,) -- batch 1; the reduction over a row vectorises (gathers).
 * ``spmm_t``: Y (N, L) = W @ X (K, L), X row-major: the inner loop runs over the L contiguous
-  columns of X, so it vectorises. A linear layer passes X = x.T; a convolution passes its
-  im2col matrix (Cin*kh*kw, Hout*Wout) directly.
+  columns of X, so it vectorises. A linear layer passes X = x.T.
+* ``conv2d``: a direct sparse convolution from the CSR form of the conv's GEMM view
+  (Cout, Cin*kh*kw): no im2col matrix is built, each nonzero adds a scaled, shifted input plane.
+
+Batch-1 calls of small layers are dominated by Python overhead, not by the loop, so the modules
+convert their buffers to numpy once (:func:`as_arrays`) and call :func:`spmv` / :func:`conv2d`,
+which take those arrays directly.
 
 Column indices may be uint8 / int16 / int32 / int64 (numba compiles one version per dtype and
 caches it on disk), so the bytes read per nonzero are 4 (fp32 value) + the index width.
@@ -19,6 +24,7 @@ Importing this module never fails; :data:`AVAILABLE` says whether numba is there
 from __future__ import annotations
 
 import importlib.util
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,13 +33,24 @@ AVAILABLE: bool = importlib.util.find_spec("numba") is not None
 PARALLEL_MIN_WORK = 1 << 16  # nonzeros x columns below which one thread does the product
 
 
+_LOOPS = None
+
+
 def _loops():
     """The compiled loops module (imports numba on first use, so importing prunekit stays fast)."""
-    if not AVAILABLE:
-        raise ImportError("numba is not installed: pip install numba (extra 'kernels')")
-    from prunekit.sparse.kernels import _numba_loops
+    global _LOOPS
+    if _LOOPS is None:
+        if not AVAILABLE:
+            raise ImportError("numba is not installed: pip install numba (extra 'kernels')")
+        from prunekit.sparse.kernels import _numba_loops
 
-    return _numba_loops
+        _LOOPS = _numba_loops
+    return _LOOPS
+
+
+def _prefetch_ahead(loops, val: np.ndarray, col: np.ndarray) -> int:
+    """Prefetch distance for the batch-1 loop: none when the weight fits in L2."""
+    return loops.PREFETCH_AHEAD if val.nbytes + col.nbytes >= loops.PREFETCH_MIN_BYTES else 0
 
 
 _UNSIGNED = {np.dtype(np.int8): np.uint8, np.dtype(np.int16): np.uint16,
@@ -51,6 +68,114 @@ def _threads(loops) -> int:
     n = max(1, min(torch.get_num_threads(), loops.numba.config.NUMBA_NUM_THREADS))
     loops.numba.set_num_threads(n)
     return n
+
+
+class CSRArrays(NamedTuple):
+    """A CSR weight's arrays as numpy views ready for the compiled loops (see :func:`as_arrays`)."""
+
+    row_ptr: np.ndarray  # (N+1,) unsigned
+    col: np.ndarray  # (nnz,) unsigned
+    val: np.ndarray  # (nnz,) fp32
+    bias: np.ndarray  # (N,) fp32, or (0,) for no bias
+
+
+_NO_BIAS = np.zeros(0, np.float32)
+
+
+def as_arrays(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
+              bias: torch.Tensor | None = None) -> CSRArrays:
+    """Numpy views (no copy) of a CSR weight's CPU tensors (indices unsigned) and its bias.
+
+    >>> a = as_arrays(torch.tensor([0, 1]), torch.tensor([2], dtype=torch.int16), torch.tensor([3.0]))
+    >>> a.col.dtype.name, a.val.tolist(), a.bias.shape
+    ('uint16', [3.0], (0,))
+    """
+    bias_np = _NO_BIAS if bias is None else bias.detach().to(torch.float32).numpy()
+    return CSRArrays(_unsigned(row_ptr), _unsigned(col), val.numpy(), bias_np)
+
+
+def spmv(arrays: CSRArrays, x: torch.Tensor) -> torch.Tensor:
+    """y (N,) = W @ x (K,) + bias for a CSR weight W; fp32, CPU; the batch-1 linear layer.
+
+    >>> from prunekit.sparse.formats import CSRMatrix
+    >>> m = CSRMatrix.pack(torch.tensor([[0., 2.], [1., 0.], [0., 0.]]))
+    >>> a = as_arrays(m.row_ptr.int(), m.col_indices, m.values, torch.tensor([0., 0., 5.]))
+    >>> spmv(a, torch.tensor([1., 3.])).tolist()
+    [6.0, 1.0, 5.0]
+    """
+    loops = _loops()
+    out = np.empty(arrays.row_ptr.shape[0] - 1, dtype=np.float32)  # (N,)
+    parallel = arrays.val.shape[0] >= PARALLEL_MIN_WORK and _threads(loops) > 1
+    fn = loops.spmv_parallel if parallel else loops.spmv_serial
+    fn(arrays.row_ptr, arrays.col, arrays.val, x.contiguous().numpy(), arrays.bias, out,
+       _prefetch_ahead(loops, arrays.val, arrays.col))
+    return torch.from_numpy(out)
+
+
+class ConvPlan(NamedTuple):
+    """Where each nonzero of a conv's CSR weight reads, for one input size (see :func:`conv_plan`)."""
+
+    taps: np.ndarray  # (nnz,) int64: flat start of each nonzero's slice in one image's phase planes
+    in_hw: tuple[int, int]  # (H, W) of the input this plan is for
+    out_hw: tuple[int, int]  # (Ho, Wo)
+    phase_hw: tuple[int, int]  # (Hq, Wq): size of each polyphase plane
+    padding: tuple[int, int]
+    stride: tuple[int, int]
+
+
+def conv_plan(col: np.ndarray, in_channels: int, in_hw: tuple[int, int], kernel_size: tuple[int, int],
+              stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> ConvPlan:
+    """Plan a direct sparse convolution of an (H, W) input from the CSR column indices ``col``
+    of the conv's GEMM view (Cout, Cin*kh*kw).
+
+    The padded input is split into stride_h * stride_w polyphase planes of (Hq, Wq), so that a
+    stride-s convolution becomes stride-1 ones and every tap (c, i, j) reads one contiguous
+    slice of Ho * Wq values of a flattened plane (the output grid is computed Wq wide and its
+    columns >= Wo dropped). Hq leaves room below the last row so no slice runs off its plane.
+
+    >>> plan = conv_plan(np.array([0, 4]), 1, (3, 3), (3, 3), (1, 1), (1, 1), (1, 1))
+    >>> plan.taps.tolist(), plan.out_hw, plan.phase_hw
+    ([0, 6], (3, 3), (6, 5))
+    """
+    (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = in_hw, kernel_size, stride, padding, dilation
+    hp, wp = h + 2 * ph, w + 2 * pw  # padded input
+    ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"input {h}x{w} is smaller than the kernel {kh}x{kw} (dilation {dh}x{dw}, "
+                         f"padding {ph}x{pw})")
+    wq = -(-wp // sw)
+    hq = max(-(-hp // sh), ho + (dh * (kh - 1)) // sh + 1)
+    flat = col.astype(np.int64)
+    c, ti, tj = flat // (kh * kw), (flat // kw) % kh * dh, flat % kw * dw
+    phase = (ti % sh) * sw + tj % sw
+    taps = (phase * in_channels + c) * (hq * wq) + (ti // sh) * wq + tj // sw
+    return ConvPlan(taps, (h, w), (ho, wo), (hq, wq), (ph, pw), (sh, sw))
+
+
+def conv2d(arrays: CSRArrays, plan: ConvPlan, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+    """A Conv2d (groups=1, zero padding) computed directly from the CSR form of its GEMM view
+    W (Cout, Cin*kh*kw) (+ the bias in ``arrays``); x (B, Cin, H, W) fp32 CPU -> (B, Cout, Ho, Wo).
+
+    >>> import torch.nn.functional as F
+    >>> w = torch.tensor([[[[0., 1.], [2., 0.]]]])  # (1, 1, 2, 2)
+    >>> from prunekit.sparse.formats import CSRMatrix
+    >>> m = CSRMatrix.pack(w.reshape(1, -1))
+    >>> a = as_arrays(m.row_ptr.int(), m.col_indices, m.values)
+    >>> x = torch.arange(9.).reshape(1, 1, 3, 3)
+    >>> plan = conv_plan(a.col, 1, (3, 3), (2, 2), (1, 1), (0, 0), (1, 1))
+    >>> torch.equal(conv2d(a, plan, x, 1), F.conv2d(x, w))
+    True
+    """
+    loops = _loops()
+    b, cin = x.shape[0], x.shape[1]
+    (ho, wo), (hq, wq), (ph, pw), (sh, sw) = plan.out_hw, plan.phase_hw, plan.padding, plan.stride
+    phases = np.zeros((b, sh * sw * cin * hq * wq), dtype=np.float32)  # (B, planes * Hq*Wq)
+    loops.fill_phases(x.contiguous().numpy(), ph, pw, sh, sw, hq, wq, phases)
+    out = np.empty((b, out_channels, ho, wo), dtype=np.float32)  # (B, Cout, Ho, Wo)
+    parallel = arrays.val.shape[0] * ho * wq * b >= PARALLEL_MIN_WORK * 16 and _threads(loops) > 1
+    fn = loops.conv2d_direct_parallel if parallel else loops.conv2d_direct_serial
+    fn(arrays.row_ptr, plan.taps, arrays.val, phases, arrays.bias, wq, out)
+    return torch.from_numpy(out)
 
 
 def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
@@ -73,7 +198,7 @@ def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt
     parallel = val.numel() * xt.shape[1] >= PARALLEL_MIN_WORK and _threads(loops) > 1
     if xt.shape[1] == 1:
         fn = loops.spmv_parallel if parallel else loops.spmv_serial
-        fn(*args, xt.numpy()[:, 0], out.numpy()[:, 0])
+        fn(*args, xt.numpy()[:, 0], _NO_BIAS, out.numpy()[:, 0], _prefetch_ahead(loops, args[2], args[1]))
     else:
         fn = loops.spmm_t_parallel if parallel else loops.spmm_t_serial
         fn(*args, xt.numpy(), out.numpy())

@@ -1,0 +1,149 @@
+"""The numba fast paths: batch-1 linear (prefetching loop, fused bias), direct sparse convolution,
+and the cached numpy views / conv plans that must follow every change of the module's buffers."""
+
+from __future__ import annotations
+
+import copy
+import doctest
+import importlib
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.metrics.latency import num_threads
+from prunekit.sparse import SparseConv2d, SparseLinear, numba_available
+from prunekit.sparse.bench import pruned_weight
+
+pytestmark = pytest.mark.skipif(not numba_available(), reason="numba not installed (pip install numba)")
+
+
+def _pruned_conv(sparsity: float, seed: int = 0, **conv_args: object) -> nn.Conv2d:
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(**conv_args).eval()
+    with torch.no_grad():
+        conv.weight.mul_((torch.rand(conv.weight.shape) >= sparsity).float())
+    return conv
+
+
+@pytest.mark.parametrize(
+    "conv_args",
+    [
+        {"in_channels": 5, "out_channels": 7, "kernel_size": 3, "stride": (2, 1), "padding": (0, 2)},
+        {"in_channels": 3, "out_channels": 4, "kernel_size": 5, "stride": 3, "padding": 2, "bias": False},
+        {"in_channels": 2, "out_channels": 3, "kernel_size": (2, 3), "stride": 2, "dilation": (2, 3),
+         "padding": (3, 1)},
+        {"in_channels": 16, "out_channels": 16, "kernel_size": 3, "padding": 1},  # a ResNet block conv
+        {"in_channels": 16, "out_channels": 32, "kernel_size": 3, "stride": 2, "padding": 1, "bias": False},
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_direct_conv_matches_dense_for_odd_geometries(conv_args: dict, threads: int) -> None:
+    conv = _pruned_conv(0.8, **conv_args)
+    sp = SparseConv2d.from_dense(conv, kernel="numba_csr")
+    with torch.no_grad(), num_threads(threads):
+        for shape in ((1, conv.in_channels, 13, 11), (3, conv.in_channels, 17, 16)):  # two sizes, two plans
+            x = torch.randn(*shape)
+            torch.testing.assert_close(sp(x), conv(x), rtol=1e-5, atol=1e-5)
+        x = torch.randn(2, conv.in_channels, 20, 30).transpose(2, 3)  # non-contiguous input
+        torch.testing.assert_close(sp(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_direct_conv_refuses_wrong_input_shape() -> None:
+    sp = SparseConv2d.from_dense(_pruned_conv(0.5, in_channels=3, out_channels=4, kernel_size=3), "numba_csr")
+    with pytest.raises(Exception, match=r"expects input \(B, 3, H, W\)"):
+        sp(torch.randn(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        sp(torch.randn(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize("shape", [(16,), (1, 16), (1, 1, 16)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_batch1_linear_path_fuses_bias_and_keeps_shape(shape: tuple[int, ...], bias: bool) -> None:
+    lin = nn.Linear(16, 9, bias=bias).eval()
+    with torch.no_grad():
+        lin.weight.mul_((torch.rand(9, 16) > 0.7).float())
+    sp = SparseLinear.from_dense(lin, kernel="numba_csr")
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        out = sp(x)
+        torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-5)
+    assert out.shape == (*shape[:-1], 9)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prefetching_loop_on_a_weight_larger_than_l2(threads: int) -> None:
+    from prunekit.sparse.kernels import _numba_loops
+
+    w = pruned_weight(1024, 2048, 0.6, seed=3)  # 839k nonzeros, 5 MB packed: prefetches on
+    lin = nn.Linear(2048, 1024).eval()
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    sp = SparseLinear.from_dense(lin, kernel="numba_csr")
+    assert sp.packed_nbytes() >= _numba_loops.PREFETCH_MIN_BYTES
+    x = torch.randn(1, 2048)
+    with torch.no_grad(), num_threads(threads):
+        torch.testing.assert_close(sp(x), lin(x), rtol=1e-4, atol=1e-4)
+
+
+def _linear_pair(seed: int) -> tuple[nn.Linear, SparseLinear]:
+    """A pruned Linear (the same zero pattern for every seed, other values) and its SparseLinear."""
+    mask = (torch.rand(6, 12, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    torch.manual_seed(seed)
+    lin = nn.Linear(12, 6).eval()
+    with torch.no_grad():
+        lin.weight.mul_(mask)
+    return lin, SparseLinear.from_dense(lin, kernel="numba_csr")
+
+
+def test_cached_views_follow_load_state_dict_assign_and_buffer_swaps() -> None:
+    lin_a, sp_a = _linear_pair(0)
+    lin_b, sp_b = _linear_pair(1)
+    x = torch.randn(1, 12)
+    with torch.no_grad():
+        sp_a(x)  # builds the cache
+        sp_a.load_state_dict(sp_b.state_dict(), assign=True)  # buffers replaced, not copied into
+        torch.testing.assert_close(sp_a(x), lin_b(x), rtol=1e-5, atol=1e-5)
+        sp_a.bias = torch.zeros(6)  # a plain assignment drops the cache too
+        torch.testing.assert_close(sp_a(x), lin_b(x) - lin_b.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_in_place_state_dict_load_updates_the_computation() -> None:
+    lin_a, sp_a = _linear_pair(0)
+    x = torch.randn(1, 12)
+    with torch.no_grad():
+        sp_a(x)
+        other = {k: v * 2 if k in ("values", "bias") else v for k, v in sp_a.state_dict().items()}
+        sp_a.load_state_dict(other)  # same shapes: copied into the existing buffers
+        torch.testing.assert_close(sp_a(x), 2 * lin_a(x), rtol=1e-5, atol=1e-5)
+
+
+def test_copies_and_pickles_drop_the_cache_and_compute_the_same() -> None:
+    conv = _pruned_conv(0.7, in_channels=4, out_channels=6, kernel_size=3, padding=1)
+    sp = SparseConv2d.from_dense(conv, kernel="numba_csr")
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        expected = sp(x)  # caches views and a plan
+        assert "_arrays_cache" in sp.__dict__ and "_plans_cache" in sp.__dict__
+        assert set(sp.state_dict()) == {"values", "col_indices", "row_ptr", "bias"}
+        twin = copy.deepcopy(sp)
+        assert "_arrays_cache" not in twin.__dict__
+        sp.values.zero_()  # the copy owns its own buffers
+        torch.testing.assert_close(twin(x), expected)
+        buf = io.BytesIO()
+        torch.save(twin, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        torch.testing.assert_close(loaded(x), expected)
+        torch.testing.assert_close(pickle.loads(pickle.dumps(twin))(x), expected)
+
+
+@pytest.mark.parametrize(
+    "module_name",
+    ["prunekit.sparse.kernels.numba_csr", "prunekit.sparse.modules", "prunekit.sparse.bench"],
+)
+def test_sparse_docstring_examples_run(module_name: str) -> None:
+    result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
