@@ -80,6 +80,21 @@ def test_deploy_replaces_a_layer_only_when_it_wins_twice(monkeypatch: pytest.Mon
         torch.testing.assert_close(deployed(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+def test_deploy_returns_dense_when_the_winners_lose_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _pruned(nn.Sequential(nn.Linear(16, 8)))
+    # the layer wins twice (0.5, 0.5 vs 1.0), the whole model then loses twice (2.0 vs 1.0)
+    fake = _fake_latency({"dense": [1.0] * 4, "torch_csr": [0.5, 0.5], "deployed": [2.0, 2.0]})
+    monkeypatch.setattr(deploy_module, "compare_latency", fake)
+    deployed, report = deploy(model, torch.randn(1, 16), candidates=["torch_csr"], repeats=1)
+    assert report.layers[0].kernel == "torch_csr" and report.reverted
+    assert isinstance(deployed[0], nn.Linear) and deployed[0] is not model[0]
+    assert report.changed == [] and "returned the dense model" in report.table()
+    fake = _fake_latency({"dense": [1.0] * 4, "torch_csr": [0.5, 0.5], "deployed": [2.0, 0.9]})
+    monkeypatch.setattr(deploy_module, "compare_latency", fake)
+    deployed, report = deploy(model, torch.randn(1, 16), candidates=["torch_csr"], repeats=1)
+    assert not report.reverted and isinstance(deployed[0], SparseLinear)  # the re-check won
+
+
 def test_deploy_margin_keeps_dense_on_a_near_tie(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _pruned(nn.Sequential(nn.Conv2d(2, 4, 3)))
     monkeypatch.setattr(deploy_module, "compare_latency",

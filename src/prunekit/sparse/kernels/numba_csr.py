@@ -77,6 +77,7 @@ class CSRArrays(NamedTuple):
     col: np.ndarray  # (nnz,) unsigned
     val: np.ndarray  # (nnz,) fp32
     bias: np.ndarray  # (N,) fp32, or (0,) for no bias
+    prefetch_ahead: int  # prefetch distance of the batch-1 loop in nonzeros (0: weight fits in L2)
 
 
 _NO_BIAS = np.zeros(0, np.float32)
@@ -91,7 +92,8 @@ def as_arrays(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
     ('uint16', [3.0], (0,))
     """
     bias_np = _NO_BIAS if bias is None else bias.detach().to(torch.float32).numpy()
-    return CSRArrays(_unsigned(row_ptr), _unsigned(col), val.numpy(), bias_np)
+    col_np, val_np = _unsigned(col), val.numpy()
+    return CSRArrays(_unsigned(row_ptr), col_np, val_np, bias_np, _prefetch_ahead(_loops(), val_np, col_np))
 
 
 def spmv(arrays: CSRArrays, x: torch.Tensor) -> torch.Tensor:
@@ -103,12 +105,11 @@ def spmv(arrays: CSRArrays, x: torch.Tensor) -> torch.Tensor:
     >>> spmv(a, torch.tensor([1., 3.])).tolist()
     [6.0, 1.0, 5.0]
     """
-    loops = _loops()
+    loops = _LOOPS or _loops()
     out = np.empty(arrays.row_ptr.shape[0] - 1, dtype=np.float32)  # (N,)
     parallel = arrays.val.shape[0] >= PARALLEL_MIN_WORK and _threads(loops) > 1
     fn = loops.spmv_parallel if parallel else loops.spmv_serial
-    fn(arrays.row_ptr, arrays.col, arrays.val, x.contiguous().numpy(), arrays.bias, out,
-       _prefetch_ahead(loops, arrays.val, arrays.col))
+    fn(arrays.row_ptr, arrays.col, arrays.val, x.contiguous().numpy(), arrays.bias, out, arrays.prefetch_ahead)
     return torch.from_numpy(out)
 
 
