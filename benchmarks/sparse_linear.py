@@ -1,9 +1,11 @@
 """Sparse vs dense on this CPU: a 4096x4096 fp32 Linear, and two pruned models after ``deploy``.
 
-Writes benchmarks/results/sparse.md. Every ratio is measured within one run: dense and sparse
-repeats are interleaved (``prunekit.metrics.compare_latency``) and medians are compared.
+Writes benchmarks/results/sparse.md. Every ratio is measured within one run: each kernel's repeats
+are interleaved with dense's (``prunekit.metrics.compare_latency``, one kernel at a time) and
+medians are compared. Two cache regimes: warm (each call finds what its previous call left in the
+caches) and cold (the caches are flushed before every timed call, so weights come from DRAM).
 
-    python benchmarks/sparse_linear.py                       # full run (~10-20 min on a busy 2-core box)
+    python benchmarks/sparse_linear.py                       # full run (~15 min on a quiet 2-core box)
     python benchmarks/sparse_linear.py --quick               # small smoke run
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,12 +25,11 @@ from prunekit.allocation import Uniform
 from prunekit.granularity import Element
 from prunekit.importance import Magnitude
 from prunekit.io import atomic_write_text
-from prunekit.metrics.latency import num_threads
+from prunekit.metrics.latency import last_level_cache_bytes
 from prunekit.models import create, load_pretrained
 from prunekit.pruning import prune
 from prunekit.sparse import available_kernels, deploy
-from prunekit.sparse.bench import bench_linear, format_bench, pruned_weight
-from prunekit.sparse.modules import SparseLinear
+from prunekit.sparse.bench import bench_linear, format_bench
 from prunekit.targets import select
 
 RESULTS = Path(__file__).parent / "results" / "sparse.md"
@@ -51,39 +51,6 @@ def load_average() -> str:
         return " ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:
         return "n/a"
-
-
-def cpu_time_ratios(shape: tuple[int, int], sparsities: list[float], repeats: int) -> list[str]:
-    """Batch 1, threads 1: per-call *thread CPU time* (time.thread_time), interleaved, medians.
-
-    CPU time leaves out the time this process waits for a core, so on a shared machine it shows
-    what the kernels cost more steadily than wall time (it still sees cache/bandwidth contention).
-    """
-    lines = ["| sparsity | dense ms (CPU) | " + " | ".join(k for k in available_kernels() if k != "dense") + " |",
-             "|---|---|" + "---|" * (len(available_kernels()) - 1)]
-    out_f, in_f = shape
-    x = torch.randn(1, in_f)
-    with num_threads(1), torch.no_grad():
-        for s in sparsities:
-            dense = nn.Linear(in_f, out_f, bias=False).eval()
-            dense.weight.copy_(pruned_weight(out_f, in_f, s))
-            mods = {"dense": dense, **{k: SparseLinear.from_dense(dense, k) for k in available_kernels()
-                                       if k != "dense"}}
-            times: dict[str, list[float]] = {k: [] for k in mods}
-            for m in mods.values():
-                m(x)
-                m(x)
-            for r in range(repeats):
-                names = list(mods)
-                for i in range(len(names)):
-                    k = names[(r + i) % len(names)]
-                    t0 = time.thread_time()
-                    mods[k](x)
-                    times[k].append(time.thread_time() - t0)
-            med = {k: statistics.median(v) for k, v in times.items()}
-            lines.append(f"| {s:.0%} | {med['dense'] * 1e3:.3f} | " + " | ".join(
-                f"{med[k] / med['dense']:.3f}" for k in mods if k != "dense") + " |")
-    return lines
 
 
 def pruned_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
@@ -116,19 +83,20 @@ def main(argv: list[str] | None = None) -> int:
              f"Machine: {cpu_name()}, {os.cpu_count()} cores, "
              f"Python {platform.python_version()}, torch {torch.__version__}, kernels here: "
              f"{', '.join(available_kernels())}.\n",
-             "**The machine was shared with other agents' jobs while this ran (load average at start "
-             f"{load_start}, on 2 cores), so wall times are noisy**: every ratio below compares medians of "
-             f"{repeats} interleaved repeats from the same run, never numbers from different runs.\n"]
-    for threads in (2, 1):
-        rows = bench_linear(shape, batches, sparsities, repeats=repeats, warmup=3, threads=threads)
-        parts.append(f"## Linear {shape[1]} -> {shape[0]}, fp32, wall time, threads {threads}\n")
-        parts.append(format_bench(rows))
-        print(parts[-1], flush=True)
-    parts.append(f"## Linear {shape[1]} -> {shape[0]}, batch 1, threads 1, thread CPU time\n")
-    parts.append("Same comparison timed with `time.thread_time()` (CPU time of the calling thread, which "
-                 "does all the work at threads=1): waiting for a core is left out.\n")
-    parts.append("\n".join(cpu_time_ratios(shape, sparsities, max(repeats, 10))) + "\n")
-    print(parts[-1], flush=True)
+             f"Load average at start: {load_start} (on {os.cpu_count()} cores). Every ratio below compares "
+             f"medians of {repeats} repeats interleaved with dense in the same run, never numbers from "
+             "different runs.\n",
+             f"Cache regimes: *warm* = each call finds what its previous call left in the caches (this CPU's "
+             f"last-level cache is {last_level_cache_bytes() / 2**20:.0f} MiB, so a 67 MB dense weight can stay "
+             "in it); *cold* = the caches are flushed (a buffer of twice that size is written) before every "
+             "timed call, so every weight streams from DRAM.\n"]
+    for cold in (False, True):
+        for threads in (1, 2):
+            rows = bench_linear(shape, batches, sparsities, repeats=repeats, warmup=3, threads=threads, cold=cold)
+            parts.append(f"## Linear {shape[1]} -> {shape[0]}, fp32, {'cold' if cold else 'warm'} caches, "
+                         f"threads {threads}\n")
+            parts.append(format_bench(rows))
+            print(parts[-1], flush=True)
     for name, (model, x) in pruned_models().items():
         for threads in (2, 1):
             _, report = deploy(model, x, repeats=repeats, threads=threads)

@@ -136,3 +136,29 @@ def test_cli_deploy_and_bench(capsys: pytest.CaptureFixture[str], tmp_path) -> N
     text = capsys.readouterr().out
     assert code == 0 and "| 90% |" in text and "crossover sparsity" in text
     assert main(["bench", "--sparsities", "1.5"]) == 2
+
+
+def test_bench_cold_regime_flushes_before_every_timed_call(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from prunekit.metrics import latency
+    from prunekit.sparse import bench
+
+    calls = []
+
+    class CountingFlusher:
+        def __call__(self) -> None:
+            calls.append(1)
+
+    monkeypatch.setattr(bench, "CacheFlusher", CountingFlusher)
+    rows = bench.bench_linear((8, 16), [1, 2], [0.5], ["torch_csr"], repeats=3, warmup=1, threads=1, cold=True)
+    assert len(calls) == 2 * 3 * 2  # batches x repeats x (dense, kernel); warm-up calls are not flushed
+    assert all(r.cold for r in rows) and "cold caches" in bench.format_bench(rows)
+    calls.clear()
+    rows = bench.bench_linear((8, 16), [1], [0.5], ["torch_csr"], repeats=3, warmup=1, threads=1)
+    assert calls == [] and "warm caches" in bench.format_bench(rows)
+    assert main(["bench", "--shape", "8x16", "--batch-sizes", "1", "--sparsities", "0.5", "--kernels",
+                 "torch_csr", "--repeats", "2", "--threads", "1", "--cold"]) == 0
+    assert "cold caches" in capsys.readouterr().out and len(calls) == 4
+    flusher = latency.CacheFlusher(nbytes=1 << 16)
+    before = flusher._buffer.sum()
+    flusher()
+    assert flusher._buffer.sum() == before + (1 << 16) // 64  # one write per cache line

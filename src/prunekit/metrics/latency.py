@@ -16,11 +16,13 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -143,17 +145,58 @@ def measure_latency(
     return compare_latency({"model": model}, example_input, warmup, repeats, threads)["model"]
 
 
+def last_level_cache_bytes(default: int = 64 * 2**20) -> int:
+    """Size of CPU 0's largest cache level as Linux reports it (``default`` if it cannot be read).
+
+    >>> last_level_cache_bytes() > 0
+    True
+    """
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = entry.read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=default)
+
+
+class CacheFlusher:
+    """A callable that evicts the CPU caches by writing a buffer twice the last-level cache.
+
+    Pass it as ``compare_latency(..., before_each=CacheFlusher())`` to time every call with cold
+    caches: the weights then come from DRAM, as they do in a network too large for the cache.
+
+    >>> flush = CacheFlusher(nbytes=1 << 20)
+    >>> flush()
+    >>> flush.nbytes
+    1048576
+    """
+
+    def __init__(self, nbytes: int | None = None) -> None:
+        self.nbytes = int(nbytes if nbytes is not None else 2 * last_level_cache_bytes())
+        self._buffer = np.zeros(self.nbytes // 4, dtype=np.float32)
+
+    def __call__(self) -> None:
+        self._buffer[::16] += 1.0  # one write per 64-byte line
+
+
 def compare_latency(
     models: Mapping[str, nn.Module],
     example_input: Any,
     warmup: int = 10,
     repeats: int = 50,
     threads: int | None = None,
+    before_each: Callable[[], None] | None = None,
 ) -> dict[str, LatencyResult]:
     """Time several models on the same input, interleaving their repeats round-robin.
 
     Each round times every model once (the order rotates each round), so slow phases of a noisy,
-    shared machine hit all models alike and their latency ratios are fair.
+    shared machine hit all models alike and their latency ratios are fair. ``before_each`` (not
+    timed) runs before every timed call, e.g. a :class:`CacheFlusher`.
 
     >>> res = compare_latency({"a": nn.Linear(4, 4), "b": nn.Identity()}, torch.zeros(1, 4), 1, 4, 1)
     >>> sorted(res), res["a"].repeats
@@ -176,6 +219,8 @@ def compare_latency(
         for r in range(repeats):
             for i in range(len(names)):
                 n = names[(r + i) % len(names)]
+                if before_each is not None:
+                    before_each()
                 times[n].append(_timed_call(models[n], example_input))
     batch = batch_size_of(example_input)
     return {n: LatencyResult.from_times(times[n], used_threads, batch) for n in names}

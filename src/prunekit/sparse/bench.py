@@ -1,11 +1,18 @@
 """Sparse vs dense timing of one Linear shape over batch sizes, sparsities and kernels.
 
 For each sparsity a random weight gets exactly that fraction of zeros (random positions); for
-each batch size the dense ``nn.Linear`` and every kernel's ``SparseLinear`` are timed on the
-same input with interleaved repeats (``prunekit.metrics.compare_latency``), so each ratio
-comes from one measurement. Next to each ratio stands its memory-traffic bound: the bytes the
-sparse kernel must read (values + its actual index arrays) over the dense weight's bytes --
+each batch size and kernel, the dense ``nn.Linear`` and that kernel's ``SparseLinear`` are timed
+on the same input with their repeats interleaved in pairs (``prunekit.metrics.compare_latency``),
+so each ratio comes from one measurement and no third kernel runs in between (a slow one would
+evict the caches both depend on). Next to each ratio stands its memory-traffic bound: the bytes
+the sparse kernel must read (values + its actual index arrays) over the dense weight's bytes --
 the time ratio a purely bandwidth-bound kernel would reach.
+
+Two cache regimes: ``cold=False`` (warm) calls each layer with whatever stayed in the caches
+from its previous call -- on a CPU whose last-level cache holds the weight (this repository's
+2-core Xeon has 300 MB of L3) that is an in-cache measurement; ``cold=True`` evicts the caches
+before every timed call (:class:`prunekit.metrics.latency.CacheFlusher`), so both sides stream
+the weight from DRAM, as the layers of a network larger than the cache do.
 
 >>> rows = bench_linear((8, 16), [1], [0.5], ["torch_csr"], repeats=2, warmup=0, threads=1)
 >>> [(r.kernel, r.batch_size, r.sparsity) for r in rows]
@@ -21,7 +28,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.metrics.latency import compare_latency, num_threads
+from prunekit.metrics.latency import CacheFlusher, compare_latency, num_threads
 from prunekit.sparse.kernels import available_kernels
 from prunekit.sparse.modules import SparseLinear
 
@@ -39,6 +46,7 @@ class BenchRow:
     sparse_bytes: int
     index_dtype: str
     threads: int
+    cold: bool = False  # caches flushed before every timed call
 
     @property
     def ratio(self) -> float:
@@ -76,8 +84,11 @@ def bench_linear(
     warmup: int = 3,
     threads: int | None = None,
     seed: int = 0,
+    cold: bool = False,
 ) -> list[BenchRow]:
-    """Time an (out, in) = ``shape`` fp32 Linear, dense vs each kernel; one row per combination."""
+    """Time an (out, in) = ``shape`` fp32 Linear, dense vs each kernel; one row per combination.
+
+    ``cold``: flush the caches before every timed call (see the module docstring)."""
     here = [k for k in available_kernels() if k != "dense"]
     kernels = list(here if kernels is None else kernels)
     for k in kernels:
@@ -85,6 +96,7 @@ def bench_linear(
             raise ConfigError(f"kernel {k!r} is not available here; choose from {', '.join(here)}")
     out_features, in_features = shape
     rows: list[BenchRow] = []
+    flush = CacheFlusher() if cold else None
     with num_threads(threads) as used:
         for sparsity in sparsities:
             dense = nn.Linear(in_features, out_features, bias=False).eval()
@@ -94,13 +106,13 @@ def bench_linear(
             sparse = {k: SparseLinear.from_dense(dense, kernel=k).eval() for k in kernels}
             for batch in batch_sizes:
                 x = torch.randn(batch, in_features, generator=torch.Generator().manual_seed(seed + batch))
-                times = compare_latency({"dense": dense, **sparse}, x, warmup, repeats)
                 for k, module in sparse.items():
+                    times = compare_latency({"dense": dense, k: module}, x, warmup, repeats, before_each=flush)
                     rows.append(BenchRow(kernel=k, batch_size=batch, sparsity=sparsity,
                                          dense_s=times["dense"].median_s, sparse_s=times[k].median_s,
                                          dense_bytes=dense_bytes, sparse_bytes=module.packed_nbytes(),
                                          index_dtype=str(module.col_indices.dtype).replace("torch.", ""),
-                                         threads=used))
+                                         threads=used, cold=cold))
     return rows
 
 
@@ -121,14 +133,15 @@ def format_bench(rows: Sequence[BenchRow]) -> str:
     kernels = list(dict.fromkeys(r.kernel for r in rows))
     for batch in dict.fromkeys(r.batch_size for r in rows):
         mine = [r for r in rows if r.batch_size == batch]
-        lines.append(f"batch {batch} (threads {mine[0].threads}); cells: sparse/dense time "
-                     "(traffic bound = sparse bytes / dense bytes)")
+        regime = "cold caches" if mine[0].cold else "warm caches"
+        lines.append(f"batch {batch} (threads {mine[0].threads}, {regime}); cells: sparse/dense time "
+                     "(traffic bound = sparse bytes / dense bytes, index dtype); dense ms: that pairing's dense median")
         lines.append("| sparsity | dense ms | " + " | ".join(kernels) + " |")
         lines.append("|---|---|" + "---|" * len(kernels))
         for sparsity in dict.fromkeys(r.sparsity for r in mine):
             cells = {r.kernel: r for r in mine if r.sparsity == sparsity}
-            dense_ms = next(iter(cells.values())).dense_s * 1e3
-            lines.append(f"| {sparsity:.0%} | {dense_ms:.3f} | " + " | ".join(
+            dense_ms = "/".join(f"{r.dense_s * 1e3:.3f}" for r in cells.values())
+            lines.append(f"| {sparsity:.0%} | {dense_ms} | " + " | ".join(
                 f"{cells[k].ratio:.3f} ({cells[k].traffic_bound:.3f}, {cells[k].index_dtype})" if k in cells else "-"
                 for k in kernels) + " |")
         cross = ", ".join(f"{k}: {_pct(crossover(rows, k, batch))}" for k in kernels)
