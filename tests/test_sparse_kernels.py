@@ -140,26 +140,46 @@ def test_auto_kernel_and_errors() -> None:
         SparseLinear.from_dense(lin, kernel="torch_csr")(torch.randn(1, 8, requires_grad=True))
 
 
-def test_semi_structured_needs_cuda_or_24_weight() -> None:
-    lin = nn.Linear(8, 4)
+def _two_four_linear(out_features: int = 64, in_features: int = 128, bias: bool = True) -> nn.Linear:
+    lin = nn.Linear(in_features, out_features, bias=bias)
+    with torch.no_grad():
+        lin.weight.view(out_features, in_features // 4, 4)[:, :, :2] = 0  # 2:4 along the input
+    return lin
+
+
+def test_semi_structured_checks_weight_before_needing_cuda() -> None:
+    from prunekit.sparse.modules import check_semi_structured
+
+    with pytest.raises(ConfigError, match="not 2:4 sparse"):
+        SemiStructuredLinear.from_dense(nn.Linear(128, 64))
+    with pytest.raises(UnsupportedError, match=r"multiples of \(32, 64\), got \(64, 96\); pad the layer"):
+        SemiStructuredLinear.from_dense(_two_four_linear(64, 96))
+    with pytest.raises(UnsupportedError, match="run torch.float16"):
+        check_semi_structured(_two_four_linear().weight, torch.float32)
+    check_semi_structured(_two_four_linear(32, 128).weight, torch.int8)
+    with pytest.raises(UnsupportedError, match=r"\(32, 128\)"):
+        check_semi_structured(_two_four_linear(32, 64).weight, torch.int8)
     if not torch.cuda.is_available():
         with pytest.raises(UnsupportedError, match="needs CUDA"):
-            SemiStructuredLinear.from_dense(lin)
-    else:  # pragma: no cover - GPU machines
-        with pytest.raises(ConfigError, match="not 2:4 sparse"):
-            SemiStructuredLinear.from_dense(lin)
+            SemiStructuredLinear.from_dense(_two_four_linear())
 
 
 @pytest.mark.gpu
-def test_semi_structured_matches_dense_on_gpu() -> None:
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("lead", [(1,), (32,), (2, 5)])  # batch 1 is padded to the tile by torch
+@pytest.mark.parametrize("bias", [True, False])
+def test_semi_structured_matches_dense_on_gpu(dtype: torch.dtype, lead: tuple[int, ...], bias: bool) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    lin = nn.Linear(128, 64).half()
-    with torch.no_grad():
-        lin.weight.view(64, 32, 4)[:, :, :2] = 0  # 2:4
-    sp = SemiStructuredLinear.from_dense(lin)
-    x = torch.randn(32, 128, dtype=torch.float16, device="cuda")
-    torch.testing.assert_close(sp(x), lin.cuda()(x), rtol=1e-2, atol=1e-2)
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("2:4 sparse tensor cores need compute capability >= 8.0")
+    lin = _two_four_linear(64, 128, bias=bias)
+    sp = SemiStructuredLinear.from_dense(lin, dtype=dtype)
+    x = torch.randn(*lead, 128, device="cuda")
+    ref = lin.to(device="cuda", dtype=dtype)(x.to(dtype))
+    out = sp(x)  # fp32 input: cast to the layer's dtype
+    assert out.dtype == dtype and out.shape == (*lead, 64)
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
 
 
 def test_activation_sparsity_counts_exact_zeros_and_restores_model() -> None:

@@ -317,23 +317,60 @@ class SparseConv2d(_SparseMatrixOp):
                 f"density={self.density:.3f}")
 
 
+# torch's semi-structured (2:4) weights, per dtype: (rows, cols) must be multiples of these.
+# The CUTLASS backend's limits (torch/sparse/semi_structured.py), which also satisfy cuSPARSELt's.
+SEMI_STRUCTURED_MULTIPLES: dict[torch.dtype, tuple[int, int]] = {
+    torch.float16: (32, 64),
+    torch.bfloat16: (32, 64),
+    torch.int8: (32, 128),
+}
+
+
+def check_semi_structured(weight: torch.Tensor, dtype: torch.dtype) -> None:
+    """Raise a clear error unless ``weight`` (out, in) can become a 2:4 sparse tensor-core weight
+    of ``dtype``: a supported dtype, both dimensions multiples of the kernel tile, 2:4 along ``in``.
+
+    >>> w = torch.zeros(64, 128)
+    >>> w[:, ::4] = 1.0
+    >>> check_semi_structured(w, torch.float16)
+    >>> check_semi_structured(w[:, :96], torch.float16)
+    Traceback (most recent call last):
+    ...
+    prunekit.errors.UnsupportedError: 2:4 sparse tensor cores need a float16 weight of (rows, cols) multiples of (32, 64), got (64, 96); pad the layer or keep it dense
+    """
+    if dtype not in SEMI_STRUCTURED_MULTIPLES:
+        raise UnsupportedError(f"2:4 sparse tensor cores run {', '.join(map(str, SEMI_STRUCTURED_MULTIPLES))}, "
+                               f"got dtype={dtype}")
+    if weight.ndim != 2:
+        raise ConfigError(f"expected a 2-D (out, in) weight, got shape {tuple(weight.shape)}")
+    rows, cols = (int(v) for v in weight.shape)
+    mr, mc = SEMI_STRUCTURED_MULTIPLES[dtype]
+    if rows % mr or cols % mc:
+        raise UnsupportedError(f"2:4 sparse tensor cores need a {str(dtype).replace('torch.', '')} weight of "
+                               f"(rows, cols) multiples of ({mr}, {mc}), got ({rows}, {cols}); pad the layer "
+                               "or keep it dense")
+    check_nm(weight.detach().cpu(), 2, 4)
+
+
 class SemiStructuredLinear(nn.Module):
-    """A 2:4-sparse Linear on CUDA sparse tensor cores (fp16/bf16), via
+    """A 2:4-sparse Linear on CUDA sparse tensor cores (fp16/bf16/int8), via
     ``torch.sparse.to_sparse_semi_structured``. Needs a GPU with compute capability >= 8.0.
 
-    The weight must already be 2:4 sparse along the input dimension (prune with ``NM(2, 4)``).
+    The weight must already be 2:4 sparse along the input dimension (prune with ``NM(2, 4)``)
+    and its shape a multiple of the kernel tile (see :func:`check_semi_structured`). Inputs are
+    cast to the layer's dtype and device; the output has the layer's dtype.
     """
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.float16) -> None:
         super().__init__()
+        check_semi_structured(linear.weight, dtype)
         if not torch.cuda.is_available():
             raise UnsupportedError("SemiStructuredLinear needs CUDA (2:4 sparse tensor cores); "
                                    "on CPU use SparseLinear")
-        check_nm(linear.weight.detach().cpu(), 2, 4)
         from torch.sparse import to_sparse_semi_structured
 
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().to(device="cuda", dtype=dtype)
+        self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
+        weight = linear.weight.detach().to(device="cuda", dtype=dtype).contiguous()
         self.weight = nn.Parameter(to_sparse_semi_structured(weight), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(
             linear.bias.detach().to(device="cuda", dtype=dtype), requires_grad=False)
@@ -344,7 +381,12 @@ class SemiStructuredLinear(nn.Module):
         return cls(linear, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)  # (B, N)
+        x = x.to(device=self.weight.device, dtype=self.dtype)
+        return F.linear(x, self.weight, self.bias)  # (..., N); torch pads small batches to the tile
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, 2:4"
 
 
-__all__ = ["SemiStructuredLinear", "SparseConv2d", "SparseLinear", "resolve_kernel"]
+__all__ = ["SEMI_STRUCTURED_MULTIPLES", "SemiStructuredLinear", "SparseConv2d", "SparseLinear",
+           "check_semi_structured", "resolve_kernel"]
