@@ -138,27 +138,57 @@ def test_cli_deploy_and_bench(capsys: pytest.CaptureFixture[str], tmp_path) -> N
     assert main(["bench", "--sparsities", "1.5"]) == 2
 
 
-def test_bench_cold_regime_flushes_before_every_timed_call(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_bench_regimes_flush_or_evict_before_every_timed_call(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from prunekit.metrics import latency
     from prunekit.sparse import bench
 
-    calls = []
+    calls: list[str] = []
 
     class CountingFlusher:
         def __call__(self) -> None:
-            calls.append(1)
+            calls.append("flush")
+
+    class CountingEvictor:
+        def __init__(self, tensors) -> None:
+            self.n = len(list(tensors))
+
+        def __call__(self) -> None:
+            calls.append(f"evict {self.n}")
 
     monkeypatch.setattr(bench, "CacheFlusher", CountingFlusher)
-    rows = bench.bench_linear((8, 16), [1, 2], [0.5], ["torch_csr"], repeats=3, warmup=1, threads=1, cold=True)
-    assert len(calls) == 2 * 3 * 2  # batches x repeats x (dense, kernel); warm-up calls are not flushed
-    assert all(r.cold for r in rows) and "cold caches" in bench.format_bench(rows)
+    monkeypatch.setattr(bench, "TensorEvictor", CountingEvictor)
+    monkeypatch.setattr(bench, "evict_available", lambda: True)
+    rows = bench.bench_linear((8, 16), [1, 2], [0.5], ["torch_csr"], repeats=3, warmup=1, threads=1, regime="flushed")
+    assert calls == ["flush"] * (2 * 3 * 2)  # batches x repeats x (dense, kernel); warm-ups are not flushed
+    assert all(r.regime == "flushed" for r in rows) and "flushed caches" in bench.format_bench(rows)
+    calls.clear()
+    rows = bench.bench_linear((8, 16), [1], [0.5], ["torch_csr"], repeats=3, warmup=1, threads=1, regime="evicted")
+    # the dense weight (no bias), the kernel's values, col_indices and row_ptr, and the input
+    assert calls == ["evict 5"] * 6 and "evicted caches" in bench.format_bench(rows)
     calls.clear()
     rows = bench.bench_linear((8, 16), [1], [0.5], ["torch_csr"], repeats=3, warmup=1, threads=1)
     assert calls == [] and "warm caches" in bench.format_bench(rows)
+    with pytest.raises(ConfigError, match="unknown cache regime 'cold'; choose one of warm, evicted, flushed"):
+        bench.bench_linear((8, 16), [1], [0.5], ["torch_csr"], regime="cold")
     assert main(["bench", "--shape", "8x16", "--batch-sizes", "1", "--sparsities", "0.5", "--kernels",
-                 "torch_csr", "--repeats", "2", "--threads", "1", "--cold"]) == 0
-    assert "cold caches" in capsys.readouterr().out and len(calls) == 4
+                 "torch_csr", "--repeats", "2", "--threads", "1", "--regime", "flushed"]) == 0
+    assert "flushed caches" in capsys.readouterr().out and calls == ["flush"] * 4
     flusher = latency.CacheFlusher(nbytes=1 << 16)
     before = flusher._buffer.sum()
     flusher()
     assert flusher._buffer.sum() == before + (1 << 16) // 64  # one write per cache line
+
+
+def test_tensor_evictor_checks_its_input_and_keeps_values() -> None:
+    from prunekit.sparse.kernels.evict import TensorEvictor, evict_available
+
+    if not evict_available():
+        with pytest.raises(ImportError, match="x86-64"):
+            TensorEvictor([torch.zeros(4)])
+        return
+    t = torch.randn(100, 33)
+    before = t.clone()
+    TensorEvictor([t, torch.arange(5, dtype=torch.int16), torch.zeros(0)])()
+    assert torch.equal(t, before)  # clflush writes dirty lines back, never changes data
+    with pytest.raises(ConfigError, match="contiguous CPU tensors"):
+        TensorEvictor([t.t()])

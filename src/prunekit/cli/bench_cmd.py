@@ -57,9 +57,10 @@ def register(subparsers: Any) -> None:
                    help="sparse kernels to time (default: all available: torch_csr, torch_bsr, numba_csr)")
     p.add_argument("--repeats", type=positive_int, default=20, help="interleaved timed repeats (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
-    p.add_argument("--cold", action="store_true",
-                   help="flush the CPU caches before every timed call (weights come from DRAM, as in a "
-                        "network larger than the cache); default: warm caches")
+    p.add_argument("--regime", choices=("warm", "evicted", "flushed"), default="warm",
+                   help="caches before each timed call: warm (as the previous call left them; default), "
+                        "evicted (the weights and input flushed: they stream from DRAM, as in a network "
+                        "larger than the cache; x86 + numba), flushed (the whole cache flushed)")
     add_threads_arg(p)
     p.set_defaults(func=run)
 
@@ -71,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.sparse.bench import bench_linear, format_bench
 
     rows = bench_linear(args.shape, args.batch_sizes, args.sparsities, args.kernels, repeats=args.repeats,
-                        warmup=args.warmup, threads=args.threads, cold=args.cold)
+                        warmup=args.warmup, threads=args.threads, regime=args.regime)
     out, inp = args.shape
     print(f"Linear {inp} -> {out}, fp32, torch {torch.__version__}, threads {rows[0].threads}, "
-          f"{'cold' if args.cold else 'warm'} caches, {args.repeats} repeats interleaved with dense, medians")
+          f"{args.regime} caches, {args.repeats} repeats interleaved with dense, medians")
     print(format_bench(rows))
     return 0

@@ -8,11 +8,18 @@ evict the caches both depend on). Next to each ratio stands its memory-traffic b
 the sparse kernel must read (values + its actual index arrays) over the dense weight's bytes --
 the time ratio a purely bandwidth-bound kernel would reach.
 
-Two cache regimes: ``cold=False`` (warm) calls each layer with whatever stayed in the caches
-from its previous call -- on a CPU whose last-level cache holds the weight (this repository's
-2-core Xeon has 300 MB of L3) that is an in-cache measurement; ``cold=True`` evicts the caches
-before every timed call (:class:`prunekit.metrics.latency.CacheFlusher`), so both sides stream
-the weight from DRAM, as the layers of a network larger than the cache do.
+Cache regimes (``regime=``):
+
+* ``"warm"``: each call finds whatever its previous call left in the caches -- on a CPU whose
+  last-level cache holds the weight (this repository's 2-core Xeon has 300 MB of L3) that is
+  largely an in-cache measurement;
+* ``"evicted"``: the weights and the input of both layers are flushed from every cache level
+  before each timed call (:class:`prunekit.sparse.kernels.evict.TensorEvictor`, x86 + numba),
+  so they stream from DRAM while the code path stays warm -- one layer of a network larger
+  than the cache;
+* ``"flushed"``: the whole cache is flushed before each timed call
+  (:class:`prunekit.metrics.latency.CacheFlusher`): weights *and* the interpreter start cold,
+  which adds the same ~0.2 ms to both sides on this machine.
 
 >>> rows = bench_linear((8, 16), [1], [0.5], ["torch_csr"], repeats=2, warmup=0, threads=1)
 >>> [(r.kernel, r.batch_size, r.sparsity) for r in rows]
@@ -30,7 +37,10 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.metrics.latency import CacheFlusher, compare_latency, num_threads
 from prunekit.sparse.kernels import available_kernels
+from prunekit.sparse.kernels.evict import TensorEvictor, evict_available
 from prunekit.sparse.modules import SparseLinear
+
+REGIMES: tuple[str, ...] = ("warm", "evicted", "flushed")
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ class BenchRow:
     sparse_bytes: int
     index_dtype: str
     threads: int
-    cold: bool = False  # caches flushed before every timed call
+    regime: str = "warm"  # see REGIMES
 
     @property
     def ratio(self) -> float:
@@ -84,11 +94,15 @@ def bench_linear(
     warmup: int = 3,
     threads: int | None = None,
     seed: int = 0,
-    cold: bool = False,
+    regime: str = "warm",
 ) -> list[BenchRow]:
     """Time an (out, in) = ``shape`` fp32 Linear, dense vs each kernel; one row per combination.
 
-    ``cold``: flush the caches before every timed call (see the module docstring)."""
+    ``regime``: "warm", "evicted" or "flushed" (see the module docstring)."""
+    if regime not in REGIMES:
+        raise ConfigError(f"unknown cache regime {regime!r}; choose one of {', '.join(REGIMES)}")
+    if regime == "evicted" and not evict_available():
+        raise ConfigError("regime 'evicted' needs numba and an x86-64 CPU; use regime='flushed'")
     here = [k for k in available_kernels() if k != "dense"]
     kernels = list(here if kernels is None else kernels)
     for k in kernels:
@@ -96,7 +110,7 @@ def bench_linear(
             raise ConfigError(f"kernel {k!r} is not available here; choose from {', '.join(here)}")
     out_features, in_features = shape
     rows: list[BenchRow] = []
-    flush = CacheFlusher() if cold else None
+    flush = CacheFlusher() if regime == "flushed" else None
     with num_threads(threads) as used:
         for sparsity in sparsities:
             dense = nn.Linear(in_features, out_features, bias=False).eval()
@@ -107,12 +121,15 @@ def bench_linear(
             for batch in batch_sizes:
                 x = torch.randn(batch, in_features, generator=torch.Generator().manual_seed(seed + batch))
                 for k, module in sparse.items():
-                    times = compare_latency({"dense": dense, k: module}, x, warmup, repeats, before_each=flush)
+                    before = flush
+                    if regime == "evicted":
+                        before = TensorEvictor([*dense.parameters(), *module.buffers(), x])
+                    times = compare_latency({"dense": dense, k: module}, x, warmup, repeats, before_each=before)
                     rows.append(BenchRow(kernel=k, batch_size=batch, sparsity=sparsity,
                                          dense_s=times["dense"].median_s, sparse_s=times[k].median_s,
                                          dense_bytes=dense_bytes, sparse_bytes=module.packed_nbytes(),
                                          index_dtype=str(module.col_indices.dtype).replace("torch.", ""),
-                                         threads=used, cold=cold))
+                                         threads=used, regime=regime))
     return rows
 
 
@@ -133,8 +150,7 @@ def format_bench(rows: Sequence[BenchRow]) -> str:
     kernels = list(dict.fromkeys(r.kernel for r in rows))
     for batch in dict.fromkeys(r.batch_size for r in rows):
         mine = [r for r in rows if r.batch_size == batch]
-        regime = "cold caches" if mine[0].cold else "warm caches"
-        lines.append(f"batch {batch} (threads {mine[0].threads}, {regime}); cells: sparse/dense time "
+        lines.append(f"batch {batch} (threads {mine[0].threads}, {mine[0].regime} caches); cells: sparse/dense time "
                      "(traffic bound = sparse bytes / dense bytes, index dtype); dense ms: that pairing's dense median")
         lines.append("| sparsity | dense ms | " + " | ".join(kernels) + " |")
         lines.append("|---|---|" + "---|" * len(kernels))
@@ -153,4 +169,4 @@ def _pct(value: float | None) -> str:
     return "none measured" if value is None else f"{value:.0%}"
 
 
-__all__ = ["BenchRow", "bench_linear", "crossover", "format_bench", "pruned_weight"]
+__all__ = ["REGIMES", "BenchRow", "bench_linear", "crossover", "format_bench", "pruned_weight"]

@@ -190,3 +190,30 @@ def conv2d_direct_parallel(row_ptr, taps, val, phases, bias, wq, out):  # pragma
     for p in numba.prange(planes):
         acc = np.empty(out.shape[2] * wq, np.float32)
         _conv_plane(row_ptr, taps, val, phases, bias, wq, p // out.shape[1], p % out.shape[1], acc, out)
+
+
+@intrinsic
+def _clflush(typingctx, arr, idx):  # pragma: no cover - compiled
+    """Flush ``arr[idx]``'s cache line from every cache level (x86 ``clflush``)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
+                                       boundscheck=False)
+        byte_ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
+        builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.clflush"), [byte_ptr])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def evict_lines(buf):  # pragma: no cover - compiled
+    """clflush every 64-byte line of the byte array ``buf`` (x86 only)."""
+    for i in range(0, buf.shape[0], 64):
+        _clflush(buf, i)
+    if buf.shape[0]:
+        _clflush(buf, buf.shape[0] - 1)
