@@ -13,7 +13,7 @@ from prunekit.errors import ConfigError
 from prunekit.metrics import LatencyResult
 from prunekit.sparse import SparseConv2d, SparseLinear, deploy
 
-deploy_module = importlib.import_module("prunekit.sparse.deploy")
+deploy_module = importlib.import_module("prunekit.sparse.deployment")
 
 
 def _pruned(model: nn.Module, sparsity: float = 0.9) -> nn.Module:
@@ -136,6 +136,12 @@ def test_cli_deploy_and_bench(capsys: pytest.CaptureFixture[str], tmp_path) -> N
     text = capsys.readouterr().out
     assert code == 0 and "| 90% |" in text and "crossover sparsity" in text
     assert main(["bench", "--sparsities", "1.5"]) == 2
+
+
+def test_deploy_module_is_not_shadowed_by_the_function() -> None:
+    import prunekit.sparse.deployment as deployment
+
+    assert deployment.deploy is deploy and callable(deployment.DeployReport)
 
 
 def test_bench_regimes_flush_or_evict_before_every_timed_call(monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     """Deploy, print the per-layer report, optionally save and export."""
     from prunekit.export import check_onnx, export_onnx
     from prunekit.io import atomic_torch_save
-    from prunekit.sparse.deploy import deploy
+    from prunekit.sparse.deployment import deploy
 
     apply_threads(args)
     model, name, info = load_model_from_args(args)

@@ -16,7 +16,7 @@ True
 """
 
 from prunekit.sparse.activations import ActivationSparsity, activation_sparsity
-from prunekit.sparse.deploy import DeployReport, LayerChoice, deploy
+from prunekit.sparse.deployment import DeployReport, LayerChoice, deploy
 from prunekit.sparse.formats import (
     BlockedELL,
     BSRMatrix,
