@@ -15,7 +15,14 @@ from prunekit.metrics.counts import (
     sparsity_report,
     total_sparsity,
 )
-from prunekit.metrics.latency import LatencyResult, compare_latency, measure_latency, num_threads
+from prunekit.metrics.latency import (
+    CacheFlusher,
+    LatencyResult,
+    compare_latency,
+    last_level_cache_bytes,
+    measure_latency,
+    num_threads,
+)
 from prunekit.metrics.macs import (
     CostProfile,
     count_flops,
@@ -30,6 +37,7 @@ from prunekit.metrics.size import model_bytes, tensor_sizes
 from prunekit.metrics.table import LayerRow, format_table, layer_table
 
 __all__ = [
+    "CacheFlusher",
     "CostProfile",
     "LatencyResult",
     "LayerRow",
@@ -43,6 +51,7 @@ __all__ = [
     "effective_tensors",
     "eval_mode",
     "format_table",
+    "last_level_cache_bytes",
     "layer_table",
     "macs_by_layer",
     "measure_latency",

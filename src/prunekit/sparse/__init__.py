@@ -28,7 +28,8 @@ from prunekit.sparse.formats import (
     SparseFormat,
 )
 from prunekit.sparse.kernels import KERNELS, available_kernels, numba_available
-from prunekit.sparse.modules import SemiStructuredLinear, SparseConv2d, SparseLinear
+from prunekit.sparse.kernels.evict import TensorEvictor, evict_available
+from prunekit.sparse.modules import SemiStructuredLinear, SparseConv2d, SparseLinear, check_semi_structured
 
 __all__ = [
     "KERNELS",
@@ -46,8 +47,11 @@ __all__ = [
     "SparseConv2d",
     "SparseFormat",
     "SparseLinear",
+    "TensorEvictor",
     "activation_sparsity",
     "available_kernels",
+    "check_semi_structured",
     "deploy",
+    "evict_available",
     "numba_available",
 ]
