@@ -73,6 +73,38 @@ def test_batch1_linear_path_fuses_bias_and_keeps_shape(shape: tuple[int, ...], b
     assert out.shape == (*shape[:-1], 9)
 
 
+@pytest.mark.parametrize("zeros", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("lead", [(), (1,), (3,), (2, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_zero_skipping_csc_linear_matches_dense(zeros: float, lead: tuple[int, ...], bias: bool) -> None:
+    lin = nn.Linear(40, 24, bias=bias).eval()
+    with torch.no_grad():
+        lin.weight.mul_((torch.rand(24, 40) > 0.8).float())
+    sp = SparseLinear.from_dense(lin, kernel="numba_csc")
+    x = torch.randn(*lead, 40)
+    x[torch.rand(x.shape) < zeros] = 0.0  # activation sparsity: the zero columns are skipped
+    with torch.no_grad():
+        out = sp(x)
+        torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-5)
+    assert out.shape == (*lead, 24) and sp.kernel == "numba_csc"
+    assert sp.row_ptr.numel() == 41  # stored by columns: one pointer per input feature (+1)
+    assert sp.col_indices.dtype == torch.uint8  # row indices of W fit 8 bits here
+
+
+def test_zero_skipping_csc_reads_only_active_columns() -> None:
+    """A NaN planted in a weight column is never read when that column's input is zero."""
+    lin = nn.Linear(6, 3, bias=False).eval()
+    with torch.no_grad():
+        lin.weight.copy_(torch.arange(18.0).reshape(3, 6) + 1)
+        lin.weight[:, 2] = float("nan")
+    sp = SparseLinear.from_dense(lin, kernel="numba_csc")
+    x = torch.tensor([[1.0, 2.0, 0.0, 0.0, 1.0, 0.0]])
+    with torch.no_grad():
+        out = sp(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, x[:, [0, 1, 4]] @ lin.weight[:, [0, 1, 4]].t())
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_prefetching_loop_on_a_weight_larger_than_l2(threads: int) -> None:
     from prunekit.sparse.kernels import _numba_loops

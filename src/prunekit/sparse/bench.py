@@ -57,6 +57,7 @@ class BenchRow:
     index_dtype: str
     threads: int
     regime: str = "warm"  # see REGIMES
+    input_zeros: float = 0.0  # fraction of the input set to zero
 
     @property
     def ratio(self) -> float:
@@ -95,10 +96,14 @@ def bench_linear(
     threads: int | None = None,
     seed: int = 0,
     regime: str = "warm",
+    input_zeros: float = 0.0,
 ) -> list[BenchRow]:
     """Time an (out, in) = ``shape`` fp32 Linear, dense vs each kernel; one row per combination.
 
-    ``regime``: "warm", "evicted" or "flushed" (see the module docstring)."""
+    ``regime``: "warm", "evicted" or "flushed" (see the module docstring). ``input_zeros``: the
+    fraction of the input set to zero at random places (activation sparsity, as after a ReLU)."""
+    if not 0.0 <= input_zeros <= 1.0:
+        raise ConfigError(f"input_zeros must be in [0, 1], got {input_zeros}")
     if regime not in REGIMES:
         raise ConfigError(f"unknown cache regime {regime!r}; choose one of {', '.join(REGIMES)}")
     if regime == "evicted" and not evict_available():
@@ -119,7 +124,9 @@ def bench_linear(
             dense_bytes = dense.weight.numel() * dense.weight.element_size()
             sparse = {k: SparseLinear.from_dense(dense, kernel=k).eval() for k in kernels}
             for batch in batch_sizes:
-                x = torch.randn(batch, in_features, generator=torch.Generator().manual_seed(seed + batch))
+                g = torch.Generator().manual_seed(seed + batch)
+                x = torch.randn(batch, in_features, generator=g)  # (B, K)
+                x[torch.rand(x.shape, generator=g) < input_zeros] = 0.0
                 for k, module in sparse.items():
                     before = flush
                     if regime == "evicted":
@@ -129,7 +136,7 @@ def bench_linear(
                                          dense_s=times["dense"].median_s, sparse_s=times[k].median_s,
                                          dense_bytes=dense_bytes, sparse_bytes=module.packed_nbytes(),
                                          index_dtype=str(module.col_indices.dtype).replace("torch.", ""),
-                                         threads=used, regime=regime))
+                                         threads=used, regime=regime, input_zeros=input_zeros))
     return rows
 
 

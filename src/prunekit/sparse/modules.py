@@ -23,7 +23,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
 from prunekit.sparse.formats import BSRMatrix, CSRMatrix, check_nm
-from prunekit.sparse.kernels import KERNELS, numba_available, numba_csr
+from prunekit.sparse.kernels import KERNELS, NUMBA_KERNELS, numba_available, numba_csr
 
 DEFAULT_BLOCK: tuple[int, int] = (4, 4)
 
@@ -53,8 +53,8 @@ def resolve_kernel(kernel: str) -> str:
         return "numba_csr" if numba_available() else "torch_csr"
     if kernel not in KERNELS:
         raise ConfigError(f"unknown kernel {kernel!r}; choose one of {', '.join(('auto',) + KERNELS)}")
-    if kernel == "numba_csr" and not numba_available():
-        raise ConfigError("kernel 'numba_csr' needs numba: pip install numba (extra 'kernels'), "
+    if kernel in NUMBA_KERNELS and not numba_available():
+        raise ConfigError(f"kernel {kernel!r} needs numba: pip install numba (extra 'kernels'), "
                           "or use kernel='torch_csr'")
     return kernel
 
@@ -81,11 +81,14 @@ class _SparseMatrixOp(nn.Module):
         if kernel == "dense":
             self.register_buffer("weight2d", w.clone().contiguous())
             return
-        fmt = BSRMatrix.pack(w, block=tuple(block)) if kernel == "torch_bsr" else CSRMatrix.pack(w)
+        if kernel == "torch_bsr":
+            fmt = BSRMatrix.pack(w, block=tuple(block))
+        else:  # numba_csc stores W by columns: the CSR form of W.T (K, N)
+            fmt = CSRMatrix.pack(w.t().contiguous() if kernel == "numba_csc" else w)
         nnz_like = fmt.values.shape[0]
-        ptr_dtype = torch.int32 if max(nnz_like, w.shape[1]) < 2**31 else torch.int64
-        # torch kernels need row pointers and columns of one dtype; numba reads any column dtype.
-        col_dtype = fmt.col_indices.dtype if kernel == "numba_csr" else ptr_dtype
+        ptr_dtype = torch.int32 if max(nnz_like, *w.shape) < 2**31 else torch.int64
+        # torch kernels need row pointers and columns of one dtype; numba reads any index dtype.
+        col_dtype = fmt.col_indices.dtype if kernel in NUMBA_KERNELS else ptr_dtype
         self.register_buffer("values", fmt.values.contiguous())
         self.register_buffer("col_indices", fmt.col_indices.to(col_dtype).contiguous())
         self.register_buffer("row_ptr", fmt.row_ptr.to(ptr_dtype).contiguous())
@@ -95,14 +98,17 @@ class _SparseMatrixOp(nn.Module):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
             make = torch.sparse_bsr_tensor if self.kernel == "torch_bsr" else torch.sparse_csr_tensor
-            return make(self.row_ptr, self.col_indices, self.values, size=self.matrix_shape,
-                        check_invariants=False)
+            index = self.col_indices.to(self.row_ptr.dtype)  # numba kernels keep narrower indices
+            if self.kernel == "numba_csc":  # stored as W.T (K, N) in CSR
+                n, k = self.matrix_shape
+                return make(self.row_ptr, index, self.values, size=(k, n), check_invariants=False).t()
+            return make(self.row_ptr, index, self.values, size=self.matrix_shape, check_invariants=False)
 
     def dense_weight2d(self) -> torch.Tensor:
         """The (N, K) dense weight, rebuilt from the packed arrays."""
         if self.kernel == "dense":
             return self.weight2d.clone()
-        return self._torch_sparse().to_dense()
+        return self._torch_sparse().to_dense()  # (N, K)
 
     @property
     def density(self) -> float:
@@ -202,6 +208,9 @@ class SparseLinear(_SparseMatrixOp):
             out = numba_csr.spmv(self._numba_arrays(), x.reshape(self.in_features))  # (N,)
             return out.reshape(*lead, self.out_features)
         x2 = x.reshape(-1, self.in_features)  # (B, K)
+        if self.kernel == "numba_csc":  # skips the weight columns whose input is zero; bias fused
+            out = numba_csr.csc_matmul(self._numba_arrays(), x2.to(torch.float32), self.out_features)  # (B, N)
+            return out.reshape(*lead, self.out_features)
         if self.kernel == "dense":
             out = F.linear(x2, self.weight2d)  # (B, N)
         else:
@@ -244,6 +253,9 @@ class SparseConv2d(_SparseMatrixOp):
         super().__init__()
         if not isinstance(conv, nn.Conv2d):
             raise ConfigError(f"SparseConv2d expects nn.Conv2d, got {type(conv).__name__}")
+        if kernel == "numba_csc":
+            raise UnsupportedError("kernel 'numba_csc' (zero-skipping, by columns) runs Linear layers only; "
+                                   "use numba_csr (direct sparse convolution) for convs")
         if conv.groups != 1:
             raise UnsupportedError(f"SparseConv2d supports groups=1 only, got groups={conv.groups} "
                                    "(depthwise/grouped convs stay dense)")

@@ -5,7 +5,9 @@ Kernel names used across ``prunekit.sparse`` (``SparseLinear.from_dense(kernel=.
 * ``dense``: the layer's own dense op (the baseline every sparse kernel must beat);
 * ``torch_csr``: ``torch.sparse.mm`` with a ``sparse_csr`` weight (always available);
 * ``torch_bsr``: ``torch.sparse.mm`` with a ``sparse_bsr`` weight (blocks must divide the weight);
-* ``numba_csr``: the compiled CSR loops of :mod:`prunekit.sparse.kernels.numba_csr` (needs numba).
+* ``numba_csr``: the compiled CSR loops of :mod:`prunekit.sparse.kernels.numba_csr` (needs numba);
+* ``numba_csc``: the weight stored by columns; the loop skips the columns whose input is zero,
+  so it exploits activation sparsity (EIE-style) as well as weight sparsity. Linear only (needs numba).
 
 >>> "torch_csr" in available_kernels()
 True
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 from prunekit.sparse.kernels import numba_csr
 
-KERNELS: tuple[str, ...] = ("dense", "torch_csr", "torch_bsr", "numba_csr")
+KERNELS: tuple[str, ...] = ("dense", "torch_csr", "torch_bsr", "numba_csr", "numba_csc")
+NUMBA_KERNELS: tuple[str, ...] = ("numba_csr", "numba_csc")
 
 
 def numba_available() -> bool:
@@ -25,7 +28,7 @@ def numba_available() -> bool:
 
 def available_kernels() -> tuple[str, ...]:
     """The kernel names usable on this machine, in :data:`KERNELS` order."""
-    return tuple(k for k in KERNELS if k != "numba_csr" or numba_available())
+    return tuple(k for k in KERNELS if k not in NUMBA_KERNELS or numba_available())
 
 
-__all__ = ["KERNELS", "available_kernels", "numba_available"]
+__all__ = ["KERNELS", "NUMBA_KERNELS", "available_kernels", "numba_available"]

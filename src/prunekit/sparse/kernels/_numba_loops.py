@@ -83,6 +83,21 @@ def spmv_parallel(row_ptr, col, val, x, bias, out, ahead):  # pragma: no cover -
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True)
+def csc_spmm_skip_zeros(col_ptr, row, val, x, bias, out):  # pragma: no cover - compiled
+    """out (B, N) = x (B, K) @ W.T (+ bias) for W (N, K) stored by columns (CSC: col_ptr (K+1,),
+    row (nnz,), val (nnz,)); column j is read only where x[b, j] != 0."""
+    has_bias = bias.shape[0] == out.shape[1]
+    for b in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            out[b, i] = bias[i] if has_bias else np.float32(0.0)
+        for j in range(x.shape[1]):
+            xj = x[b, j]
+            if xj != 0.0:
+                for k in range(col_ptr[j], col_ptr[j + 1]):
+                    out[b, row[k]] += xj * val[k]
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
 def spmm_t_serial(row_ptr, col, val, xt, out):  # pragma: no cover - compiled
     width = xt.shape[1]
     for i in range(out.shape[0]):

@@ -134,6 +134,24 @@ class ConvPlan(NamedTuple):
     stride: tuple[int, int]
 
 
+def csc_matmul(arrays: CSRArrays, x: torch.Tensor, out_features: int) -> torch.Tensor:
+    """y (B, N) = x (B, K) @ W.T + bias, with ``arrays`` the CSR form of W.T (i.e. W by columns):
+    the columns of W whose input is zero are never read. One thread; fp32, CPU.
+
+    >>> from prunekit.sparse.formats import CSRMatrix
+    >>> w = torch.tensor([[0., 2.], [1., 0.], [0., 3.]])  # (N=3, K=2)
+    >>> m = CSRMatrix.pack(w.t())
+    >>> a = as_arrays(m.row_ptr.int(), m.col_indices, m.values, torch.tensor([0., 0., 5.]))
+    >>> csc_matmul(a, torch.tensor([[1., 0.], [0., 1.]]), 3).tolist()
+    [[0.0, 1.0, 5.0], [2.0, 0.0, 8.0]]
+    """
+    loops = _LOOPS or _loops()
+    x = x.contiguous()  # (B, K)
+    out = np.empty((x.shape[0], out_features), dtype=np.float32)  # (B, N)
+    loops.csc_spmm_skip_zeros(arrays.row_ptr, arrays.col, arrays.val, x.numpy(), arrays.bias, out)
+    return torch.from_numpy(out)
+
+
 def conv_plan(col: np.ndarray, in_channels: int, in_hw: tuple[int, int], kernel_size: tuple[int, int],
               stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> ConvPlan:
     """Plan a direct sparse convolution of an (H, W) input from the CSR column indices ``col``
