@@ -27,24 +27,30 @@ PREFETCH_MIN_BYTES = 1 << 20  # smaller weights (values + indices) stay in L2: n
 _PREFETCH_NAME = "llvm.prefetch.p0i8" if getattr(ir, "ir_layer_typed_pointers_enabled", True) else "llvm.prefetch.p0"
 
 
-@intrinsic
-def _prefetch(typingctx, arr, idx):  # pragma: no cover - compiled
-    """Hint the CPU to load ``arr[idx]``'s cache line (read, keep in all levels)."""
-    sig = types.void(arr, idx)
+def _line_intrinsic(name: str, extra_args: tuple[int, ...], doc: str):
+    """A numba intrinsic ``f(arr, idx)`` that calls the LLVM intrinsic ``name`` on the address of
+    ``arr[idx]`` (as an i8 pointer), followed by the constant i32 arguments ``extra_args``."""
 
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
-                                       boundscheck=False)
-        byte_ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH_NAME)
-        builder.call(fn, [byte_ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
+    def typer(typingctx, arr, idx):  # pragma: no cover - compiled
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
+                                           boundscheck=False)
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p] + [i32] * len(extra_args))
+            fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+            builder.call(fn, [builder.bitcast(ptr, i8p)] + [ir.Constant(i32, v) for v in extra_args])
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return types.void(arr, idx), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+# read access, keep in all cache levels, data cache
+_prefetch = _line_intrinsic(_PREFETCH_NAME, (0, 3, 1), "Hint the CPU to load ``arr[idx]``'s cache line.")
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
@@ -207,22 +213,8 @@ def conv2d_direct_parallel(row_ptr, taps, val, phases, bias, wq, out):  # pragma
         _conv_plane(row_ptr, taps, val, phases, bias, wq, p // out.shape[1], p % out.shape[1], acc, out)
 
 
-@intrinsic
-def _clflush(typingctx, arr, idx):  # pragma: no cover - compiled
-    """Flush ``arr[idx]``'s cache line from every cache level (x86 ``clflush``)."""
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
-                                       boundscheck=False)
-        byte_ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
-        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
-        builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.clflush"), [byte_ptr])
-        return context.get_dummy_value()
-
-    return sig, codegen
+_clflush = _line_intrinsic("llvm.x86.sse2.clflush", (), "Flush ``arr[idx]``'s cache line from every "
+                          "cache level (x86 ``clflush``).")
 
 
 @numba.njit(cache=True, nogil=True)
