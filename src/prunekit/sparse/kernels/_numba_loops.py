@@ -103,30 +103,30 @@ def csc_spmm_skip_zeros(col_ptr, row, val, x, bias, out):  # pragma: no cover - 
                     out[b, row[k]] += xj * val[k]
 
 
+@numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
+def _spmm_row(row_ptr, col, val, xt, out, i):  # pragma: no cover - compiled
+    """out[i, :] (L,) = sum over row i's nonzeros of val[k] * xt[col[k], :] (contiguous, vectorised)."""
+    width = xt.shape[1]
+    for b in range(width):
+        out[i, b] = 0.0
+    for k in range(row_ptr[i], row_ptr[i + 1]):
+        v = val[k]
+        c = col[k]
+        for b in range(width):
+            out[i, b] += v * xt[c, b]
+
+
 @numba.njit(fastmath=True, cache=True, nogil=True)
 def spmm_t_serial(row_ptr, col, val, xt, out):  # pragma: no cover - compiled
-    width = xt.shape[1]
+    """out (N, L) = W @ xt (K, L) for a CSR weight W (N, K)."""
     for i in range(out.shape[0]):
-        for b in range(width):
-            out[i, b] = 0.0
-        for k in range(row_ptr[i], row_ptr[i + 1]):
-            v = val[k]
-            c = col[k]
-            for b in range(width):
-                out[i, b] += v * xt[c, b]
+        _spmm_row(row_ptr, col, val, xt, out, i)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def spmm_t_parallel(row_ptr, col, val, xt, out):  # pragma: no cover - compiled
-    width = xt.shape[1]
     for i in numba.prange(out.shape[0]):
-        for b in range(width):
-            out[i, b] = 0.0
-        for k in range(row_ptr[i], row_ptr[i + 1]):
-            v = val[k]
-            c = col[k]
-            for b in range(width):
-                out[i, b] += v * xt[c, b]
+        _spmm_row(row_ptr, col, val, xt, out, i)
 
 
 @numba.njit(fastmath=True, cache=True, nogil=True)
