@@ -32,6 +32,10 @@ import torch
 
 AVAILABLE: bool = importlib.util.find_spec("numba") is not None
 PARALLEL_MIN_WORK = 1 << 16  # nonzeros x columns below which one thread does the product
+# Direct conv: nonzeros x output-grid pixels below which one thread runs it. Not tuned: chosen so
+# that ResNet-20's convs at batch 1 (~0.25M) stay on one thread, where the pool's wake-up would
+# cost a large share of their ~40 us.
+CONV_PARALLEL_MIN_WORK = 1 << 20
 
 
 _LOOPS = None
@@ -201,7 +205,7 @@ def conv2d(arrays: CSRArrays, plan: ConvPlan, x: torch.Tensor, out_channels: int
     phases = np.zeros((b, sh * sw * cin * hq * wq), dtype=np.float32)  # (B, planes * Hq*Wq)
     loops.fill_phases(x.contiguous().numpy(), ph, pw, sh, sw, hq, wq, phases)
     out = np.empty((b, out_channels, ho, wo), dtype=np.float32)  # (B, Cout, Ho, Wo)
-    parallel = arrays.val.shape[0] * ho * wq * b >= PARALLEL_MIN_WORK * 16 and _threads(loops) > 1
+    parallel = arrays.val.shape[0] * ho * wq * b >= CONV_PARALLEL_MIN_WORK and _threads(loops) > 1
     fn = loops.conv2d_direct_parallel if parallel else loops.conv2d_direct_serial
     fn(arrays.row_ptr, plan.taps, arrays.val, phases, arrays.bias, wq, out)
     return torch.from_numpy(out)
