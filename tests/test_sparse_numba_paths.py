@@ -73,6 +73,46 @@ def test_batch1_linear_path_fuses_bias_and_keeps_shape(shape: tuple[int, ...], b
     assert out.shape == (*shape[:-1], 9)
 
 
+def _batch1_inputs() -> dict[str, torch.Tensor]:
+    """Inputs with as many elements as one row of 16 that the numpy fast path must not take as is."""
+    leaf = torch.randn(1, 16, requires_grad=True)
+    return {
+        "two rows of 8 (numel == in_features)": torch.randn(2, 8),
+        "non-contiguous row": torch.randn(16, 2)[:, 0],
+        "fp64 row": torch.randn(1, 16, dtype=torch.float64),
+        "bf16 row": torch.randn(1, 16).to(torch.bfloat16),
+        "leaf that requires grad (under no_grad)": leaf,
+        "negative view": torch.randn(1, 16)._neg_view(),
+    }
+
+
+@pytest.mark.parametrize("case", list(_batch1_inputs()))
+def test_batch1_linear_path_hands_odd_inputs_to_the_general_path(case: str) -> None:
+    lin = nn.Linear(16, 9).eval()
+    with torch.no_grad():
+        lin.weight.mul_((torch.rand(9, 16) > 0.7).float())
+    sp = SparseLinear.from_dense(lin, kernel="numba_csr")
+    x = _batch1_inputs()[case]
+    with torch.no_grad():
+        if x.shape[-1] != 16:
+            with pytest.raises(Exception, match="16|shape|size"):
+                sp(x)
+            return
+        out = sp(x)
+        ref = lin(x.resolve_neg().to(torch.float32))
+    assert out.shape == (*x.shape[:-1], 9)
+    torch.testing.assert_close(out.to(torch.float32), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_batch1_linear_output_is_fresh_memory_each_call() -> None:
+    sp = SparseLinear.from_dense(nn.Linear(16, 9).eval(), kernel="numba_csr")
+    with torch.no_grad():
+        first = sp(torch.ones(1, 16))
+        kept = first.clone()
+        sp(torch.zeros(1, 16))
+    assert torch.equal(first, kept)
+
+
 @pytest.mark.parametrize("zeros", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("lead", [(), (1,), (3,), (2, 4)])
 @pytest.mark.parametrize("bias", [True, False])
@@ -179,3 +219,20 @@ def test_copies_and_pickles_drop_the_cache_and_compute_the_same() -> None:
 def test_sparse_docstring_examples_run(module_name: str) -> None:
     result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("kernel", ["numba_csr", "numba_csc"])
+def test_linear_kernels_accept_lazily_negated_inputs(kernel: str) -> None:
+    lin = nn.Linear(16, 9).eval()
+    sp = SparseLinear.from_dense(lin, kernel=kernel)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(sp(x._neg_view()), lin(-x), rtol=1e-5, atol=1e-5)
+
+
+def test_direct_conv_accepts_a_lazily_negated_input() -> None:
+    conv = _pruned_conv(0.5, in_channels=3, out_channels=4, kernel_size=3, padding=1)
+    sp = SparseConv2d.from_dense(conv, kernel="numba_csr")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(sp(x._neg_view()), conv(-x), rtol=1e-5, atol=1e-5)
