@@ -9,6 +9,8 @@ before every timed call, the interpreter's data included).
 
     python benchmarks/sparse_linear.py                       # full run (~15 min on a quiet 2-core box)
     python benchmarks/sparse_linear.py --quick               # small smoke run
+    GOMP_SPINCOUNT=10000 python benchmarks/sparse_linear.py --headline-only \
+        --out benchmarks/results/sparse_headline_spincount.md   # the goal cell only, other env
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ RESULTS = Path(__file__).parent / "results" / "sparse.md"
 # The kernels this script's recorded run compared (numba_csc, the zero-skipping kernel added later,
 # has its own benchmark: activation_sparsity.py).
 KERNELS = ["torch_csr", "torch_bsr", "numba_csr"]
+OMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER")
 PRETRAINED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pretrained" / "resnet20-12fca82f.th"
 
 
@@ -58,6 +61,18 @@ def load_average() -> str:
         return " ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def openmp_runtimes() -> str:
+    """The OpenMP runtime libraries loaded in this process (Linux): more than one means separate
+    thread pools (torch's and numba's), whose idle workers spin on the same cores."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return "n/a"
+    names = ("libgomp", "libiomp", "libomp")
+    libs = sorted({line.split()[-1] for line in maps if line.rsplit("/", 1)[-1].startswith(names)})
+    return ", ".join(libs) or "none"
 
 
 def pruned_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
@@ -110,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=5, help="independent rounds of the batch-1, 90 %% cell")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--headline-only", action="store_true",
+                        help="only the batch-1, 90 %% goal cell (e.g. to repeat it under other OpenMP settings)")
     args = parser.parse_args(argv)
     shape = (512, 512) if args.quick else (4096, 4096)
     batches = [1, 16, 128]
@@ -123,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Machine: {cpu_name()}, {os.cpu_count()} cores, "
              f"Python {platform.python_version()}, torch {torch.__version__}, kernels here: "
              f"{', '.join(available_kernels())}.\n",
+             "OpenMP settings: " + ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in OMP_ENV)
+             + " (the OpenMP runtimes loaded are listed at the end).\n",
              f"Load average at start: {load_start} (on {os.cpu_count()} cores). Every ratio below compares "
              f"medians of {repeats} repeats interleaved with dense in the same run, never numbers from "
              "different runs.\n",
@@ -137,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parts.append(f"## The goal cell: batch 1, 90 % sparse, {rounds} independent rounds of {round_repeats} "
                  "paired repeats\n")
     parts.append(headline(shape, rounds, round_repeats))
-    for regime in regimes():
+    for regime in ([] if args.headline_only else regimes()):
         for threads in (1, 2):
             rows = bench_linear(shape, batches, sparsities, [k for k in KERNELS if k in available_kernels()],
                                 repeats=repeats, warmup=3, threads=threads, regime=regime)
@@ -145,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"threads {threads}\n")
             parts.append(format_bench(rows))
             print(parts[-1], flush=True)
-    for name, (model, x) in pruned_models().items():
+    for name, (model, x) in ({} if args.headline_only else pruned_models()).items():
         for threads in (2, 1):
             _, report = deploy(model, x, candidates=[k for k in KERNELS if k in available_kernels()],
                                repeats=repeats, threads=threads)
@@ -153,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(report.table() + "\n")
             print(parts[-1], flush=True)
     parts.append(f"Finished {time.strftime('%H:%M UTC', time.gmtime())}, load average at the end "
-                 f"{load_average()}.\n")
+                 f"{load_average()}. OpenMP runtimes loaded: {openmp_runtimes()}.\n")
     atomic_write_text(args.out, "\n".join(parts))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
