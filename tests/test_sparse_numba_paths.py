@@ -8,6 +8,8 @@ import doctest
 import importlib
 import io
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -236,3 +238,20 @@ def test_direct_conv_accepts_a_lazily_negated_input() -> None:
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(sp(x._neg_view()), conv(-x), rtol=1e-5, atol=1e-5)
+
+
+def test_first_numba_kernel_call_keeps_torchs_thread_setting() -> None:
+    """numba's omp layer starts by calling omp_set_num_threads(all cores) on torch's libgomp; the
+    kernels must put torch's setting back. Needs a fresh process: the layer starts once."""
+    code = (
+        "import torch\n"
+        "from torch import nn\n"
+        "from prunekit.sparse import SparseLinear\n"
+        "torch.set_num_threads(1)\n"
+        "sp = SparseLinear.from_dense(nn.Linear(512, 512), kernel='numba_csr')\n"
+        "with torch.no_grad():\n"
+        "    sp(torch.randn(1, 512))\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "1"

@@ -76,11 +76,19 @@ def _threads(loops) -> int:
 
     numba's own setting is changed only when that number changes: ``numba.set_num_threads``
     costs ~80 us with cold caches, a tenth of a 90 %-sparse 4096x4096 batch-1 product.
+
+    The first ``numba.set_num_threads`` in a process starts numba's ``omp`` threading layer,
+    whose start-up calls ``omp_set_num_threads(NUMBA_NUM_THREADS)``; that binds to torch's own
+    libgomp, so it silently reset ``torch.get_num_threads()`` to the machine's core count. torch's
+    setting is put back here whenever numba moved it.
     """
-    n = max(1, min(torch.get_num_threads(), loops.numba.config.NUMBA_NUM_THREADS))
+    torch_threads = torch.get_num_threads()
+    n = max(1, min(torch_threads, loops.numba.config.NUMBA_NUM_THREADS))
     if n != getattr(_NUMBA_THREADS, "n", 0):
         loops.numba.set_num_threads(n)
         _NUMBA_THREADS.n = n
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
     return n
 
 
