@@ -64,8 +64,8 @@ def load_average() -> str:
 
 
 def openmp_runtimes() -> str:
-    """The OpenMP runtime libraries loaded in this process (Linux): more than one means separate
-    thread pools (torch's and numba's), whose idle workers spin on the same cores."""
+    """The OpenMP runtime libraries loaded in this process (Linux). Loaded is not used: numba's omp
+    layer loads the system libgomp but its calls bind to torch's (``LD_DEBUG=bindings``)."""
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
