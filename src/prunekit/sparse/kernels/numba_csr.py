@@ -68,6 +68,16 @@ def _unsigned(index: torch.Tensor) -> np.ndarray:
     return arr.view(_UNSIGNED[arr.dtype]) if arr.dtype in _UNSIGNED else arr
 
 
+def _input_array(x: torch.Tensor) -> np.ndarray:
+    """A C-contiguous numpy view (or copy) of the CPU tensor ``x`` for the compiled loops; a lazily
+    negated view (``x._neg_view()``) has no numpy form, so its negation is applied first.
+
+    >>> _input_array(torch.tensor([[1., 2.]])._neg_view()).tolist()
+    [[-1.0, -2.0]]
+    """
+    return x.resolve_neg().contiguous().numpy()
+
+
 _NUMBA_THREADS = threading.local()  # .n: the count this thread last passed to numba (its setting is per thread)
 
 
@@ -128,7 +138,7 @@ def spmv(arrays: CSRArrays, x: torch.Tensor) -> torch.Tensor:
     [6.0, 1.0, 5.0]
     """
     out = np.empty(arrays.row_ptr.shape[0] - 1, dtype=np.float32)  # (N,)
-    spmv_into(arrays, x.resolve_neg().contiguous().numpy(), out)
+    spmv_into(arrays, _input_array(x), out)
     return torch.from_numpy(out)
 
 
@@ -177,9 +187,9 @@ def csc_matmul(arrays: CSRArrays, x: torch.Tensor, out_features: int) -> torch.T
     [[0.0, 1.0, 5.0], [2.0, 0.0, 8.0]]
     """
     loops = _LOOPS or _loops()
-    x = x.resolve_neg().contiguous()  # (B, K); a lazily negated view has no numpy form
-    out = np.empty((x.shape[0], out_features), dtype=np.float32)  # (B, N)
-    loops.csc_spmm_skip_zeros(arrays.row_ptr, arrays.col, arrays.val, x.numpy(), arrays.bias, out)
+    xn = _input_array(x)  # (B, K)
+    out = np.empty((xn.shape[0], out_features), dtype=np.float32)  # (B, N)
+    loops.csc_spmm_skip_zeros(arrays.row_ptr, arrays.col, arrays.val, xn, arrays.bias, out)
     return torch.from_numpy(out)
 
 
@@ -230,7 +240,7 @@ def conv2d(arrays: CSRArrays, plan: ConvPlan, x: torch.Tensor, out_channels: int
     b, cin = x.shape[0], x.shape[1]
     (ho, wo), (hq, wq), (ph, pw), (sh, sw) = plan.out_hw, plan.phase_hw, plan.padding, plan.stride
     phases = np.zeros((b, sh * sw * cin * hq * wq), dtype=np.float32)  # (B, planes * Hq*Wq)
-    loops.fill_phases(x.resolve_neg().contiguous().numpy(), ph, pw, sh, sw, hq, wq, phases)
+    loops.fill_phases(_input_array(x), ph, pw, sh, sw, hq, wq, phases)
     out = np.empty((b, out_channels, ho, wo), dtype=np.float32)  # (B, Cout, Ho, Wo)
     parallel = arrays.val.shape[0] * ho * wq * b >= CONV_PARALLEL_MIN_WORK and _threads(loops) > 1
     fn = loops.conv2d_direct_parallel if parallel else loops.conv2d_direct_serial
@@ -250,18 +260,18 @@ def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt
     [[6.0, 8.0], [1.0, 2.0], [0.0, 0.0]]
     """
     loops = _loops()
-    xt = xt.resolve_neg().contiguous()  # (K, L); a lazily negated view has no numpy form
+    xtn = _input_array(xt)  # (K, L)
     rows = row_ptr.numel() - 1
-    out = torch.empty((rows, xt.shape[1]), dtype=torch.float32)  # (N, L)
+    out = torch.empty((rows, xtn.shape[1]), dtype=torch.float32)  # (N, L)
     args = (_unsigned(row_ptr), _unsigned(col), val.numpy())
     # Small products run serially: waking the thread pool costs more than it saves.
-    parallel = val.numel() * xt.shape[1] >= PARALLEL_MIN_WORK and _threads(loops) > 1
-    if xt.shape[1] == 1:
+    parallel = val.numel() * xtn.shape[1] >= PARALLEL_MIN_WORK and _threads(loops) > 1
+    if xtn.shape[1] == 1:
         fn = loops.spmv_parallel if parallel else loops.spmv_serial
-        fn(*args, xt.numpy()[:, 0], _NO_BIAS, out.numpy()[:, 0], _prefetch_ahead(loops, args[2], args[1]))
+        fn(*args, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0], _prefetch_ahead(loops, args[2], args[1]))
     else:
         fn = loops.spmm_t_parallel if parallel else loops.spmm_t_serial
-        fn(*args, xt.numpy(), out.numpy())
+        fn(*args, xtn, out.numpy())
     return out
 
 
