@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from prunekit.errors import UnsupportedError
 from prunekit.metrics.latency import num_threads
 from prunekit.sparse import SparseConv2d, SparseLinear, numba_available
 from prunekit.sparse.bench import pruned_weight
@@ -255,3 +256,12 @@ def test_first_numba_kernel_call_keeps_torchs_thread_setting() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == "1"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_numba_linear_refuses_an_input_that_needs_grad(batch: int) -> None:
+    # The batch-1 fast path skips the explicit grad check (x.numpy() refuses such a tensor);
+    # the refusal must still come, with the module's message, at every batch size.
+    sp = SparseLinear.from_dense(nn.Linear(16, 9), kernel="numba_csr")
+    with pytest.raises(UnsupportedError, match="inference module"):
+        sp(torch.randn(batch, 16, requires_grad=True))

@@ -202,11 +202,11 @@ class SparseLinear(_SparseMatrixOp):
         return cls(linear.weight, linear.bias, kernel=kernel, block=block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
         if self.kernel == "numba_csr":
-            out = self._forward_batch1(x)
+            out = self._forward_batch1(x)  # needs no grad check: x.numpy() refuses a tensor that requires grad
             if out is not None:
                 return out
+        self._check_input(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (B, K)
         if self.kernel == "numba_csc":  # skips the weight columns whose input is zero; bias fused
@@ -226,7 +226,9 @@ class SparseLinear(_SparseMatrixOp):
 
         It works on numpy views, with two torch calls in all (``x.numpy()``, ``torch.from_numpy``):
         after the previous layer has streamed its weights through the caches, each torch call
-        costs ~5-40 us instead of ~0.5 us (see :func:`prunekit.sparse.kernels.numba_csr.spmv_into`).
+        costs ~5-60 us instead of ~0.5 us (see :func:`prunekit.sparse.kernels.numba_csr.spmv_into`).
+        ``x.numpy()`` raises for a tensor that requires grad, so that case reaches the general path
+        and its grad check without a separate (cold: ~15 us) ``torch.is_grad_enabled()`` call here.
         """
         try:
             xn = x.numpy()  # raises for a tensor that requires grad, a CUDA tensor, bf16, ...
