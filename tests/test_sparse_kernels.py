@@ -252,3 +252,31 @@ def test_without_numba_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch) -> N
         deploy(nn.Sequential(lin), torch.randn(1, 16), candidates=["numba_csr"])
     _, report = deploy(nn.Sequential(lin), torch.randn(1, 16), repeats=1, warmup=0, threads=1)
     assert "numba_csr" not in report.layers[0].times_s
+
+
+@needs_numba
+@pytest.mark.parametrize("rows", [1, 2, 3, 63, 65, 200])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_batch1_parallel_loop_writes_every_row_once(rows: int, threads: int) -> None:
+    # spmv_parallel hands rows out in claimed chunks; each row must be computed exactly once
+    # whatever the row count (fewer rows than chunks, a ragged last chunk) and thread count.
+    import numba
+    import numpy as np
+
+    from prunekit.sparse.kernels import numba_csr
+
+    loops = numba_csr._loops()
+    w = pruned_weight(rows, 40, 0.6, seed=rows)  # (N, K)
+    w[0] = 0.0  # an empty row
+    arrays = numba_csr.as_arrays(*(t for t in (lambda m: (m.row_ptr.int(), m.col_indices, m.values))(
+        CSRMatrix.pack(w))), torch.arange(rows, dtype=torch.float32))
+    x = torch.randn(40)
+    out = np.full(rows, np.nan, np.float32)
+    before = numba.get_num_threads()
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(threads)
+    try:
+        loops.spmv_parallel(arrays.row_ptr, arrays.col, arrays.val, x.numpy(), arrays.bias, out, 0, threads)
+    finally:
+        numba.set_num_threads(before)
+    torch.testing.assert_close(torch.from_numpy(out), w @ x + torch.arange(rows), rtol=1e-5, atol=1e-5)

@@ -61,8 +61,9 @@ def main() -> None:
     xn, out, tiny = x.reshape(n).numpy(), np.empty(n, np.float32), np.zeros(2, np.float32)
     big = np.ones(77 << 20, np.uint8)
 
-    def raw(fn: Callable) -> Callable[[], None]:
-        return lambda: fn(arrays.row_ptr, arrays.col, arrays.val, xn, arrays.bias, out, arrays.prefetch_ahead)
+    def raw(fn: Callable, *threads: int) -> Callable[[], None]:
+        return lambda: fn(arrays.row_ptr, arrays.col, arrays.val, xn, arrays.bias, out, arrays.prefetch_ahead,
+                          *threads)
 
     print("1. trivial step (us) after: " + " | ".join(
         f"{name} {median_us(lambda: torch.from_numpy(np.empty(n, np.float32)), before):.1f}"
@@ -76,8 +77,8 @@ def main() -> None:
                 for regime, before in (("warm", None), ("evicted", evict)):
                     cells = {"dense": median_us(lambda: dense(x), before),
                              "empty prange": median_us(lambda: _empty_prange(tiny), before),
-                             "raw loop": median_us(raw(loops.spmv_parallel if threads > 1 else loops.spmv_serial),
-                                                   before),
+                             "raw loop": median_us(raw(loops.spmv_parallel, threads) if threads > 1
+                                                   else raw(loops.spmv_serial), before),
                              "module": median_us(lambda: sparse(x), before)}
                     print(f"threads {threads} round {rnd} {regime}: "
                           + ", ".join(f"{k} {v / 1e3:.3f} ms" for k, v in cells.items())

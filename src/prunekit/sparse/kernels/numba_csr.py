@@ -159,9 +159,12 @@ def spmv_into(arrays: CSRArrays, x: np.ndarray, out: np.ndarray) -> None:
     [6.0, 1.0]
     """
     loops = _LOOPS or _loops()
-    parallel = arrays.val.shape[0] >= PARALLEL_MIN_WORK and _threads(loops) > 1
-    fn = loops.spmv_parallel if parallel else loops.spmv_serial
-    fn(arrays.row_ptr, arrays.col, arrays.val, x, arrays.bias, out, arrays.prefetch_ahead)
+    threads = _threads(loops) if arrays.val.shape[0] >= PARALLEL_MIN_WORK else 1
+    if threads > 1:
+        loops.spmv_parallel(arrays.row_ptr, arrays.col, arrays.val, x, arrays.bias, out, arrays.prefetch_ahead,
+                            threads)
+    else:
+        loops.spmv_serial(arrays.row_ptr, arrays.col, arrays.val, x, arrays.bias, out, arrays.prefetch_ahead)
 
 
 class ConvPlan(NamedTuple):
@@ -265,10 +268,14 @@ def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt
     out = torch.empty((rows, xtn.shape[1]), dtype=torch.float32)  # (N, L)
     args = (_unsigned(row_ptr), _unsigned(col), val.numpy())
     # Small products run serially: waking the thread pool costs more than it saves.
-    parallel = val.numel() * xtn.shape[1] >= PARALLEL_MIN_WORK and _threads(loops) > 1
+    threads = _threads(loops) if val.numel() * xtn.shape[1] >= PARALLEL_MIN_WORK else 1
+    parallel = threads > 1
     if xtn.shape[1] == 1:
-        fn = loops.spmv_parallel if parallel else loops.spmv_serial
-        fn(*args, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0], _prefetch_ahead(loops, args[2], args[1]))
+        ahead = _prefetch_ahead(loops, args[2], args[1])
+        if parallel:
+            loops.spmv_parallel(*args, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0], ahead, threads)
+        else:
+            loops.spmv_serial(*args, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0], ahead)
     else:
         fn = loops.spmm_t_parallel if parallel else loops.spmm_t_serial
         fn(*args, xtn, out.numpy())
