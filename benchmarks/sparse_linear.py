@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     started, load_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_average()
 
     parts = [f"# Sparse vs dense on this CPU\n\nCommand: `python benchmarks/{Path(__file__).name}"
-             f"{' --quick' if args.quick else ''}` (started {started}).\n",
+             f"{' --quick' if args.quick else ''}{' --headline-only' if args.headline_only else ''}` "
+             f"(started {started}).\n",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores, "
              f"Python {platform.python_version()}, torch {torch.__version__}, kernels here: "
              f"{', '.join(available_kernels())}.\n",
