@@ -16,18 +16,15 @@ Medians of 30 calls, 3 rounds. Command (run alone, machine otherwise idle):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numba
 import numpy as np
 import torch
+from _goal_cell import goal_cell, median_us
 
 from prunekit.metrics.latency import num_threads
-from prunekit.sparse import SparseLinear
-from prunekit.sparse.bench import pruned_weight
 from prunekit.sparse.kernels import numba_csr
-from prunekit.sparse.kernels.evict import TensorEvictor
 
 
 @numba.njit(parallel=True, nogil=True)
@@ -36,29 +33,10 @@ def _empty_prange(out):  # pragma: no cover - compiled
         out[i] = i
 
 
-def median_us(fn: Callable[[], object], before: Callable[[], object] | None = None, repeats: int = 30) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if before is not None:
-            before()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e6
-
-
 def main() -> None:
-    torch.set_grad_enabled(False)
-    n = 4096
-    dense = torch.nn.Linear(n, n, bias=False).eval()
-    dense.weight.copy_(pruned_weight(n, n, 0.9, 0))
-    sparse = SparseLinear.from_dense(dense, kernel="numba_csr").eval()
-    x = torch.randn(1, n)
-    evict = TensorEvictor([*dense.parameters(), *sparse.buffers(), x])
-    loops = numba_csr._loops()
-    arrays = sparse._numba_arrays()
-    xn, out, tiny = x.reshape(n).numpy(), np.empty(n, np.float32), np.zeros(2, np.float32)
+    cell = goal_cell()
+    dense, sparse, x, evict, loops, arrays, xn, out = cell
+    n, tiny = xn.shape[0], np.zeros(2, np.float32)
     big = np.ones(77 << 20, np.uint8)
 
     def raw(fn: Callable, *threads: int) -> Callable[[], None]:

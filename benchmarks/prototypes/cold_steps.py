@@ -13,17 +13,14 @@ Command (run alone, machine otherwise idle):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numba
 import numpy as np
 import torch
+from _goal_cell import goal_cell, median_us
 
 from prunekit.sparse import SparseLinear
-from prunekit.sparse.bench import pruned_weight
-from prunekit.sparse.kernels import numba_csr
-from prunekit.sparse.kernels.evict import TensorEvictor
 
 
 @numba.njit(nogil=True)
@@ -31,29 +28,8 @@ def _nop7(a, b, c, d, e, f, g):  # pragma: no cover - compiled
     return None
 
 
-def median_us(fn: Callable[[], object], before: Callable[[], object] | None = None, repeats: int = 30) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if before is not None:
-            before()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e6
-
-
 def main() -> None:
-    torch.set_grad_enabled(False)
-    n = 4096
-    dense = torch.nn.Linear(n, n, bias=False).eval()
-    dense.weight.copy_(pruned_weight(n, n, 0.9, 0))
-    sparse = SparseLinear.from_dense(dense, kernel="numba_csr").eval()
-    x = torch.randn(1, n)
-    evict = TensorEvictor([*dense.parameters(), *sparse.buffers(), x])
-    loops = numba_csr._loops()
-    a = sparse._numba_arrays()
-    xn, out = x.reshape(n).numpy(), np.empty(n, np.float32)
+    dense, _, x, evict, loops, a, xn, out = goal_cell()
     tiny = SparseLinear.from_dense(torch.nn.Linear(8, 8), kernel="numba_csr").eval()
     ta, t_in, t_out, x8 = tiny._numba_arrays(), np.ones(8, np.float32), np.empty(8, np.float32), torch.ones(1, 8)
     identity = torch.nn.Identity()
@@ -64,7 +40,7 @@ def main() -> None:
 
     steps: dict[str, Callable[[], object]] = {
         "nothing": lambda: None,
-        "np.empty(4096)": lambda: np.empty(n, np.float32),
+        "np.empty(4096)": lambda: np.empty(xn.shape[0], np.float32),
         "numba call, 7 args, empty body": lambda: _nop7(a.row_ptr, a.col, a.val, xn, a.bias, out, 0),
         "numba spmv_serial on 8x8": lambda: loops.spmv_serial(ta.row_ptr, ta.col, ta.val, t_in, ta.bias, t_out, 0),
         "x.numpy()": lambda: x.numpy(),

@@ -26,31 +26,13 @@ from collections.abc import Callable
 
 import numba
 import numpy as np
-import torch
-from numba.core import cgutils
-from numba.extending import intrinsic
+from _goal_cell import goal_cell
 
 from prunekit.metrics.latency import num_threads
-from prunekit.sparse import SparseLinear
-from prunekit.sparse.bench import pruned_weight
 from prunekit.sparse.kernels import numba_csr
-from prunekit.sparse.kernels._numba_loops import _row_dot
-from prunekit.sparse.kernels.evict import TensorEvictor
+from prunekit.sparse.kernels._numba_loops import _row_dot, atomic_rmw_intrinsic
 
-
-@intrinsic
-def _fetch_add(typingctx, arr, idx, inc):  # pragma: no cover - compiled
-    """Atomically add ``inc`` to the integer ``arr[idx]`` and return its previous value."""
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
-                                       boundscheck=False)
-        return builder.atomic_rmw("add", ptr, context.cast(builder, args[2], signature.args[2], aryty.dtype),
-                                  "monotonic")
-
-    return arr.dtype(arr, idx, inc), codegen
+_fetch_add = atomic_rmw_intrinsic("add")
 
 
 @numba.njit(parallel=True, fastmath=True, nogil=True)
@@ -79,17 +61,8 @@ def spmv_static(row_ptr, col, val, x, bias, out, ahead):  # pragma: no cover - c
 
 
 def main() -> None:
-    torch.set_grad_enabled(False)
-    n = 4096
-    dense = torch.nn.Linear(n, n, bias=False).eval()
-    dense.weight.copy_(pruned_weight(n, n, 0.9, 0))
-    sparse = SparseLinear.from_dense(dense, kernel="numba_csr").eval()
-    x = torch.randn(1, n)
-    evict = TensorEvictor([*dense.parameters(), *sparse.buffers(), x])
-    loops = numba_csr._loops()
-    a = sparse._numba_arrays()
-    xn, out = x.reshape(n).numpy(), np.empty(n, np.float32)
-    ref = dense(x).reshape(n).numpy()
+    dense, _, x, evict, loops, a, xn, out = goal_cell()
+    ref = dense(x).reshape(-1).numpy()
 
     def dynamic(chunk: int) -> Callable[[], None]:
         def run() -> None:

@@ -81,19 +81,25 @@ def spmv_serial(row_ptr, col, val, x, bias, out, ahead):  # pragma: no cover - c
         out[i] = acc + bias[i] if has_bias else acc
 
 
-@intrinsic
-def _exchange(typingctx, arr, idx, value):  # pragma: no cover - compiled
-    """Atomically store ``value`` into the integer ``arr[idx]`` and return the value it held."""
+def atomic_rmw_intrinsic(op: str):
+    """A numba intrinsic ``f(arr, idx, value)`` that applies the LLVM ``atomicrmw`` ``op``
+    ("xchg", "add", ...) to the integer ``arr[idx]`` and returns the value it held before."""
 
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
-                                       boundscheck=False)
-        new = context.cast(builder, args[2], signature.args[2], aryty.dtype)
-        return builder.atomic_rmw("xchg", ptr, new, "monotonic")
+    def typer(typingctx, arr, idx, value):  # pragma: no cover - compiled
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
+                                           boundscheck=False)
+            operand = context.cast(builder, args[2], signature.args[2], aryty.dtype)
+            return builder.atomic_rmw(op, ptr, operand, "monotonic")
 
-    return arr.dtype(arr, idx, value), codegen
+        return arr.dtype(arr, idx, value), codegen
+
+    return intrinsic(typer)
+
+
+_exchange = atomic_rmw_intrinsic("xchg")  # claim a flag: returns 0 to the one caller that set it
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
