@@ -268,8 +268,8 @@ def test_numba_batch1_parallel_loop_writes_every_row_once(rows: int, threads: in
     loops = numba_csr._loops()
     w = pruned_weight(rows, 40, 0.6, seed=rows)  # (N, K)
     w[0] = 0.0  # an empty row
-    arrays = numba_csr.as_arrays(*(t for t in (lambda m: (m.row_ptr.int(), m.col_indices, m.values))(
-        CSRMatrix.pack(w))), torch.arange(rows, dtype=torch.float32))
+    m = CSRMatrix.pack(w)
+    arrays = numba_csr.as_arrays(m.row_ptr.int(), m.col_indices, m.values, torch.arange(rows, dtype=torch.float32))
     x = torch.randn(40)
     out = np.full(rows, np.nan, np.float32)
     before = numba.get_num_threads()

@@ -160,11 +160,16 @@ def spmv_into(arrays: CSRArrays, x: np.ndarray, out: np.ndarray) -> None:
     """
     loops = _LOOPS or _loops()
     threads = _threads(loops) if arrays.val.shape[0] >= PARALLEL_MIN_WORK else 1
+    _run_spmv(loops, threads, arrays.row_ptr, arrays.col, arrays.val, x, arrays.bias, out, arrays.prefetch_ahead)
+
+
+def _run_spmv(loops, threads: int, row_ptr: np.ndarray, col: np.ndarray, val: np.ndarray, x: np.ndarray,
+              bias: np.ndarray, out: np.ndarray, ahead: int) -> None:
+    """The compiled batch-1 loop: row-chunk parallel over ``threads`` workers, or serial for 1."""
     if threads > 1:
-        loops.spmv_parallel(arrays.row_ptr, arrays.col, arrays.val, x, arrays.bias, out, arrays.prefetch_ahead,
-                            threads)
+        loops.spmv_parallel(row_ptr, col, val, x, bias, out, ahead, threads)
     else:
-        loops.spmv_serial(arrays.row_ptr, arrays.col, arrays.val, x, arrays.bias, out, arrays.prefetch_ahead)
+        loops.spmv_serial(row_ptr, col, val, x, bias, out, ahead)
 
 
 class ConvPlan(NamedTuple):
@@ -269,15 +274,11 @@ def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt
     args = (_unsigned(row_ptr), _unsigned(col), val.numpy())
     # Small products run serially: waking the thread pool costs more than it saves.
     threads = _threads(loops) if val.numel() * xtn.shape[1] >= PARALLEL_MIN_WORK else 1
-    parallel = threads > 1
     if xtn.shape[1] == 1:
-        ahead = _prefetch_ahead(loops, args[2], args[1])
-        if parallel:
-            loops.spmv_parallel(*args, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0], ahead, threads)
-        else:
-            loops.spmv_serial(*args, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0], ahead)
+        _run_spmv(loops, threads, *args, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0],
+                  _prefetch_ahead(loops, args[2], args[1]))
     else:
-        fn = loops.spmm_t_parallel if parallel else loops.spmm_t_serial
+        fn = loops.spmm_t_parallel if threads > 1 else loops.spmm_t_serial
         fn(*args, xtn, out.numpy())
     return out
 
