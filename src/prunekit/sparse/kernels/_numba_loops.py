@@ -28,16 +28,20 @@ CHUNKS_PER_THREAD = 32  # row chunks per thread in spmv_parallel (64 rows each f
 _PREFETCH_NAME = "llvm.prefetch.p0i8" if getattr(ir, "ir_layer_typed_pointers_enabled", True) else "llvm.prefetch.p0"
 
 
+def _item_pointer(context, builder, signature, args):  # pragma: no cover - compiled
+    """LLVM pointer to ``arr[idx]`` for an intrinsic called as ``f(arr, idx, ...)`` (no checks)."""
+    aryty = signature.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False, boundscheck=False)
+
+
 def _line_intrinsic(name: str, extra_args: tuple[int, ...], doc: str):
     """A numba intrinsic ``f(arr, idx)`` that calls the LLVM intrinsic ``name`` on the address of
     ``arr[idx]`` (as an i8 pointer), followed by the constant i32 arguments ``extra_args``."""
 
     def typer(typingctx, arr, idx):  # pragma: no cover - compiled
         def codegen(context, builder, signature, args):
-            aryty = signature.args[0]
-            ary = context.make_array(aryty)(context, builder, args[0])
-            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
-                                           boundscheck=False)
+            ptr = _item_pointer(context, builder, signature, args)
             i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
             fnty = ir.FunctionType(ir.VoidType(), [i8p] + [i32] * len(extra_args))
             fn = cgutils.get_or_insert_function(builder.module, fnty, name)
@@ -87,11 +91,8 @@ def atomic_rmw_intrinsic(op: str):
 
     def typer(typingctx, arr, idx, value):  # pragma: no cover - compiled
         def codegen(context, builder, signature, args):
-            aryty = signature.args[0]
-            ary = context.make_array(aryty)(context, builder, args[0])
-            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False,
-                                           boundscheck=False)
-            operand = context.cast(builder, args[2], signature.args[2], aryty.dtype)
+            ptr = _item_pointer(context, builder, signature, args)
+            operand = context.cast(builder, args[2], signature.args[2], signature.args[0].dtype)
             return builder.atomic_rmw(op, ptr, operand, "monotonic")
 
         return arr.dtype(arr, idx, value), codegen

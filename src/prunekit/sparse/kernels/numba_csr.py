@@ -1,17 +1,16 @@
 """CSR x dense kernels compiled with numba (optional: ``pip install numba``, extra ``kernels``).
 
-Two loops over the rows of a CSR weight W (N, K), row-parallel with ``prange`` when more than
-one thread is asked for:
+Loops over the rows of a CSR weight W (N, K), split over threads when more than one is asked for:
 
-* ``spmv``: y (N,) = W @ x (K,) -- batch 1; the reduction over a row vectorises (gathers).
+* ``spmv_into``: y (N,) = W @ x (K,) -- batch 1; the reduction over a row vectorises (gathers).
 * ``spmm_t``: Y (N, L) = W @ X (K, L), X row-major: the inner loop runs over the L contiguous
   columns of X, so it vectorises. A linear layer passes X = x.T.
 * ``conv2d``: a direct sparse convolution from the CSR form of the conv's GEMM view
   (Cout, Cin*kh*kw): no im2col matrix is built, each nonzero adds a scaled, shifted input plane.
 
 Batch-1 calls of small layers are dominated by Python overhead, not by the loop, so the modules
-convert their buffers to numpy once (:func:`as_arrays`) and call :func:`spmv` / :func:`conv2d`,
-which take those arrays directly.
+convert their buffers to numpy once (:func:`as_arrays`) and call :func:`spmv_into` /
+:func:`conv2d`, which take those arrays directly.
 
 Column indices may be uint8 / int16 / int32 / int64 (numba compiles one version per dtype and
 caches it on disk), so the bytes read per nonzero are 4 (fp32 value) + the index width.
@@ -128,26 +127,12 @@ def as_arrays(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
     return CSRArrays(_unsigned(row_ptr), col_np, val_np, bias_np, _prefetch_ahead(_loops(), val_np, col_np))
 
 
-def spmv(arrays: CSRArrays, x: torch.Tensor) -> torch.Tensor:
-    """y (N,) = W @ x (K,) + bias for a CSR weight W; fp32, CPU; the batch-1 linear layer.
-
-    >>> from prunekit.sparse.formats import CSRMatrix
-    >>> m = CSRMatrix.pack(torch.tensor([[0., 2.], [1., 0.], [0., 0.]]))
-    >>> a = as_arrays(m.row_ptr.int(), m.col_indices, m.values, torch.tensor([0., 0., 5.]))
-    >>> spmv(a, torch.tensor([1., 3.])).tolist()
-    [6.0, 1.0, 5.0]
-    """
-    out = np.empty(arrays.row_ptr.shape[0] - 1, dtype=np.float32)  # (N,)
-    spmv_into(arrays, _input_array(x), out)
-    return torch.from_numpy(out)
-
-
 def spmv_into(arrays: CSRArrays, x: np.ndarray, out: np.ndarray) -> None:
     """out (N,) = W @ x (K,) + bias, on numpy arrays (contiguous fp32): no torch call at all.
 
     This is the batch-1 hot path of :class:`prunekit.sparse.SparseLinear`. When the previous
     layer has streamed its weights through the caches, every torch or numpy call on the way
-    to the loop costs ~5-40 us instead of ~0.5 us (measured on this repository's 2-core Xeon),
+    to the loop costs ~5-70 us instead of ~0.5 us (measured on this repository's 2-core Xeon),
     so the path makes as few as it can.
 
     >>> from prunekit.sparse.formats import CSRMatrix
