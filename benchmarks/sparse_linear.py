@@ -41,7 +41,7 @@ from prunekit.targets import select
 RESULTS = Path(__file__).parent / "results" / "sparse.md"
 # The kernels this script's recorded run compared (numba_csc, the zero-skipping kernel added later,
 # has its own benchmark: activation_sparsity.py).
-KERNELS = ["torch_csr", "torch_bsr", "numba_csr"]
+KERNELS = ["torch_csr", "torch_bsr", "numba_csr", "numba_packet"]
 OMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER")
 PRETRAINED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pretrained" / "resnet20-12fca82f.th"
 
@@ -103,7 +103,7 @@ def headline(shape: tuple[int, int], rounds: int, repeats: int) -> str:
              "| median ratio | bound |", "|---|---:|---|---|---|---|---:|---:|"]
     for regime in regimes():
         for threads in (1, 2):
-            for kernel in ("numba_csr", "torch_csr"):
+            for kernel in ("numba_packet", "numba_csr", "torch_csr"):
                 if kernel not in available_kernels():
                     continue
                 rows = [bench_linear(shape, [1], [0.9], [kernel], repeats=repeats, warmup=3, threads=threads,

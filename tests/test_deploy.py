@@ -11,7 +11,7 @@ from torch import nn
 from prunekit.cli.main import main
 from prunekit.errors import ConfigError
 from prunekit.metrics import LatencyResult
-from prunekit.sparse import SparseConv2d, SparseLinear, deploy
+from prunekit.sparse import SparseConv2d, SparseLinear, deploy, numba_available
 
 deploy_module = importlib.import_module("prunekit.sparse.deployment")
 
@@ -198,3 +198,17 @@ def test_tensor_evictor_checks_its_input_and_keeps_values() -> None:
     assert torch.equal(t, before)  # clflush writes dirty lines back, never changes data
     with pytest.raises(ConfigError, match="contiguous CPU tensors"):
         TensorEvictor([t.t()])
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed (pip install numba)")
+def test_deploy_tries_the_packet_kernel_on_linears_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _pruned(nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(36, 8)))
+    fake = _fake_latency({"dense": [1.0] * 6, "numba_packet": [0.5, 0.5]})
+    monkeypatch.setattr(deploy_module, "compare_latency", fake)
+    deployed, report = deploy(model, torch.randn(1, 2, 5, 5), candidates=["numba_packet"], repeats=1)
+    conv, linear = report.layers
+    assert conv.kernel == "dense" and "Linear layers only" in conv.skipped["numba_packet"]
+    assert linear.kernel == "numba_packet" and deployed[2].kernel == "numba_packet"
+    with torch.no_grad():
+        x = torch.randn(1, 2, 5, 5)
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ from prunekit.sparse.formats import (
     EIEMatrix,
     FKWWeight,
     NMMatrix,
+    PacketCSRMatrix,
     SharedWeightLinear,
     SparseFormat,
     bits_for,
@@ -150,6 +151,77 @@ def test_csr_rejects_non_tensor_and_sparse() -> None:
 
 
 # ----------------------------------------------------------------------------- N:M
+def _packet_invariants(m: PacketCSRMatrix, dense: torch.Tensor) -> None:
+    """Every packet: <= 16 real values in column order within 255 of its base, padding = 0 at
+    offset 0; a packet is cut early only at its row's end or before a column > base + 255."""
+    mat = dense.reshape(dense.shape[0], -1)
+    assert m.offsets.dtype == torch.uint8 and m.values.numel() == m.offsets.numel() == 16 * m.packets
+    ptr = m.packet_ptr.to(torch.int64).tolist()
+    for r in range(mat.shape[0]):
+        cols = mat[r].nonzero().flatten().tolist()
+        seen: list[int] = []
+        for p in range(ptr[r], ptr[r + 1]):
+            base = int(m.bases[p])
+            vals = m.values[16 * p:16 * p + 16]
+            offs = m.offsets[16 * p:16 * p + 16].to(torch.int64)
+            real = int((vals != 0).sum())
+            assert real >= 1 and bool((vals[:real] != 0).all()) and bool((vals[real:] == 0).all())
+            assert bool((offs[real:] == 0).all()) and offs[0] == 0
+            pc = (base + offs[:real]).tolist()
+            assert pc == sorted(pc) and pc[-1] - base <= 255
+            later = cols[len(seen) + real:]
+            if real < 16 and later:  # closed early: the next column does not fit
+                assert later[0] - base > 255
+            seen += pc
+        assert seen == cols
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (5, 70_000)])
+@pytest.mark.parametrize("density", [0.0, 0.003, 0.05, 0.5, 1.0])
+def test_packet_csr_round_trip_exact_and_packets_valid(shape: tuple[int, ...], density: float) -> None:
+    w = sparse_tensor(shape, density, seed=len(shape))
+    m = PacketCSRMatrix.pack(w)
+    out = m.unpack()
+    assert out.shape == w.shape and out.dtype == w.dtype and torch.equal(out, w)
+    assert m.nnz == int((w != 0).sum())
+    _packet_invariants(m, w)
+
+
+def test_packet_csr_hand_built_packets_and_bytes() -> None:
+    w = torch.zeros(3, 600)
+    w[0, :20] = torch.arange(1.0, 21.0)  # 20 values: a full packet, then 4
+    w[2, [0, 255, 256, 599]] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # 256 - 0 > 255: a new packet; 599 too
+    m = PacketCSRMatrix.pack(w)
+    assert m.packet_ptr.tolist() == [0, 2, 2, 5] and m.bases.tolist() == [0, 16, 0, 256, 599]
+    assert m.offsets[32:34].tolist() == [0, 255] and m.offsets[48:50].tolist() == [0, 0]
+    assert m.values[16:21].tolist() == [17.0, 18.0, 19.0, 20.0, 0.0]
+    # 5 packets: 80 fp32 values (320) + 80 uint8 offsets (80) + 5 int16 bases (10) + 4 uint8 pointers (4)
+    assert m.bases.dtype == torch.int16 and m.packet_ptr.dtype == torch.uint8
+    assert m.nbytes() == 414 and torch.equal(m.unpack(), w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_packet_csr_keeps_dtype_and_conv_shape(dtype: torch.dtype) -> None:
+    w = sparse_tensor((6, 5, 3, 3), 0.4, dtype=dtype)
+    m = PacketCSRMatrix.pack(w)
+    assert m.values.dtype == dtype and m.shape == (6, 5, 3, 3) and torch.equal(m.unpack(), w)
+
+
+def test_packet_csr_is_smaller_than_csr_up_to_93_percent_on_a_wide_layer() -> None:
+    for sparsity, most in ((0.7, 0.88), (0.9, 0.89), (0.93, 0.93)):
+        w = sparse_tensor((64, 4096), 1.0 - sparsity, seed=1)
+        assert PacketCSRMatrix.pack(w).nbytes() < most * CSRMatrix.pack(w).nbytes()
+    w = sparse_tensor((64, 4096), 0.02, seed=1)  # 98 %: gaps of ~50 columns close packets early
+    assert PacketCSRMatrix.pack(w).nbytes() > CSRMatrix.pack(w).nbytes()
+
+
+def test_packet_csr_rejects_bad_input() -> None:
+    with pytest.raises(ConfigError, match="at least 2 dims"):
+        PacketCSRMatrix.pack(torch.zeros(5))
+    with pytest.raises(ConfigError, match="dense"):
+        PacketCSRMatrix.pack(torch.eye(3).to_sparse())
+
+
 @pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (4, 8), (2, 8), (3, 5), (1, 2), (4, 4)])
 @pytest.mark.parametrize("fill", [1.0, 0.6])
 def test_nm_round_trip_exact(n: int, m: int, fill: float) -> None:
@@ -589,7 +661,8 @@ def test_every_format_saves_and_loads_with_weights_only(tmp_path) -> None:
     w = pattern_conv(8, 4, pattern_set_3x3(), 0.6, seed=4)  # (8, 4, 3, 3); 2-D view (8, 36)
     nm = nm_tensor(8, 16, 2, 4, seed=4)
     packed = [CSRMatrix.pack(w), NMMatrix.pack(nm), BSRMatrix.pack(w, block=(4, 4)),
-              BlockedELL.pack(w, block=(2, 4)), EIEMatrix.pack(w, num_pes=2), FKWWeight.pack(w)]
+              BlockedELL.pack(w, block=(2, 4)), EIEMatrix.pack(w, num_pes=2), FKWWeight.pack(w),
+              PacketCSRMatrix.pack(w)]
     for fmt in packed:
         path = tmp_path / f"{type(fmt).__name__}.pt"
         torch.save(fmt.state_dict(), path)

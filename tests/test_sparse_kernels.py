@@ -12,6 +12,7 @@ from torch import nn
 from prunekit.errors import ConfigError, UnsupportedError
 from prunekit.sparse import (
     CSRMatrix,
+    PacketCSRMatrix,
     SemiStructuredLinear,
     SparseConv2d,
     SparseLinear,
@@ -22,7 +23,8 @@ from prunekit.sparse import (
 from prunekit.sparse.bench import BenchRow, crossover, pruned_weight
 
 KERNELS = available_kernels()
-CONV_KERNELS = tuple(k for k in KERNELS if k != "numba_csc")  # the zero-skipping kernel is Linear-only
+LINEAR_ONLY = ("numba_csc", "numba_packet")  # zero-skipping by columns; 8-bit packets (batch-1 Linear)
+CONV_KERNELS = tuple(k for k in KERNELS if k not in LINEAR_ONLY)
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba not installed (pip install numba)")
 
 
@@ -257,7 +259,8 @@ def test_without_numba_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch) -> N
 @needs_numba
 @pytest.mark.parametrize("rows", [1, 2, 3, 63, 65, 200])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_numba_batch1_parallel_loop_writes_every_row_once(rows: int, threads: int) -> None:
+@pytest.mark.parametrize("fmt", ["csr", "packet"])
+def test_numba_batch1_parallel_loop_writes_every_row_once(rows: int, threads: int, fmt: str) -> None:
     # spmv_parallel hands rows out in claimed chunks; each row must be computed exactly once
     # whatever the row count (fewer rows than chunks, a ragged last chunk) and thread count.
     import numba
@@ -268,15 +271,20 @@ def test_numba_batch1_parallel_loop_writes_every_row_once(rows: int, threads: in
     loops = numba_csr._loops()
     w = pruned_weight(rows, 40, 0.6, seed=rows)  # (N, K)
     w[0] = 0.0  # an empty row
-    m = CSRMatrix.pack(w)
-    arrays = numba_csr.as_arrays(m.row_ptr.int(), m.col_indices, m.values, torch.arange(rows, dtype=torch.float32))
+    bias = torch.arange(rows, dtype=torch.float32)
+    if fmt == "csr":
+        m = CSRMatrix.pack(w)
+        arrays = numba_csr.as_arrays(m.row_ptr.int(), m.col_indices, m.values, bias)
+    else:
+        p = PacketCSRMatrix.pack(w)
+        arrays = numba_csr.as_arrays(p.packet_ptr.int(), p.offsets, p.values, bias, p.bases)
     x = torch.randn(40)
     out = np.full(rows, np.nan, np.float32)
     before = numba.get_num_threads()
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(threads)
     try:
-        loops.spmv_parallel(arrays.row_ptr, arrays.col, arrays.val, x.numpy(), arrays.bias, out, 0, threads)
+        loops.spmv_parallel(arrays.row_ptr, arrays.bases, arrays.col, arrays.val, x.numpy(), arrays.bias, out, 0, threads)
     finally:
         numba.set_num_threads(before)
     torch.testing.assert_close(torch.from_numpy(out), w @ x + torch.arange(rows), rtol=1e-5, atol=1e-5)

@@ -224,7 +224,7 @@ def test_sparse_docstring_examples_run(module_name: str) -> None:
     assert result.attempted > 0 and result.failed == 0
 
 
-@pytest.mark.parametrize("kernel", ["numba_csr", "numba_csc"])
+@pytest.mark.parametrize("kernel", ["numba_csr", "numba_packet", "numba_csc"])
 def test_linear_kernels_accept_lazily_negated_inputs(kernel: str) -> None:
     lin = nn.Linear(16, 9).eval()
     sp = SparseLinear.from_dense(lin, kernel=kernel)
@@ -265,3 +265,36 @@ def test_numba_linear_refuses_an_input_that_needs_grad(batch: int) -> None:
     sp = SparseLinear.from_dense(nn.Linear(16, 9), kernel="numba_csr")
     with pytest.raises(UnsupportedError, match="inference module"):
         sp(torch.randn(batch, 16, requires_grad=True))
+
+
+@pytest.mark.parametrize(("shape", "sparsity"), [((64, 4096), 0.9), ((33, 1000), 0.5), ((5, 70_000), 0.99),
+                                                  ((1024, 2048), 0.6)])
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packet_kernel_matches_dense(shape: tuple[int, int], sparsity: float, batch: int, threads: int) -> None:
+    # (5, 70000) at 99 %: int32 packet bases and most packets cut early by gaps > 255 columns;
+    # (1024, 2048): larger than L2, so the batch-1 loop prefetches.
+    n, k = shape
+    lin = nn.Linear(k, n).eval()
+    with torch.no_grad():
+        lin.weight.copy_(pruned_weight(n, k, sparsity, seed=n))
+    sp = SparseLinear.from_dense(lin, kernel="numba_packet")
+    assert sp.bases.dtype == (torch.int32 if k > 2**15 else torch.int16)
+    x = torch.randn(batch, k)
+    with torch.no_grad(), num_threads(threads):
+        torch.testing.assert_close(sp(x), lin(x), rtol=1e-4, atol=1e-4)
+    assert torch.equal(sp.to_dense().weight, lin.weight)
+
+
+def test_packet_kernel_counts_bytes_and_reports_density() -> None:
+    lin = nn.Linear(4096, 32).eval()
+    with torch.no_grad():
+        lin.weight.copy_(pruned_weight(32, 4096, 0.9, seed=2))
+    packet = SparseLinear.from_dense(lin, kernel="numba_packet")
+    csr = SparseLinear.from_dense(lin, kernel="numba_csr")
+    p = packet.bases.numel()
+    assert packet.packed_nbytes() == p * 16 * (4 + 1) + p * 2 + 33 * 4
+    assert packet.packed_nbytes() < 0.89 * csr.packed_nbytes()
+    assert packet.density == pytest.approx(csr.density) and packet.index_dtype_name == "uint8+int16"
+    with pytest.raises(UnsupportedError, match="runs Linear layers only"):
+        SparseConv2d.from_dense(nn.Conv2d(2, 2, 3), kernel="numba_packet")

@@ -40,7 +40,7 @@ def main() -> None:
     big = np.ones(77 << 20, np.uint8)
 
     def raw(fn: Callable, *threads: int) -> Callable[[], None]:
-        return lambda: fn(arrays.row_ptr, arrays.col, arrays.val, xn, arrays.bias, out, arrays.prefetch_ahead,
+        return lambda: fn(arrays.row_ptr, arrays.bases, arrays.col, arrays.val, xn, arrays.bias, out, arrays.prefetch_ahead,
                           *threads)
 
     print("1. trivial step (us) after: " + " | ".join(

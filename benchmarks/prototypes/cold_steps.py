@@ -42,7 +42,7 @@ def main() -> None:
         "nothing": lambda: None,
         "np.empty(4096)": lambda: np.empty(xn.shape[0], np.float32),
         "numba call, 7 args, empty body": lambda: _nop7(a.row_ptr, a.col, a.val, xn, a.bias, out, 0),
-        "numba spmv_serial on 8x8": lambda: loops.spmv_serial(ta.row_ptr, ta.col, ta.val, t_in, ta.bias, t_out, 0),
+        "numba spmv_serial on 8x8": lambda: loops.spmv_serial(ta.row_ptr, ta.bases, ta.col, ta.val, t_in, ta.bias, t_out, 0),
         "x.numpy()": lambda: x.numpy(),
         "torch.from_numpy": lambda: torch.from_numpy(out),
         "torch.get_num_threads()": torch.get_num_threads,

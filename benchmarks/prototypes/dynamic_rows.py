@@ -36,7 +36,7 @@ _fetch_add = atomic_rmw_intrinsic("add")
 
 
 @numba.njit(parallel=True, fastmath=True, nogil=True)
-def spmv_dynamic(row_ptr, col, val, x, bias, out, ahead, counter, chunk, threads):  # pragma: no cover - compiled
+def spmv_dynamic(row_ptr, bases, col, val, x, bias, out, ahead, counter, chunk, threads):  # pragma: no cover - compiled
     """Dynamic scheduling: ``threads`` workers take chunks of ``chunk`` rows from the shared
     counter ``counter[0]`` (int64, 0 on entry)."""
     n = out.shape[0]
@@ -46,17 +46,17 @@ def spmv_dynamic(row_ptr, col, val, x, bias, out, ahead, counter, chunk, threads
         c = _fetch_add(counter, 0, 1)
         while c < chunks:
             for i in range(c * chunk, min(n, (c + 1) * chunk)):
-                acc = _row_dot(row_ptr, col, val, x, i, ahead)
+                acc = _row_dot(row_ptr, bases, col, val, x, i, ahead)
                 out[i] = acc + bias[i] if has_bias else acc
             c = _fetch_add(counter, 0, 1)
 
 
 @numba.njit(parallel=True, fastmath=True, nogil=True)
-def spmv_static(row_ptr, col, val, x, bias, out, ahead):  # pragma: no cover - compiled
+def spmv_static(row_ptr, bases, col, val, x, bias, out, ahead):  # pragma: no cover - compiled
     """The library's batch-1 loop before this comparison: ``prange`` over the rows (a fixed share each)."""
     has_bias = bias.shape[0] == out.shape[0]
     for i in numba.prange(out.shape[0]):
-        acc = _row_dot(row_ptr, col, val, x, i, ahead)
+        acc = _row_dot(row_ptr, bases, col, val, x, i, ahead)
         out[i] = acc + bias[i] if has_bias else acc
 
 
@@ -67,15 +67,15 @@ def main() -> None:
     def dynamic(chunk: int) -> Callable[[], None]:
         def run() -> None:
             counter = np.zeros(1, np.int64)
-            spmv_dynamic(a.row_ptr, a.col, a.val, xn, a.bias, out, a.prefetch_ahead, counter, chunk, 2)
+            spmv_dynamic(a.row_ptr, a.bases, a.col, a.val, xn, a.bias, out, a.prefetch_ahead, counter, chunk, 2)
         return run
 
     variants: dict[str, Callable[[], object]] = {
         "dense": lambda: dense(x),
-        "static": lambda: spmv_static(a.row_ptr, a.col, a.val, xn, a.bias, out, a.prefetch_ahead),
+        "static": lambda: spmv_static(a.row_ptr, a.bases, a.col, a.val, xn, a.bias, out, a.prefetch_ahead),
         "dynamic64": dynamic(64),
         # the library's spmv_parallel: 32 chunks per thread, i.e. 64 rows each here
-        "claim64": lambda: loops.spmv_parallel(a.row_ptr, a.col, a.val, xn, a.bias, out, a.prefetch_ahead, 2),
+        "claim64": lambda: loops.spmv_parallel(a.row_ptr, a.bases, a.col, a.val, xn, a.bias, out, a.prefetch_ahead, 2),
     }
     for name, fn in variants.items():
         out[:] = 0

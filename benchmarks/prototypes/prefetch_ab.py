@@ -36,13 +36,13 @@ def main() -> None:
         for rnd in range(3):
             times: dict[str, list[float]] = {k: [] for k in variants}
             for ahead in variants.values():  # compile + warm up
-                loops.spmv_serial(arrays.row_ptr, arrays.col, arrays.val, x, arrays.bias, out, ahead)
+                loops.spmv_serial(arrays.row_ptr, arrays.bases, arrays.col, arrays.val, x, arrays.bias, out, ahead)
             for r in range(60):
                 for name, ahead in list(variants.items())[:: 1 if r % 2 else -1]:
                     if cold:
                         flush()
                     t0 = time.perf_counter()
-                    loops.spmv_serial(arrays.row_ptr, arrays.col, arrays.val, x, arrays.bias, out, ahead)
+                    loops.spmv_serial(arrays.row_ptr, arrays.bases, arrays.col, arrays.val, x, arrays.bias, out, ahead)
                     times[name].append(time.perf_counter() - t0)
             cells = ", ".join(f"{k} {statistics.median(v) * 1e3:.3f} ms" for k, v in times.items())
             print(f"{'cold' if cold else 'warm'} round {rnd}: {cells}", flush=True)

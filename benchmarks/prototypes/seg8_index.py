@@ -64,12 +64,12 @@ def main() -> None:
     x = torch.randn(n).numpy()
     out, ref = np.empty(n, np.float32), np.empty(n, np.float32)
     spmv_seg8(seg_ptr, col8, val, x, out, 1024)
-    loops.spmv_serial(a.row_ptr, a.col, a.val, x, a.bias, ref, 1024)
+    loops.spmv_serial(a.row_ptr, a.bases, a.col, a.val, x, a.bias, ref, 1024)
     print(f"max |difference| {np.abs(out - ref).max():.1e}; bytes {val.nbytes + col8.nbytes + seg_ptr.nbytes:,} "
           f"(segmented uint8) vs {a.val.nbytes + a.col.nbytes + a.row_ptr.nbytes:,} (CSR, int16)")
     evict = TensorEvictor([linear.weight, sparse.values, sparse.col_indices, sparse.row_ptr, val_t, col8_t, seg_ptr_t])
     variants = {
-        "csr int16 (prunekit)": lambda: loops.spmv_serial(a.row_ptr, a.col, a.val, x, a.bias, ref, 1024),
+        "csr int16 (prunekit)": lambda: loops.spmv_serial(a.row_ptr, a.bases, a.col, a.val, x, a.bias, ref, 1024),
         "segmented uint8": lambda: spmv_seg8(seg_ptr, col8, val, x, out, 1024),
         "segmented uint8, no prefetch": lambda: spmv_seg8(seg_ptr, col8, val, x, out, 0),
     }

@@ -1,7 +1,7 @@
 """Sparse storage formats, sparse kernels, inference modules and measured deployment.
 
-* ``prunekit.sparse.formats``: CSR, N:M, BSR / Blocked-ELL, EIE, pattern (FKW) packing.
-* ``prunekit.sparse.kernels``: which sparse x dense kernels run here (torch CSR/BSR, numba CSR).
+* ``prunekit.sparse.formats``: CSR, packet CSR (8-bit offsets), N:M, BSR / Blocked-ELL, EIE, pattern (FKW) packing.
+* ``prunekit.sparse.kernels``: which sparse x dense kernels run here (torch CSR/BSR, numba CSR and packet CSR).
 * ``SparseLinear`` / ``SparseConv2d``: layers computed from a packed weight.
 * ``deploy``: per layer, keep a sparse kernel only where it measurably beats dense.
 * ``activation_sparsity``: zeros in each layer's input (dynamic sparsity after ReLU).
@@ -24,6 +24,7 @@ from prunekit.sparse.formats import (
     EIEMatrix,
     FKWWeight,
     NMMatrix,
+    PacketCSRMatrix,
     PatternGroup,
     SparseFormat,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "FKWWeight",
     "LayerChoice",
     "NMMatrix",
+    "PacketCSRMatrix",
     "PatternGroup",
     "SemiStructuredLinear",
     "SparseConv2d",

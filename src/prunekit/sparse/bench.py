@@ -135,7 +135,7 @@ def bench_linear(
                     rows.append(BenchRow(kernel=k, batch_size=batch, sparsity=sparsity,
                                          dense_s=times["dense"].median_s, sparse_s=times[k].median_s,
                                          dense_bytes=dense_bytes, sparse_bytes=module.packed_nbytes(),
-                                         index_dtype=str(module.col_indices.dtype).replace("torch.", ""),
+                                         index_dtype=module.index_dtype_name,
                                          threads=used, regime=regime, input_zeros=input_zeros))
     return rows
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
-from prunekit.sparse.formats import BSRMatrix, CSRMatrix, check_nm
+from prunekit.sparse.formats import BSRMatrix, CSRMatrix, PacketCSRMatrix, check_nm
 from prunekit.sparse.kernels import KERNELS, NUMBA_KERNELS, numba_available, numba_csr
 
 DEFAULT_BLOCK: tuple[int, int] = (4, 4)
@@ -82,6 +82,14 @@ class _SparseMatrixOp(nn.Module):
         if kernel == "dense":
             self.register_buffer("weight2d", w.clone().contiguous())
             return
+        if kernel == "numba_packet":
+            packets = PacketCSRMatrix.pack(w)
+            self.register_buffer("values", packets.values.contiguous())
+            self.register_buffer("offsets", packets.offsets.contiguous())
+            self.register_buffer("bases", packets.bases.contiguous())
+            ptr_dtype = torch.int32 if packets.packets < 2**31 else torch.int64
+            self.register_buffer("packet_ptr", packets.packet_ptr.to(ptr_dtype).contiguous())
+            return
         if kernel == "torch_bsr":
             fmt = BSRMatrix.pack(w, block=tuple(block))
         else:  # numba_csc stores W by columns: the CSR form of W.T (K, N)
@@ -109,14 +117,29 @@ class _SparseMatrixOp(nn.Module):
         """The (N, K) dense weight, rebuilt from the packed arrays."""
         if self.kernel == "dense":
             return self.weight2d.clone()
+        if self.kernel == "numba_packet":
+            return PacketCSRMatrix(self.values, self.offsets, self.bases, self.packet_ptr, self.matrix_shape).unpack()
         return self._torch_sparse().to_dense()  # (N, K)
 
     @property
     def density(self) -> float:
         """Stored values / N*K (for BSR: stored block elements)."""
         n, k = self.matrix_shape
-        stored = self.weight2d.count_nonzero() if self.kernel == "dense" else self.values.numel()
+        if self.kernel in ("dense", "numba_packet"):  # packets hold zero padding
+            stored = (self.weight2d if self.kernel == "dense" else self.values).count_nonzero()
+        else:
+            stored = self.values.numel()
         return float(stored) / max(n * k, 1)
+
+    @property
+    def index_dtype_name(self) -> str:
+        """The column index dtype(s) read per stored value, e.g. ``int16``; packet CSR:
+        ``uint8+int16`` (offsets + packet bases); dense: ``-``."""
+        if self.kernel == "dense":
+            return "-"
+        if self.kernel == "numba_packet":
+            return "uint8+" + str(self.bases.dtype).replace("torch.", "")
+        return str(self.col_indices.dtype).replace("torch.", "")
 
     def packed_nbytes(self) -> int:
         """Bytes of the buffers this kernel reads (values + indices, or the dense weight)."""
@@ -130,7 +153,10 @@ class _SparseMatrixOp(nn.Module):
         """The packed buffers (and bias) as numpy views for the compiled loops."""
         arrays = self.__dict__.get("_arrays_cache")
         if arrays is None:
-            arrays = numba_csr.as_arrays(self.row_ptr, self.col_indices, self.values, self.bias)
+            if self.kernel == "numba_packet":
+                arrays = numba_csr.as_arrays(self.packet_ptr, self.offsets, self.values, self.bias, self.bases)
+            else:
+                arrays = numba_csr.as_arrays(self.row_ptr, self.col_indices, self.values, self.bias)
             self.__dict__["_arrays_cache"] = arrays
         return arrays
 
@@ -168,6 +194,9 @@ class _SparseMatrixOp(nn.Module):
         if self.kernel == "numba_csr":
             return numba_csr.csr_matmul_t(self.row_ptr, self.col_indices, self.values,
                                           xt.to(torch.float32))
+        if self.kernel == "numba_packet":
+            return numba_csr.csr_matmul_t(self.packet_ptr, self.offsets, self.values, xt.to(torch.float32),
+                                          bases=self.bases)
         return torch.sparse.mm(self._torch_sparse(), xt)
 
 
@@ -202,7 +231,7 @@ class SparseLinear(_SparseMatrixOp):
         return cls(linear.weight, linear.bias, kernel=kernel, block=block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "numba_csr":
+        if self.kernel in ("numba_csr", "numba_packet"):
             out = self._forward_batch1(x)  # needs no grad check: x.numpy() refuses a tensor that requires grad
             if out is not None:
                 return out
@@ -275,8 +304,8 @@ class SparseConv2d(_SparseMatrixOp):
         super().__init__()
         if not isinstance(conv, nn.Conv2d):
             raise ConfigError(f"SparseConv2d expects nn.Conv2d, got {type(conv).__name__}")
-        if kernel == "numba_csc":
-            raise UnsupportedError("kernel 'numba_csc' (zero-skipping, by columns) runs Linear layers only; "
+        if kernel in ("numba_csc", "numba_packet"):
+            raise UnsupportedError(f"kernel {kernel!r} runs Linear layers only; "
                                    "use numba_csr (direct sparse convolution) for convs")
         if conv.groups != 1:
             raise UnsupportedError(f"SparseConv2d supports groups=1 only, got groups={conv.groups} "

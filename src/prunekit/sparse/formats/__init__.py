@@ -20,6 +20,7 @@ from prunekit.sparse.formats.csr import CSRMatrix
 from prunekit.sparse.formats.eie import EIEMatrix
 from prunekit.sparse.formats.huffman import huffman_bits, huffman_code_lengths
 from prunekit.sparse.formats.nm import NMMatrix, check_nm
+from prunekit.sparse.formats.packet_csr import PacketCSRMatrix
 from prunekit.sparse.formats.pattern import FKWWeight, PatternGroup
 from prunekit.sparse.formats.sharing import (
     SharedWeightLinear,
@@ -39,6 +40,7 @@ __all__ = [
     "EIEMatrix",
     "FKWWeight",
     "NMMatrix",
+    "PacketCSRMatrix",
     "PatternGroup",
     "SharedWeightLinear",
     "SparseFormat",

@@ -104,19 +104,24 @@ def _threads(loops) -> int:
 class CSRArrays(NamedTuple):
     """A CSR weight's arrays as numpy views ready for the compiled loops (see :func:`as_arrays`)."""
 
-    row_ptr: np.ndarray  # (N+1,) unsigned
-    col: np.ndarray  # (nnz,) unsigned
-    val: np.ndarray  # (nnz,) fp32
+    row_ptr: np.ndarray  # (N+1,) unsigned (packet CSR: counts packets)
+    col: np.ndarray  # (nnz,) unsigned (packet CSR: (P*16,) uint8 offsets)
+    val: np.ndarray  # (nnz,) fp32 (packet CSR: (P*16,))
     bias: np.ndarray  # (N,) fp32, or (0,) for no bias
-    prefetch_ahead: int  # prefetch distance of the batch-1 loop in nonzeros (0: weight fits in L2)
+    prefetch_ahead: int  # prefetch distance of the batch-1 loop in stored values (0: weight fits in L2)
+    bases: np.ndarray  # (0,) for CSR; packet CSR: (P,) unsigned first column of each packet
 
 
 _NO_BIAS = np.zeros(0, np.float32)
+_NO_BASES = np.zeros(0, np.uint16)  # the loops' mark for plain CSR
 
 
 def as_arrays(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
-              bias: torch.Tensor | None = None) -> CSRArrays:
+              bias: torch.Tensor | None = None, bases: torch.Tensor | None = None) -> CSRArrays:
     """Numpy views (no copy) of a CSR weight's CPU tensors (indices unsigned) and its bias.
+
+    For a packet-CSR weight (:class:`prunekit.sparse.formats.PacketCSRMatrix`) pass its
+    ``packet_ptr``, ``offsets``, ``values`` and ``bases``.
 
     >>> a = as_arrays(torch.tensor([0, 1]), torch.tensor([2], dtype=torch.int16), torch.tensor([3.0]))
     >>> a.col.dtype.name, a.val.tolist(), a.bias.shape
@@ -124,7 +129,8 @@ def as_arrays(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
     """
     bias_np = _NO_BIAS if bias is None else bias.detach().to(torch.float32).numpy()
     col_np, val_np = _unsigned(col), val.numpy()
-    return CSRArrays(_unsigned(row_ptr), col_np, val_np, bias_np, _prefetch_ahead(_loops(), val_np, col_np))
+    return CSRArrays(_unsigned(row_ptr), col_np, val_np, bias_np, _prefetch_ahead(_loops(), val_np, col_np),
+                     _NO_BASES if bases is None else _unsigned(bases))
 
 
 def spmv_into(arrays: CSRArrays, x: np.ndarray, out: np.ndarray) -> None:
@@ -145,16 +151,17 @@ def spmv_into(arrays: CSRArrays, x: np.ndarray, out: np.ndarray) -> None:
     """
     loops = _LOOPS or _loops()
     threads = _threads(loops) if arrays.val.shape[0] >= PARALLEL_MIN_WORK else 1
-    _run_spmv(loops, threads, arrays.row_ptr, arrays.col, arrays.val, x, arrays.bias, out, arrays.prefetch_ahead)
+    _run_spmv(loops, threads, arrays.row_ptr, arrays.bases, arrays.col, arrays.val, x, arrays.bias, out,
+              arrays.prefetch_ahead)
 
 
-def _run_spmv(loops, threads: int, row_ptr: np.ndarray, col: np.ndarray, val: np.ndarray, x: np.ndarray,
-              bias: np.ndarray, out: np.ndarray, ahead: int) -> None:
+def _run_spmv(loops, threads: int, row_ptr: np.ndarray, bases: np.ndarray, col: np.ndarray, val: np.ndarray,
+              x: np.ndarray, bias: np.ndarray, out: np.ndarray, ahead: int) -> None:
     """The compiled batch-1 loop: row-chunk parallel over ``threads`` workers, or serial for 1."""
     if threads > 1:
-        loops.spmv_parallel(row_ptr, col, val, x, bias, out, ahead, threads)
+        loops.spmv_parallel(row_ptr, bases, col, val, x, bias, out, ahead, threads)
     else:
-        loops.spmv_serial(row_ptr, col, val, x, bias, out, ahead)
+        loops.spmv_serial(row_ptr, bases, col, val, x, bias, out, ahead)
 
 
 class ConvPlan(NamedTuple):
@@ -241,10 +248,12 @@ def conv2d(arrays: CSRArrays, plan: ConvPlan, x: torch.Tensor, out_channels: int
     return torch.from_numpy(out)
 
 
-def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt: torch.Tensor,
+                 bases: torch.Tensor | None = None) -> torch.Tensor:
     """Y (N, L) = W @ X for a CSR weight W (N, K) and a dense X (K, L); fp32, CPU.
 
     ``row_ptr`` is int32/int64 (N+1,), ``col`` any integer dtype (nnz,), ``val`` fp32 (nnz,).
+    A packet-CSR weight passes ``packet_ptr``, ``offsets``, ``values`` and its ``bases``.
 
     >>> from prunekit.sparse.formats import CSRMatrix
     >>> m = CSRMatrix.pack(torch.tensor([[0., 2.], [1., 0.], [0., 0.]]))
@@ -256,12 +265,12 @@ def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt
     xtn = _input_array(xt)  # (K, L)
     rows = row_ptr.numel() - 1
     out = torch.empty((rows, xtn.shape[1]), dtype=torch.float32)  # (N, L)
-    args = (_unsigned(row_ptr), _unsigned(col), val.numpy())
+    args = (_unsigned(row_ptr), _NO_BASES if bases is None else _unsigned(bases), _unsigned(col), val.numpy())
     # Small products run serially: waking the thread pool costs more than it saves.
     threads = _threads(loops) if val.numel() * xtn.shape[1] >= PARALLEL_MIN_WORK else 1
     if xtn.shape[1] == 1:
         _run_spmv(loops, threads, *args, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0],
-                  _prefetch_ahead(loops, args[2], args[1]))
+                  _prefetch_ahead(loops, args[3], args[2]))
     else:
         fn = loops.spmm_t_parallel if threads > 1 else loops.spmm_t_serial
         fn(*args, xtn, out.numpy())
