@@ -298,3 +298,14 @@ def test_packet_kernel_counts_bytes_and_reports_density() -> None:
     assert packet.density == pytest.approx(csr.density) and packet.index_dtype_name == "uint8+int16"
     with pytest.raises(UnsupportedError, match="runs Linear layers only"):
         SparseConv2d.from_dense(nn.Conv2d(2, 2, 3), kernel="numba_packet")
+
+
+def test_auto_picks_packets_for_a_linear_only_where_they_are_smaller() -> None:
+    lin = nn.Linear(4096, 16).eval()
+    with torch.no_grad():
+        lin.weight.copy_(pruned_weight(16, 4096, 0.9, seed=1))
+    assert SparseLinear.from_dense(lin).kernel == "numba_packet"
+    with torch.no_grad():
+        lin.weight.copy_(pruned_weight(16, 4096, 0.98, seed=1))  # packets mostly padding here
+    assert SparseLinear.from_dense(lin).kernel == "numba_csr"
+    assert SparseConv2d.from_dense(_pruned_conv(0.9, in_channels=64, out_channels=8, kernel_size=3)).kernel == "numba_csr"

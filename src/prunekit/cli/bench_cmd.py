@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sparsities", type=_fractions, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98], metavar="S,...",
                    help="default 0.5,0.7,0.8,0.9,0.95,0.98")
     p.add_argument("--kernels", type=_names, metavar="K,...",
-                   help="sparse kernels to time (default: all available: torch_csr, torch_bsr, numba_csr, numba_csc)")
+                   help="sparse kernels to time (default: all available: torch_csr, torch_bsr, numba_csr, numba_packet, numba_csc)")
     p.add_argument("--repeats", type=positive_int, default=20, help="interleaved timed repeats (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
     p.add_argument("--regime", choices=("warm", "evicted", "flushed"), default="warm",

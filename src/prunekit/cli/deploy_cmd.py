@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
                    help="use N real test batches (see --dataset/--data) for the example input and the "
                    "activation-sparsity column (default 0: one random input)")
     p.add_argument("--candidates", metavar="K,...",
-                   help="sparse kernels to try (default: all available: torch_csr, torch_bsr, numba_csr, numba_csc)")
+                   help="sparse kernels to try (default: all available: torch_csr, torch_bsr, numba_csr, numba_packet, numba_csc)")
     p.add_argument("--repeats", type=positive_int, default=20, help="interleaved timed repeats (default 20)")
     p.add_argument("--margin", type=float, default=0.05,
                    help="a sparse kernel must be this much faster than dense, twice (default 0.05)")

@@ -129,7 +129,8 @@ def _packet_dot(typingctx, bases, offsets, val, x, p0, p1):  # pragma: no cover 
 def _prefetch_span(col, val, start, stop, ahead, col_step):  # pragma: no cover - compiled
     """Prefetch the values and indices ``ahead`` positions past [start, stop), one index line
     per ``col_step`` indices (a constant at each call: a step computed at run time, e.g.
-    ``64 // col.itemsize``, made the whole CSR loop 25 % slower in cache)."""
+    ``64 // col.itemsize``, made the whole CSR loop slower in cache: 0.64 vs 0.51 ms for a
+    4096x4096 90 %-sparse weight, measured once while building it)."""
     end = min(stop + ahead, val.shape[0])
     for k in range(start + ahead, end, 16):  # 16 fp32 values per 64-byte line
         _prefetch(val, k)
