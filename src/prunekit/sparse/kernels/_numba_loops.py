@@ -83,7 +83,8 @@ def _packet_dot(typingctx, bases, offsets, val, x, p0, p1):  # pragma: no cover 
     Written in LLVM IR: one 16-lane accumulator for the whole row (a horizontal sum only at the
     end), per packet a 16-byte offset load, one 16-lane gather (base pointer + 32-bit indices:
     ``vgatherdps`` on AVX-512) and a 64-byte value load. numba's own vectoriser cannot see that
-    a packet's 16 lanes share one base, so the same loop written in Python gathers the base too.
+    a packet's 16 lanes share one base, so the same loop written in Python gathers the base too
+    and is slower when the weight is in cache (``benchmarks/prototypes/packet_loops.py``).
     """
     def codegen(context, builder, signature, args):
         basep, offp, valp, xp = (_data(context, builder, t, a) for t, a in zip(signature.args[:4], args[:4]))
