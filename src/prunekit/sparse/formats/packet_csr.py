@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from prunekit.sparse.formats.base import SparseFormat, as_matrix, index_dtype
+from prunekit.sparse.formats.csr import CSRMatrix
 
 PACKET = 16  # values per packet: one 16-lane fp32 vector
 MAX_OFFSET = 255  # uint8 offsets
@@ -70,12 +71,11 @@ class PacketCSRMatrix(SparseFormat):
     @classmethod
     def pack(cls, dense: torch.Tensor) -> PacketCSRMatrix:
         """Store the nonzeros of ``dense`` (>= 2-D; trailing dims are flattened)."""
-        mat, shape = as_matrix(dense, "PacketCSRMatrix")  # (R, C)
-        rows, cols = mat.shape
-        nonzero = mat != 0  # (R, C)
-        row_t, col_t = nonzero.nonzero(as_tuple=True)  # row-major order
-        row, col = row_t.numpy(), col_t.numpy()  # (nnz,)
-        vals = mat[nonzero]  # (nnz,)
+        as_matrix(dense, "PacketCSRMatrix")  # checks the input, naming this format
+        csr = CSRMatrix.pack(dense)  # the nonzeros in row-major order
+        rows, cols = csr.matrix_shape
+        row, col = csr.row_indices().numpy(), csr.col_indices.to(torch.int64).numpy()  # (nnz,)
+        vals = csr.values  # (nnz,)
         starts = _packet_starts(row, col)  # (P,)
         ends = np.append(starts[1:], row.shape[0])  # (P,)
         lane = np.arange(PACKET)  # (16,)
@@ -85,7 +85,7 @@ class PacketCSRMatrix(SparseFormat):
         base = col[starts] if starts.size else np.zeros(0, np.int64)  # (P,)
         offsets = np.where(real, col[take] - base[:, None], 0)  # (P, 16) ... at offset 0
         real_t = torch.from_numpy(real.reshape(-1))
-        values = torch.zeros(starts.size * PACKET, dtype=mat.dtype)  # (P*16,)
+        values = torch.zeros(starts.size * PACKET, dtype=vals.dtype)  # (P*16,)
         values[real_t] = vals[torch.from_numpy(take.reshape(-1)[real.reshape(-1)])]
         per_row = np.bincount(row[starts], minlength=rows) if starts.size else np.zeros(rows, np.int64)
         packet_ptr = np.concatenate([[0], np.cumsum(per_row)])  # (R+1,)
@@ -94,7 +94,7 @@ class PacketCSRMatrix(SparseFormat):
             offsets=torch.from_numpy(offsets.reshape(-1).astype(np.uint8)),
             bases=torch.from_numpy(base.astype(np.int64)).to(index_dtype(max(cols - 1, 0))),
             packet_ptr=torch.from_numpy(packet_ptr.astype(np.int64)).to(index_dtype(int(starts.size))),
-            shape=shape,
+            shape=csr.shape,
         )
 
     @property
