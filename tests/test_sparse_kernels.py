@@ -245,11 +245,12 @@ def test_without_numba_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch) -> N
     from prunekit.sparse.kernels import numba_csr
 
     monkeypatch.setattr(numba_csr, "AVAILABLE", False)
-    assert "numba_csr" not in available_kernels()
+    assert "numba_csr" not in available_kernels() and "numba_packet" not in available_kernels()
     lin = _sparse_(nn.Linear(16, 8), 0.9)
     assert SparseLinear.from_dense(lin).kernel == "torch_csr"
-    with pytest.raises(ConfigError, match="pip install numba"):
-        SparseLinear.from_dense(lin, kernel="numba_csr")
+    for kernel in ("numba_csr", "numba_packet"):
+        with pytest.raises(ConfigError, match="pip install numba"):
+            SparseLinear.from_dense(lin, kernel=kernel)
     with pytest.raises(ConfigError, match="not available on this machine"):
         deploy(nn.Sequential(lin), torch.randn(1, 16), candidates=["numba_csr"])
     _, report = deploy(nn.Sequential(lin), torch.randn(1, 16), repeats=1, warmup=0, threads=1)
