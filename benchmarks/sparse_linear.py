@@ -7,7 +7,7 @@ previous call left in the caches), evicted (both layers' weights and the input a
 the caches before every timed call: they stream from DRAM) and flushed (the whole cache is flushed
 before every timed call, the interpreter's data included).
 
-    python benchmarks/sparse_linear.py                       # full run (~15 min on a quiet 2-core box)
+    python benchmarks/sparse_linear.py                       # full run (~35 min on the 2-core box)
     python benchmarks/sparse_linear.py --quick               # small smoke run
     GOMP_SPINCOUNT=10000 python benchmarks/sparse_linear.py --headline-only \
         --out benchmarks/results/sparse_headline_spincount.md   # the goal cell only, other env
