@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
-from prunekit.sparse.formats import BSRMatrix, CSRMatrix, PacketCSRMatrix, check_nm
+from prunekit.sparse.formats import BSRMatrix, CSRMatrix, PacketCSRMatrix, check_nm, index_dtype
 from prunekit.sparse.kernels import KERNELS, NUMBA_KERNELS, numba_available, numba_csr
 
 DEFAULT_BLOCK: tuple[int, int] = (4, 4)
@@ -73,8 +73,12 @@ def auto_linear_kernel(weight: torch.Tensor) -> str:
     """
     kernel = resolve_kernel("auto")
     if kernel == "numba_csr":
-        w = weight.detach().cpu()
-        if PacketCSRMatrix.pack(w).nbytes() < CSRMatrix.pack(w).nbytes():
+        packets = PacketCSRMatrix.pack(weight.detach().cpu())
+        rows, cols = packets.matrix_shape
+        nnz = packets.nnz  # CSR's bytes follow from it: values, smallest column and pointer dtypes
+        csr_bytes = (nnz * (packets.values.element_size() + index_dtype(max(cols - 1, 0)).itemsize)
+                     + (rows + 1) * index_dtype(nnz).itemsize)
+        if packets.nbytes() < csr_bytes:
             return "numba_packet"
     return kernel
 
