@@ -1,6 +1,6 @@
 """Sparse vs dense on this CPU: a 4096x4096 fp32 Linear, and two pruned models after ``deploy``.
 
-Writes benchmarks/results/sparse.md. Every ratio is measured within one run: each kernel's repeats
+Writes benchmarks/results/sparse.md (``--headline-only``: sparse_headline.md). Every ratio is measured within one run: each kernel's repeats
 are interleaved with dense's (``prunekit.metrics.compare_latency``, one kernel at a time) and
 medians are compared. Three cache regimes (``prunekit.sparse.bench``): warm (each call finds what its
 previous call left in the caches), evicted (both layers' weights and the input are flushed from
@@ -9,6 +9,7 @@ before every timed call, the interpreter's data included).
 
     python benchmarks/sparse_linear.py                       # full run (~35 min on the 2-core box)
     python benchmarks/sparse_linear.py --quick               # small smoke run
+    python benchmarks/sparse_linear.py --headline-only       # the goal cell only (~9 min)
     GOMP_SPINCOUNT=10000 python benchmarks/sparse_linear.py --headline-only \
         --out benchmarks/results/sparse_headline_spincount.md   # the goal cell only, other env
 """
@@ -39,6 +40,7 @@ from prunekit.sparse.kernels.evict import evict_available
 from prunekit.targets import select
 
 RESULTS = Path(__file__).parent / "results" / "sparse.md"
+HEADLINE = RESULTS.with_name("sparse_headline.md")  # --headline-only's default, so it never replaces the full run
 # The kernels this script's recorded run compared (numba_csc, the zero-skipping kernel added later,
 # has its own benchmark: activation_sparsity.py).
 KERNELS = ["torch_csr", "torch_bsr", "numba_csr", "numba_packet"]
@@ -124,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (smoke test)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=5, help="independent rounds of the batch-1, 90 %% cell")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help=f"default {RESULTS.name}, or {HEADLINE.name} with --headline-only")
     parser.add_argument("--headline-only", action="store_true",
                         help="only the batch-1, 90 %% goal cell (e.g. to repeat it under other OpenMP settings)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = HEADLINE if args.headline_only else RESULTS
     shape = (512, 512) if args.quick else (4096, 4096)
     batches = [1, 16, 128]
     sparsities = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
