@@ -214,12 +214,8 @@ class _SparseMatrixOp(nn.Module):
         """Y (N, L) = W (N, K) @ X (K, L)."""
         if self.kernel == "dense":
             return self.weight2d @ xt
-        if self.kernel == "numba_csr":
-            return numba_csr.csr_matmul_t(self.row_ptr, self.col_indices, self.values,
-                                          xt.to(torch.float32))
-        if self.kernel == "numba_packet":
-            return numba_csr.csr_matmul_t(self.packet_ptr, self.offsets, self.values, xt.to(torch.float32),
-                                          bases=self.bases)
+        if self.kernel in ("numba_csr", "numba_packet"):
+            return numba_csr.matmul_t(self._numba_arrays(), xt.to(torch.float32))
         return torch.sparse.mm(self._torch_sparse(), xt)
 
 

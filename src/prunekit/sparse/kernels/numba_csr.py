@@ -261,19 +261,24 @@ def csr_matmul_t(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt
     >>> csr_matmul_t(m.row_ptr.int(), m.col_indices, m.values, x).tolist()
     [[6.0, 8.0], [1.0, 2.0], [0.0, 0.0]]
     """
-    loops = _loops()
+    return matmul_t(as_arrays(row_ptr, col, val, bases=bases), xt)
+
+
+def matmul_t(arrays: CSRArrays, xt: torch.Tensor) -> torch.Tensor:
+    """Y (N, L) = W @ X (K, L) for the CSR or packet-CSR weight in ``arrays`` (its bias is not
+    added); fp32, CPU. The modules call this with their cached views.
+    """
+    loops = _LOOPS or _loops()
     xtn = _input_array(xt)  # (K, L)
-    rows = row_ptr.numel() - 1
-    out = torch.empty((rows, xtn.shape[1]), dtype=torch.float32)  # (N, L)
-    args = (_unsigned(row_ptr), _NO_BASES if bases is None else _unsigned(bases), _unsigned(col), val.numpy())
+    out = torch.empty((arrays.row_ptr.shape[0] - 1, xtn.shape[1]), dtype=torch.float32)  # (N, L)
+    weight = (arrays.row_ptr, arrays.bases, arrays.col, arrays.val)
     # Small products run serially: waking the thread pool costs more than it saves.
-    threads = _threads(loops) if val.numel() * xtn.shape[1] >= PARALLEL_MIN_WORK else 1
+    threads = _threads(loops) if arrays.val.shape[0] * xtn.shape[1] >= PARALLEL_MIN_WORK else 1
     if xtn.shape[1] == 1:
-        _run_spmv(loops, threads, *args, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0],
-                  _prefetch_ahead(loops, args[3], args[2]))
+        _run_spmv(loops, threads, *weight, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0], arrays.prefetch_ahead)
     else:
         fn = loops.spmm_t_parallel if threads > 1 else loops.spmm_t_serial
-        fn(*args, xtn, out.numpy())
+        fn(*weight, xtn, out.numpy())
     return out
 
 
