@@ -71,25 +71,30 @@ def auto_linear_kernel(weight: torch.Tensor) -> str:
     >>> auto_linear_kernel(w) if numba_available() else "numba_packet"
     'numba_packet'
     """
-    kernel = resolve_kernel("auto")
-    if kernel == "numba_csr":
-        packets = PacketCSRMatrix.pack(weight.detach().cpu())
-        rows, cols = packets.matrix_shape
-        nnz = packets.nnz  # CSR's bytes follow from it: values, smallest column and pointer dtypes
-        csr_bytes = (nnz * (packets.values.element_size() + index_dtype(max(cols - 1, 0)).itemsize)
-                     + (rows + 1) * index_dtype(nnz).itemsize)
-        if packets.nbytes() < csr_bytes:
-            return "numba_packet"
-    return kernel
+    return "numba_packet" if _smaller_packets(weight) is not None else resolve_kernel("auto")
+
+
+def _smaller_packets(weight: torch.Tensor) -> PacketCSRMatrix | None:
+    """The packet-CSR form of ``weight`` if numba is here and it takes fewer bytes than CSR, else None."""
+    if resolve_kernel("auto") != "numba_csr":
+        return None
+    packets = PacketCSRMatrix.pack(weight.detach().cpu())
+    rows, cols = packets.matrix_shape
+    nnz = packets.nnz  # CSR's bytes follow from it: values, smallest column and pointer dtypes
+    csr_bytes = (nnz * (packets.values.element_size() + index_dtype(max(cols - 1, 0)).itemsize)
+                 + (rows + 1) * index_dtype(nnz).itemsize)
+    return packets if packets.nbytes() < csr_bytes else None
 
 
 class _SparseMatrixOp(nn.Module):
     """Holds one packed (N, K) weight matrix for one kernel and multiplies it by a dense matrix."""
 
-    def _pack(self, weight2d: torch.Tensor, kernel: str, block: tuple[int, int] | None) -> None:
+    def _pack(self, weight2d: torch.Tensor, kernel: str, block: tuple[int, int] | None,
+              packets: PacketCSRMatrix | None = None) -> None:
         """Register the buffers ``kernel`` needs for the (N, K) fp32 matrix ``weight2d``.
 
-        ``block`` (BSR only): None picks :func:`fitting_block`.
+        ``block`` (BSR only): None picks :func:`fitting_block`. ``packets`` (numba_packet only):
+        ``weight2d`` already packed, e.g. by ``kernel="auto"``'s size comparison.
         """
         w = weight2d.detach().cpu()
         if block is None:
@@ -106,7 +111,7 @@ class _SparseMatrixOp(nn.Module):
             self.register_buffer("weight2d", w.clone().contiguous())
             return
         if kernel == "numba_packet":
-            packets = PacketCSRMatrix.pack(w)
+            packets = PacketCSRMatrix.pack(w) if packets is None else packets
             self.register_buffer("values", packets.values.contiguous())
             self.register_buffer("offsets", packets.offsets.contiguous())
             self.register_buffer("bases", packets.bases.contiguous())
@@ -238,7 +243,9 @@ class SparseLinear(_SparseMatrixOp):
         if weight.ndim != 2:
             raise ConfigError(f"SparseLinear needs a 2-D weight (out, in), got shape {tuple(weight.shape)}")
         self.out_features, self.in_features = (int(s) for s in weight.shape)
-        self._pack(weight, auto_linear_kernel(weight) if kernel == "auto" else resolve_kernel(kernel), block)
+        packets = _smaller_packets(weight) if kernel == "auto" else None
+        kernel = "numba_packet" if packets is not None else resolve_kernel(kernel)
+        self._pack(weight, kernel, block, packets)
         self.register_buffer("bias", None if bias is None else bias.detach().cpu().clone())
 
     @classmethod
