@@ -170,24 +170,108 @@ def test_from_zeros_and_report() -> None:
     assert abs(masks.sparsity() - sum(r.zeros for r in rows) / sum(r.numel for r in rows)) < 1e-12
 
 
-def test_deepcopy_of_an_enforced_model() -> None:
+def _prunekit_hooks(model: nn.Module) -> int:
+    from prunekit.masks import _Detached, _PrunekitHook, _ZeroPrunedGrad
+
+    n = 0
+    for m in model.modules():
+        n += sum(isinstance(h, (_PrunekitHook, _Detached)) for h in m._forward_pre_hooks.values())
+        for p in m.parameters(recurse=False):
+            n += sum(isinstance(h, _ZeroPrunedGrad) for h in (p._backward_hooks or {}).values())
+    return n
+
+
+def test_deepcopy_of_an_enforced_model_carries_no_enforcement() -> None:
     model = _net()
     masks = _random_masks(model).apply(model)
     clone = copy.deepcopy(model)
     x = torch.randn(2, 3, 6, 6)
     model.eval(), clone.eval()
-    assert torch.equal(clone(x), model(x))
-    # the copy re-zeroes before its own forward, and touches only its own weights
+    assert torch.equal(clone(x), model(x))  # same weights, zeros included
+    assert _prunekit_hooks(clone) == 0  # the copy's inert hooks removed themselves on its forward
+    # the copy is a plain model: nothing re-zeroes its weights, and the original is untouched
     with torch.no_grad():
         clone[0].weight.add_(1.0)
     clone(x)
-    assert _pruned_are_zero(clone, masks) and _pruned_are_zero(model, masks)
-    assert bool((model[0].weight[masks["0"]] != clone[0].weight[masks["0"]]).all())
-    # full enforcement of the copy (grads and optimizer steps too): apply a mask set to it
+    assert not _pruned_are_zero(clone, masks) and _pruned_are_zero(model, masks)
+    # full enforcement of the copy: apply a mask set to it
     clone_masks = Masks(masks).apply(clone)
     clone.train()
     _train(clone, torch.optim.SGD(clone.parameters(), lr=0.05, momentum=0.9), 5,
            check=lambda: _pruned_are_zero(clone, clone_masks))
+
+
+def test_deepcopy_then_remove_leaves_no_prunekit_hook_anywhere() -> None:
+    model = _net()
+    masks = _random_masks(model).apply(model)
+    assert _prunekit_hooks(model) == 4  # a pre-hook and a grad hook per target
+    clone = copy.deepcopy(model)
+    assert _prunekit_hooks(clone) == 2  # inert copies of the pre-hooks, until remove() or a forward
+    masks.remove()
+    assert _prunekit_hooks(model) == 0 and _prunekit_hooks(clone) == 0
+
+
+def test_thousand_prunes_leave_no_live_hooks_or_models() -> None:
+    import gc
+    import weakref
+
+    from torch.optim.optimizer import _global_optimizer_post_hooks
+
+    from prunekit import Element, Global, Magnitude, prune
+
+    gc.collect()
+    hooks_before = len(_global_optimizer_post_hooks)
+    refs = []
+    for i in range(1000):
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        masks = prune(model, select(model), Magnitude(), Element(), Global(0.5))
+        refs.append((weakref.ref(model), weakref.ref(masks)))
+        if i == 0:
+            assert len(_global_optimizer_post_hooks) == hooks_before + 1
+    del model, masks
+    gc.collect()
+    assert all(m() is None and k() is None for m, k in refs)
+    assert len(_global_optimizer_post_hooks) == hooks_before
+
+
+def test_enforcement_outlives_the_masks_object_but_not_the_model() -> None:
+    import gc
+
+    model = _net()
+    _random_masks(model).apply(model)  # the Masks object is dropped at once
+    gc.collect()
+    masks = _random_masks(model)  # same masks, not applied: to check against
+    _train(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), 3,
+           check=lambda: _pruned_are_zero(model, masks))
+
+
+def test_update_monotone_and_enforced_in_place() -> None:
+    model = _net()
+    masks = _random_masks(model, keep=0.6).apply(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(model, opt, 3)
+    new = _random_masks(model, keep=0.6, seed=7)
+    old = {n: m.clone() for n, m in masks.items()}
+    masks.update(dict(new), monotone=True)
+    for n in masks:
+        assert torch.equal(masks[n], old[n] & new[n])
+    assert _pruned_are_zero(model, masks)
+    # momentum buffers of the newly pruned weights are non-zero: enforcement must still hold
+    _train(model, opt, 5, check=lambda: _pruned_are_zero(model, masks))
+    masks.update(dict(new))  # non-monotone: pruned weights may come back (as zeros)
+    assert all(torch.equal(masks[n], new[n]) for n in masks)
+    with pytest.raises(ConfigError, match="has shape"):
+        masks.update({"0": torch.ones(2, 2, dtype=torch.bool)})
+
+
+def test_applied_restores_weights_bit_exactly() -> None:
+    model = _net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = _random_masks(model)
+    with masks.applied(model):
+        assert _pruned_are_zero(model, masks)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert _prunekit_hooks(model) == 0
 
 
 def _compiled_matches(backend: str) -> None:

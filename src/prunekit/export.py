@@ -17,7 +17,6 @@ True
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
 from prunekit.io import atomic_write
+from prunekit.masks import clean_copy
 from prunekit.metrics.macs import eval_mode
 from prunekit.sparse.modules import SparseConv2d, SparseLinear
 
@@ -38,7 +38,7 @@ def densify(model: nn.Module) -> nn.Module:
     >>> type(densify(m)[0]).__name__
     'Linear'
     """
-    out = copy.deepcopy(model)
+    out = clean_copy(model)
     if isinstance(out, (SparseLinear, SparseConv2d)):
         return out.to_dense()
     for name, module in list(out.named_modules()):

@@ -26,8 +26,11 @@ The model stays a plain ``nn.Module``: same state-dict keys, ``copy.deepcopy`` a
 
 from __future__ import annotations
 
+import copy
 import os
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,11 +57,47 @@ def module_of(key: str) -> str:
     return key.split(COUPLED_SEP, 1)[0]
 
 
-class _ZeroPrunedBeforeForward:
+class _PrunekitHook:
+    """Base of every hook prunekit registers on a user's model (see :func:`strip_hooks`).
+
+    A deep copy of a model copies its forward pre-hooks. A prunekit hook does not carry its
+    enforcement into the copy: the copy gets an inert :class:`_Detached` hook, which removes
+    itself on the copy's first forward, and which ``Masks.remove()`` of the original removes too.
+    """
+
+    def __init__(self, enforcement: _Enforcement) -> None:
+        self.enforcement = enforcement  # the model owns its enforcement through its hooks
+        self.hooks_dict: weakref.ref | None = None  # the hook dict this hook lives in (set on registration)
+        self.key: int | None = None
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (_Detached, ())  # a pickled model carries no enforcement either
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Detached:
+        detached = _Detached()
+        enforcement = self.enforcement
+        hooks = self.hooks_dict() if self.hooks_dict is not None else None
+        new_dict = memo.get(id(hooks)) if hooks is not None else None
+        if enforcement is not None and new_dict is not None and self.key is not None:
+            enforcement.copies.append((weakref.ref(new_dict), self.key))
+        return detached
+
+
+class _Detached:
+    """What a prunekit hook becomes in a copy of the model: it does nothing and removes itself."""
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if hook is self:
+                del module._forward_pre_hooks[key]
+
+
+class _ZeroPrunedBeforeForward(_PrunekitHook):
     """Forward pre-hook: re-zero the pruned weights if the parameter changed since last time."""
 
-    def __init__(self, mask: torch.Tensor, param_name: str) -> None:
-        self.pruned, self.param_name = ~mask, param_name  # True where the weight must be 0
+    def __init__(self, enforcement: _Enforcement, pruned: torch.Tensor, param_name: str) -> None:
+        super().__init__(enforcement)
+        self.pruned, self.param_name = pruned, param_name  # True where the weight must be 0
         self.seen: tuple[int, int] | None = None  # (id(param), version) after the last re-zero
 
     def __call__(self, module: nn.Module, args: Any) -> None:
@@ -70,13 +109,88 @@ class _ZeroPrunedBeforeForward:
 
 
 class _ZeroPrunedGrad:
-    """Tensor gradient hook: pruned entries of the gradient set to 0."""
+    """Tensor gradient hook: pruned entries of the gradient set to 0 (parameters' deep copies drop it)."""
 
-    def __init__(self, mask: torch.Tensor) -> None:
-        self.pruned = ~mask
+    def __init__(self, pruned: torch.Tensor) -> None:
+        self.pruned = pruned
 
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
         return grad.masked_fill(self.pruned.to(grad.device), 0)
+
+
+class _Enforcement:
+    """The live enforcement of one :class:`Masks` on one model.
+
+    Owned by the model (its forward pre-hooks hold it) and by the ``Masks`` object; the one
+    process-wide optimizer hook holds it only weakly, and is removed when it is collected, so a
+    discarded model frees its masks and hooks.
+    """
+
+    def __init__(self) -> None:
+        # id(param) -> (weak param, weak forward pre-hook); weak, so the hooks own this and not the reverse
+        self.params: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+        self.handles: list[RemovableHandle] = []
+        self.copies: list[tuple[weakref.ref, int]] = []  # (hook dict of a deep copy, key) to clean up
+        ref = weakref.ref(self)
+        handle = register_optimizer_step_post_hook(
+            lambda optimizer, args, kwargs: _after_step(ref, optimizer)
+        )
+        weakref.finalize(self, handle.remove)
+        self.handles.append(handle)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.params.clear()
+        for dict_ref, key in self.copies:
+            hooks = dict_ref()
+            if hooks is not None:
+                hooks.pop(key, None)
+        self.copies.clear()
+
+
+def _after_step(ref: weakref.ref, optimizer: torch.optim.Optimizer) -> None:
+    """Optimizer step post-hook: re-zero the pruned weights of the parameters ``optimizer`` owns."""
+    enforcement = ref()
+    if enforcement is None or not enforcement.params:
+        return
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                hit = enforcement.params.get(id(p))
+                pre = hit[1]() if hit is not None and hit[0]() is p else None
+                if pre is not None:
+                    p.masked_fill_(pre.pruned, 0)
+                    pre.seen = (id(p), p._version)  # the pre-hook need not redo it
+
+
+def strip_hooks(model: nn.Module) -> nn.Module:
+    """Remove every prunekit hook from ``model`` (e.g. a copy of an enforced model); returns it.
+
+    >>> import copy, torch, torch.nn as nn
+    >>> m = nn.Linear(4, 2)
+    >>> masks = Masks({"": torch.ones(2, 4, dtype=torch.bool)}).apply(m)
+    >>> clone = strip_hooks(copy.deepcopy(m))
+    >>> len(clone._forward_pre_hooks), len(m._forward_pre_hooks)
+    (0, 1)
+    >>> masks.remove()
+    """
+    for module in model.modules():
+        hooks = module._forward_pre_hooks
+        for key in [k for k, h in hooks.items() if isinstance(h, (_PrunekitHook, _Detached))]:
+            del hooks[key]
+        for p in module.parameters(recurse=False):
+            bw = p._backward_hooks
+            if bw:
+                for key in [k for k, h in bw.items() if isinstance(h, _ZeroPrunedGrad)]:
+                    del bw[key]
+    return model
+
+
+def clean_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without any prunekit hook (weights as they are, zeros included)."""
+    return strip_hooks(copy.deepcopy(model))
 
 
 @dataclass(frozen=True)
@@ -106,9 +220,10 @@ class Masks(Mapping[str, torch.Tensor]):
         if isinstance(masks, Masks):
             self.param_names.update(masks.param_names)
         self.param_names.update(dict(param_names or {}))
-        self._handles: list[RemovableHandle] = []
-        self._model: nn.Module | None = None
-        self._params: dict[int, tuple[nn.Parameter, torch.Tensor, _ZeroPrunedBeforeForward]] = {}
+        self._enforcement: _Enforcement | None = None
+        self._model_ref: weakref.ref | None = None  # the model last applied to (held weakly)
+        # name -> (forward pre-hook, grad hook or None) of the enforced targets
+        self._bound: dict[str, tuple[_ZeroPrunedBeforeForward, _ZeroPrunedGrad | None]] = {}
 
     # -- mapping ----------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -126,7 +241,11 @@ class Masks(Mapping[str, torch.Tensor]):
 
     @property
     def enforced(self) -> bool:
-        return bool(self._handles)
+        return self._enforcement is not None
+
+    @property
+    def _model(self) -> nn.Module | None:
+        return self._model_ref() if self._model_ref is not None else None
 
     @property
     def target_names(self) -> list[str]:
@@ -152,6 +271,8 @@ class Masks(Mapping[str, torch.Tensor]):
 
     # -- binding to a model -----------------------------------------------------------------
     def _resolve(self, model: nn.Module) -> list[tuple[str, nn.Module, nn.Parameter, torch.Tensor]]:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"masks apply to an nn.Module, got {type(model).__name__}")
         names = [n for n, _ in model.named_modules()]
         out = []
         for name, mask in self._masks.items():
@@ -173,38 +294,117 @@ class Masks(Mapping[str, torch.Tensor]):
         return out
 
     def apply(self, model: nn.Module, enforce: bool = True) -> Masks:
-        """Zero the pruned weights of ``model``; with ``enforce`` keep them zero while training."""
+        """Zero the pruned weights of ``model``; with ``enforce`` keep them zero while training.
+
+        Enforcement lives exactly as long as the model: the hooks are the model's, the one
+        optimizer hook holds them weakly, and copies of the model do not inherit it.
+        """
         self.remove()
         bound = self._resolve(model)
         with torch.no_grad():
             for _, _, param, mask in bound:
                 param.masked_fill_(~mask, 0)
-        self._model = model
+        self._model_ref = weakref.ref(model)
         if enforce:
+            enforcement = _Enforcement()
             for name, module, param, mask in bound:
-                pre = _ZeroPrunedBeforeForward(mask, self.param_names[name])
-                self._handles.append(module.register_forward_pre_hook(pre))
+                pruned = ~mask
+                pre = _ZeroPrunedBeforeForward(enforcement, pruned, self.param_names[name])
+                handle = module.register_forward_pre_hook(pre)
+                pre.hooks_dict, pre.key = weakref.ref(module._forward_pre_hooks), handle.id
+                enforcement.handles.append(handle)
+                grad = None
                 if param.requires_grad:
-                    self._handles.append(param.register_hook(_ZeroPrunedGrad(mask)))
-                self._params[id(param)] = (param, mask, pre)
-            self._handles.append(register_optimizer_step_post_hook(self._after_step))
+                    grad = _ZeroPrunedGrad(pruned)
+                    enforcement.handles.append(param.register_hook(grad))
+                pre.seen = (id(param), param._version)
+                enforcement.params[id(param)] = (weakref.ref(param), weakref.ref(pre))
+                self._bound[name] = (pre, grad)
+            self._enforcement = enforcement
         return self
-
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        with torch.no_grad():
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    hit = self._params.get(id(p))
-                    if hit is not None and hit[0] is p:
-                        p.masked_fill_(hit[2].pruned, 0)
-                        hit[2].seen = (id(p), p._version)  # the pre-hook need not redo it
 
     def remove(self) -> None:
         """Stop enforcing (weights stay as they are; pruned ones are zero right after ``apply``)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._params.clear()
+        if self._enforcement is not None:
+            self._enforcement.remove()
+        self._enforcement = None
+        self._bound.clear()
+
+    def update(self, new: Mapping[str, torch.Tensor], monotone: bool = False) -> Masks:
+        """Replace some or all masks (e.g. re-pruning during training) and zero what they prune.
+
+        With ``monotone`` a weight once pruned stays pruned (``new & old``). Enforcement, if on,
+        continues with the new masks (hooks updated in place). Names not yet masked are added.
+
+        >>> import torch, torch.nn as nn
+        >>> m = nn.Linear(4, 1)
+        >>> masks = Masks({"": torch.tensor([[True, True, True, False]])}).apply(m)
+        >>> _ = masks.update({"": torch.tensor([[False, True, True, True]])}, monotone=True)
+        >>> masks[""].tolist(), int((m.weight == 0).sum())
+        ([[False, True, True, False]], 2)
+        >>> masks.remove()
+        """
+        added = []
+        for name, m in new.items():
+            if not isinstance(m, torch.Tensor):
+                raise ConfigError(f"mask of {name!r} must be a tensor, got {type(m).__name__}")
+            m = m.detach().to(torch.bool)
+            old = self._masks.get(name)
+            if old is None:
+                added.append(name)
+                self.param_names.setdefault(name, "weight")
+            elif tuple(old.shape) != tuple(m.shape):
+                raise ConfigError(
+                    f"update: new mask of {name!r} has shape {tuple(m.shape)}, the current one {tuple(old.shape)}"
+                )
+            elif monotone:
+                m = m & old.to(m.device)
+            self._masks[name] = m
+        model = self._model
+        if model is None:
+            return self
+        if added or not self.enforced:
+            return self.apply(model, enforce=self.enforced)
+        with torch.no_grad():
+            for name, _, param, mask in self._resolve(model):
+                if name not in new:
+                    continue
+                pre, grad = self._bound[name]
+                pre.pruned = ~mask
+                if grad is not None:
+                    grad.pruned = pre.pruned
+                param.masked_fill_(pre.pruned, 0)
+                pre.seen = (id(param), param._version)
+        return self
+
+    @contextmanager
+    def applied(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Temporarily zero the pruned weights of ``model`` (no hooks); restore them on exit.
+
+        For probing (sensitivity scans prune each layer many times): only the masked-out values
+        are saved and written back, so the weights are bit-identical afterwards.
+
+        >>> import torch, torch.nn as nn
+        >>> m = nn.Linear(2, 1)
+        >>> with torch.no_grad(): _ = m.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        >>> with Masks({"": torch.tensor([[True, False]])}).applied(m):
+        ...     m.weight.tolist()
+        [[1.0, 0.0]]
+        >>> m.weight.tolist()
+        [[1.0, 2.0]]
+        """
+        bound = self._resolve(model)
+        saved = []
+        with torch.no_grad():
+            for _, _, param, mask in bound:
+                saved.append((param, ~mask, param[~mask].clone()))
+                param.masked_fill_(~mask, 0)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for param, pruned, values in saved:
+                    param[pruned] = values
 
     def make_permanent(self, model: nn.Module | None = None) -> nn.Module:
         """Zero the pruned weights one last time and remove every hook; returns the model."""

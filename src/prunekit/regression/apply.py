@@ -18,13 +18,13 @@ writes the reconstructed weight into the consumer (the plan API carries indices 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
+from prunekit.masks import clean_copy
 from prunekit.regression.channel_selection import LayerSelection
 from prunekit.structure import DependencyGraph, PruningPlan, make_plan
 from prunekit.structure.groups import AxisRef
@@ -79,7 +79,7 @@ def apply_selection(
     dropped = set(range(c_in)) - kept
     units = units_for_input_channels(graph, consumer, dropped)
     plan = make_plan(graph, units, {"method": "regression", "consumer": consumer})
-    small = plan.apply(copy.deepcopy(model))
+    small = plan.apply(clean_copy(model))
     layer = small.get_submodule(consumer)
     if tuple(layer.weight.shape) != tuple(selection.weight.shape):
         raise ConfigError(

@@ -21,7 +21,6 @@ True
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
+from prunekit.masks import clean_copy
 from prunekit.metrics.latency import LatencyResult, compare_latency, num_threads
 from prunekit.metrics.macs import run_model
 from prunekit.sparse.activations import activation_sparsity
@@ -139,7 +139,7 @@ def deploy(
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     if not 0.0 <= margin < 1.0:
         raise ConfigError(f"margin must be in [0, 1), got {margin}")
-    deployed = copy.deepcopy(model).eval()
+    deployed = clean_copy(model).eval()
     inputs = _capture_inputs(deployed, example_input)
     zeros = activation_sparsity(deployed, calibration if calibration is not None else [example_input])
     choices = []
@@ -158,7 +158,7 @@ def deploy(
             # Layer timings need not add up (caches, call overhead): re-check, then keep dense.
             whole = compare_latency({"dense": model, "deployed": deployed}, example_input, warmup, repeats)
             if pick(whole["deployed"]) > (1 + margin) * pick(whole["dense"]):
-                deployed, reverted = copy.deepcopy(model).eval(), True
+                deployed, reverted = clean_copy(model).eval(), True
     report = DeployReport(layers=choices, batch_size=whole["dense"].batch_size, threads=used_threads,
                           repeats=repeats, margin=margin, model_dense_s=pick(whole["dense"]),
                           model_deployed_s=pick(whole["deployed"]), statistic=statistic, reverted=reverted)

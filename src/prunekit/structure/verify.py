@@ -8,7 +8,6 @@ those channels must not change any output, so ``small(x) == masked(x)`` up to fl
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import UnsupportedError
+from prunekit.masks import clean_copy
 from prunekit.metrics import run_model
 from prunekit.structure.graph import DependencyGraph
 from prunekit.structure.groups import AxisRef
@@ -50,7 +50,7 @@ def _zeroer(idx: torch.Tensor, dim: int):
 
 def masked_reference(graph: DependencyGraph, removed: dict[AxisRef, list[int]]) -> nn.Module:
     """A deep copy of ``graph.model`` with the ``removed`` slices hidden (see module doc)."""
-    ref = copy.deepcopy(graph.model)
+    ref = clean_copy(graph.model)
     for axis_ref, idx_list in removed.items():
         module = ref.get_submodule(axis_ref.module)
         handler = handler_for(module)
