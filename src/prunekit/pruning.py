@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +50,33 @@ def compute_scores(targets: Sequence[Target], importance: Importance) -> dict[st
     return out
 
 
+def check_components(importance: Any, granularity: Any, allocation: Any) -> None:
+    """Raise :class:`ConfigError` naming the argument when a component has the wrong type.
+
+    >>> from prunekit.granularity import Element
+    >>> check_components("magnitude", Element(), None)
+    Traceback (most recent call last):
+    ...
+    prunekit.errors.ConfigError: importance must be an Importance object such as pk.Magnitude(p=1), got str 'magnitude'...
+    """
+    wanted = (
+        ("importance", importance, Importance, "pk.Magnitude(p=1)"),
+        ("granularity", granularity, Granularity, "pk.Element() or pk.NM(2, 4)"),
+        ("allocation", allocation, Allocation, "pk.Global(0.9) or pk.Uniform(0.5)"),
+    )
+    for name, value, cls, example in wanted:
+        if not isinstance(value, cls):
+            hint = ""
+            if isinstance(value, str):
+                hint = "; the command-line names are built with prunekit.registry.build"
+            elif isinstance(value, (int, float)) and name == "allocation":
+                hint = f"; for a sparsity of {value} use pk.Uniform({value}) or pk.Global({value})"
+            raise ConfigError(
+                f"{name} must be {'an' if name[0] in 'aei' else 'a'} {cls.__name__} object such as {example}, "
+                f"got {type(value).__name__} {value!r}{hint}"
+            )
+
+
 def prune(
     model: nn.Module,
     targets: Sequence[Target] | None,
@@ -72,6 +100,9 @@ def prune(
     ``beta - gamma * mean / std`` (measured on ResNet-20 at 30 % channels: L1 top-1 17.6 % with
     filters masked only vs 43.8 % with the BN channel zeroed; see benchmarks/results/pruning_core.md).
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"prune() needs an nn.Module as model, got {type(model).__name__}")
+    check_components(importance, granularity, allocation)
     targets = list(targets) if targets is not None else select(model)
     if not targets:
         raise ConfigError("prune() got no targets: select(model, ...) returned nothing to prune")

@@ -38,6 +38,13 @@ class Allocation:
     def allocate(self, targets: Sequence[Target], scores: Scores, granularity: Granularity) -> MaskDict:
         raise NotImplementedError
 
+    def at(self, sparsity: float) -> Allocation:
+        """The same allocation at another overall sparsity (what a schedule steps through)."""
+        raise ConfigError(
+            f"{type(self).__name__} has fixed per-layer ratios and cannot follow a sparsity schedule; "
+            "use Uniform or Global (or WithOverrides around one of them)"
+        )
+
 
 def layer_mask(scores: torch.Tensor, granularity: Granularity, sparsity: float) -> torch.Tensor:
     """Mask of one layer at ``sparsity`` (within-group structures use their own ``select``)."""
@@ -63,6 +70,9 @@ class Uniform(Allocation):
                     f"Uniform(None) needs a fixed-ratio granularity such as NM or Pattern; got {granularity!r}"
                 )
         return {t.name: layer_mask(scores[t.name], granularity, s) for t in targets}
+
+    def at(self, sparsity: float) -> Uniform:
+        return Uniform(sparsity)
 
     def __repr__(self) -> str:
         return f"Uniform({self.sparsity})"
@@ -209,6 +219,9 @@ class Global(Allocation):
             out[t.name] = layer_mask(scores[t.name], granularity, min(ratio, 1.0 - 1e-9))
         return out
 
+    def at(self, sparsity: float) -> Global:
+        return Global(sparsity, self.min_keep, self.normalize)
+
     def __repr__(self) -> str:
         return f"Global({self.sparsity}, min_keep={self.min_keep}, normalize={self.normalize!r})"
 
@@ -234,6 +247,9 @@ class WithOverrides(Allocation):
         if rest:
             out.update(self.base.allocate(rest, scores, granularity))
         return {t.name: out[t.name] for t in targets if t.name in out}
+
+    def at(self, sparsity: float) -> WithOverrides:
+        return WithOverrides(self.base.at(sparsity), self.pinned.ratios)
 
     def __repr__(self) -> str:
         return f"WithOverrides({self.base!r}, {self.pinned.ratios})"
