@@ -286,16 +286,17 @@ def test_plan_io_and_pruned_checkpoint_round_trip(tmp_path):
     assert meta["plan"] == plan and meta["model_name"] == "resnet20"
     for (k, a), b in zip(again.state_dict().items(), small.state_dict().values()):
         assert torch.equal(a, b), k
+    assert plan.apply(small) is small  # already pruned by the plan: nothing left to do
     with pytest.raises(ConfigError, match="fresh, unpruned copy"):
-        plan.apply(small)
+        plan.apply(prune_channels(model, X32, ratio=0.5, verify=False)[0])
     with pytest.raises(CheckpointError, match="not a structured pruning plan"):
         PruningPlan.from_json('{"modules": {}}')
     with pytest.raises(CheckpointError, match="does not exist"):
         load_pruned(tmp_path / "missing.pt")
     with pytest.raises(ConfigError, match="lacks"):
-        PruningPlan.from_dict(
-            {**plan.to_dict(), "modules": {"layer9.conv": plan.to_dict()["modules"]["conv1"]}}
-        ).apply(create("resnet20"))
+        d = plan.to_dict()
+        d["steps"][0]["modules"] = {"layer9.conv": d["steps"][0]["modules"]["conv1"]}
+        PruningPlan.from_dict(d).apply(create("resnet20"))
 
 
 def test_bad_arguments_raise_config_errors():

@@ -8,10 +8,11 @@ True
 """
 
 from prunekit.structure.api import PruneReport, make_plan, prune_channels
+from prunekit.structure.from_masks import masks_to_small_model, plan_from_masks
 from prunekit.structure.graph import DependencyGraph
 from prunekit.structure.groups import AxisRef, Group, Unit
 from prunekit.structure.modules import HeadPrunedMultiheadAttention
-from prunekit.structure.plan import ModulePlan, PruningPlan, build_model, load_pruned, save_pruned
+from prunekit.structure.plan import ModulePlan, PlanStep, PruningPlan, build_model, load_pruned, save_pruned
 from prunekit.structure.ranking import CostModel, choose_units, score_targets, unit_scores
 from prunekit.structure.verify import VerificationError, VerifyResult, masked_reference, verify
 
@@ -22,6 +23,7 @@ __all__ = [
     "Group",
     "HeadPrunedMultiheadAttention",
     "ModulePlan",
+    "PlanStep",
     "PruneReport",
     "PruningPlan",
     "Unit",
@@ -32,6 +34,8 @@ __all__ = [
     "load_pruned",
     "make_plan",
     "masked_reference",
+    "masks_to_small_model",
+    "plan_from_masks",
     "prune_channels",
     "save_pruned",
     "score_targets",

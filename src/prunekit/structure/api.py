@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.masks import clean_copy
 from prunekit.structure.graph import DependencyGraph
 from prunekit.structure.plan import ModulePlan, PruningPlan
 from prunekit.structure.ranking import CostModel, UnitSelector, unit_scores
@@ -74,7 +74,8 @@ class PruneReport:
 def make_plan(
     graph: DependencyGraph, removed_units: Sequence[int], meta: dict[str, Any] | None = None
 ) -> PruningPlan:
-    """The :class:`PruningPlan` removing ``removed_units`` of ``graph``."""
+    """The one-step :class:`PruningPlan` removing ``removed_units`` of ``graph`` (sizes: those of
+    ``graph.model``; chain it after the plan that produced that model with ``PruningPlan.then``)."""
     removed = graph.removed_slots(removed_units)
     sizes = graph.module_axes()
     modules: dict[str, ModulePlan] = {}
@@ -176,7 +177,7 @@ def prune_channels(
         "importance": _describe(importance),
     }  # fmt: skip
     plan = make_plan(graph, units, meta)
-    small = plan.apply(copy.deepcopy(model))
+    small = plan.apply(clean_copy(model))
     from prunekit.metrics import count_macs, count_params
 
     report = PruneReport(
