@@ -130,7 +130,12 @@ def test_cli_deploy_and_bench(capsys: pytest.CaptureFixture[str], tmp_path) -> N
                  "--candidates", "torch_csr", "--out", str(out)])
     text = capsys.readouterr().out
     assert code == 0 and "| fc1 | Linear | 300x784 |" in text and "end to end (batch 1" in text
-    assert isinstance(torch.load(out, weights_only=False), nn.Module)
+    from prunekit.checkpoint import build
+
+    model, ckpt = build(out)  # a prunekit checkpoint like any other: weights dense, kernels recorded
+    assert ckpt.kind == "deployed" and set(ckpt.deploy["kernels"]) == {"fc1", "fc2", "fc3"}
+    assert main(["info", "--checkpoint", str(out)]) == 0
+    capsys.readouterr()
     code = main(["bench", "--shape", "16x32", "--batch-sizes", "1,4", "--sparsities", "0.5,0.9",
                  "--kernels", "torch_csr", "--repeats", "2", "--threads", "1"])
     text = capsys.readouterr().out

@@ -152,7 +152,8 @@ def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict
     """Build the model named by ``--model`` / ``--checkpoint`` / ``--pretrained``.
 
     Returns ``(model, model_name, info)`` where ``info`` has the model ``config`` and the
-    checkpoint ``metadata`` (empty unless a prunekit checkpoint was loaded).
+    checkpoint ``metadata`` (empty unless a prunekit checkpoint was loaded), and for a prunekit
+    checkpoint its ``masks`` and ``plan`` (None when absent) and the whole ``checkpoint``.
     """
     from prunekit.models import create, load_pretrained
     from prunekit.train import build_from_checkpoint, load_checkpoint
@@ -172,7 +173,8 @@ def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict
             if name and name != named:
                 raise UsageError(f"--model {name!r} but {checkpoint} holds a {named!r}; drop --model")
             model, ckpt = build_from_checkpoint(checkpoint)
-            return model, named, {"config": dict(ckpt["model_config"]), "metadata": dict(ckpt["metadata"])}
+            info = {"config": dict(ckpt.model_config), "metadata": dict(ckpt.metadata)}
+            return model, named, {**info, "masks": ckpt.masks, "plan": ckpt.plan, "checkpoint": ckpt}
         if not name:
             raise UsageError(f"{checkpoint} does not name its model; pass --model NAME as well")
         return load_pretrained(create(name), checkpoint), name, {"config": {}, "metadata": dict(ckpt["metadata"])}

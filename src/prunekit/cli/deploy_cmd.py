@@ -49,8 +49,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--statistic", choices=("median", "p10"), default="median",
                    help="summary of the timed repeats (p10 is steadier on a busy machine; default median)")
     add_threads_arg(p)
-    p.add_argument("--out", metavar="PATH", help="save the deployed model (torch.save of the module; "
-                   "load with torch.load(path, weights_only=False))")
+    p.add_argument("--out", metavar="PATH", help="save the deployed model as a prunekit checkpoint (weights "
+                   "dense, chosen kernels recorded; every command reads it; "
+                   "prunekit.sparse.deployment.apply_kernels rebuilds the sparse modules)")
     p.add_argument("--onnx", metavar="PATH", help="also export the (densified) deployed model to ONNX and check it")
     p.set_defaults(func=run)
 
@@ -71,7 +72,6 @@ def _inputs(args: argparse.Namespace, name: str, metadata: dict[str, Any]) -> tu
 def run(args: argparse.Namespace) -> int:
     """Deploy, print the per-layer report, optionally save and export."""
     from prunekit.export import check_onnx, export_onnx
-    from prunekit.io import atomic_torch_save
     from prunekit.sparse.deployment import deploy
 
     apply_threads(args)
@@ -87,8 +87,13 @@ def run(args: argparse.Namespace) -> int:
         diff = float((deployed(example) - model(example)).abs().max())
     print(f"max |deployed - dense| on the example input: {diff:.3g}")
     if args.out:
-        atomic_torch_save(deployed, args.out)
-        print(f"saved deployed model to {args.out}")
+        from prunekit.checkpoint import save
+
+        choices = {c.name: c.kernel for c in report.layers}
+        save(args.out, deployed, name, info["config"], metadata={**info.get("metadata", {}), "deploy_report": {
+            "batch_size": report.batch_size, "threads": report.threads, "speedup": report.speedup}},
+            masks=info.get("masks"), plan=info.get("plan"), deploy={"kernels": choices})
+        print(f"saved deployed model to {args.out} (a prunekit checkpoint: weights stored dense, kernels recorded)")
     if args.onnx:
         path = export_onnx(deployed, example, args.onnx)
         err = check_onnx(path, model, example)

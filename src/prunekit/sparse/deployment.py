@@ -165,6 +165,27 @@ def deploy(
     return deployed, report
 
 
+def apply_kernels(model: nn.Module, kernels: dict[str, str], block: tuple[int, int] | None = None) -> nn.Module:
+    """A copy of ``model`` with the named layers on the given kernels, without timing anything.
+
+    What rebuilds a deployed checkpoint (``ckpt.deploy["kernels"]``) on the machine that measured it.
+
+    >>> from torch import nn
+    >>> m = apply_kernels(nn.Sequential(nn.Linear(4, 2)), {"0": "torch_csr"})
+    >>> type(m[0]).__name__, m[0].kernel
+    ('SparseLinear', 'torch_csr')
+    """
+    out = clean_copy(model).eval()
+    names = dict(out.named_modules())
+    for name, kernel in kernels.items():
+        layer = names.get(name)
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            raise ConfigError(f"deployed kernels name layer {name!r}, which is not a Linear or Conv2d of the model")
+        if kernel != "dense":
+            out.set_submodule(name, _build(layer, kernel, block))
+    return out
+
+
 @dataclass(frozen=True)
 class _Timer:
     """Interleaved timing of modules on one input, summarised by ``statistic``."""
