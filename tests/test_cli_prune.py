@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from prunekit.cli.main import main
-from prunekit.masks import Masks
 from prunekit.train import build_from_checkpoint, load_checkpoint
 
 BASE = ["prune", "--model", "digits_cnn"]
@@ -31,7 +30,7 @@ def test_global_element_l1_writes_an_exactly_sparse_checkpoint(tmp_path, capsys)
     assert sum(int((w == 0).sum()) for w in weights) == round(0.6 * total)
     meta = ckpt["metadata"]
     assert meta["pruning"]["criterion"] == "l1" and meta["dataset"] == "digits"
-    masks = Masks({}).load_state_dict(meta["masks"])
+    masks = ckpt.masks
     assert all(torch.equal(masks[n], model.get_submodule(n).weight != 0) for n in masks)
 
 
@@ -66,7 +65,7 @@ def test_data_driven_criterion_uses_calibration_batches(tmp_path, capsys) -> Non
     [
         (["--sparsity", "1.5"], 1, r"sparsity must be in [0, 1)"),
         (["--sparsity", "0.5", "--granularity", "kernel"], 1, "Kernel() applies to conv layers only; 'classifier'"),
-        (["--sparsity", "0.5", "--granularity", "blok"], 1, "cannot parse granularity 'blok'"),
+        (["--sparsity", "0.5", "--granularity", "blok"], 1, "unknown granularity 'blok'; choose one of: block, channel"),
         (["--sparsity", "0.5", "--granularity", "nm:4:4"], 1, "n must be < m"),
         (["--sparsity", "0.5", "--layer", "features.2=0.5"], 1, "PerLayer names layer 'features.2'"),
         (["--sparsity", "0.5", "--exclude", "fc"], 1, "exclude pattern 'fc' matches no prunable layer"),

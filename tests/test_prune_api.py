@@ -108,18 +108,3 @@ def test_l1_beats_random_on_pretrained_resnet20(pretrained_dir, cifar_npz) -> No
     assert accs["dense"] > 0.6
     assert accs["l1"] > accs["dense"] - 0.10  # 50% magnitude pruning barely hurts
     assert accs["random"] < accs["l1"] - 0.3  # random pruning destroys the network
-
-
-@pytest.mark.parametrize(
-    "module_name",
-    [
-        "prunekit.targets", "prunekit.granularity", "prunekit.allocation.basic", "prunekit.masks",
-        "prunekit.pruning", "prunekit.importance.base", "prunekit.importance.magnitude",
-    ],
-)
-def test_docstring_examples_run(module_name) -> None:
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

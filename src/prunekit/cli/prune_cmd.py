@@ -8,9 +8,9 @@ Examples::
     prunekit prune --checkpoint checkpoints/resnet20_cifar10jpeg.pt --granularity nm:2:4 \\
         --exclude conv1 --criterion taylor --calib-batches 4 --out r20_24.pt
 
-The output is a prunekit checkpoint (``prunekit eval --checkpoint`` reads it) whose metadata
-holds the pruning settings under ``"pruning"`` and the masks (``Masks.state_dict()``) under
-``"masks"``; restore enforcement with ``Masks({}).load_state_dict(meta["masks"]).apply(model)``.
+The output is a prunekit checkpoint (every command reads it) whose metadata holds the pruning
+settings under ``"pruning"``; the masks travel with it, so ``prunekit train --checkpoint`` keeps them
+in force (in Python: ``model, ckpt = prunekit.checkpoint.build(path); ckpt.masks.apply(model)``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from prunekit.cli import prune_structured
 from prunekit.cli.common import add_data_args, add_model_args, positive_int
 from prunekit.cli.main import UsageError
 from prunekit.importance import registry
+from prunekit.registry import build as component
 
 HELP = "prune a model (element / vector / kernel / channel / block / N:M / pattern masks)"
 TYPES = {"conv": nn.Conv2d, "linear": nn.Linear}
@@ -49,7 +50,9 @@ def register(subparsers: Any) -> None:
         help="element | vector[:DIM] | kernel | channel[:DIM] | block:HxW | nm:N:M | pattern | lb:NUM_PE "
         "(default element)",
     )
-    p.add_argument("--criterion", default="l1", metavar="C", help=f"one of {', '.join(registry.CRITERIA)} (default l1)")
+    p.add_argument("--criterion", default="l1", metavar="C",
+                   help=f"NAME or NAME:key=value,... with NAME one of {', '.join(registry.CRITERIA)} "
+                   "(e.g. magnitude:p=2, obd:method=hutchinson,samples=4; default l1)")
     p.add_argument(
         "--sparsity", type=float, metavar="S",
         help="fraction of weights to remove, in [0, 1) (default: the ratio nm/pattern imply)",
@@ -88,10 +91,7 @@ def _types(text: str) -> tuple[type[nn.Module], ...]:
 
 
 def _importance(name: str, model: nn.Module, targets: list, args: argparse.Namespace, info: dict) -> Any:
-    if name not in registry.CRITERIA:
-        from prunekit.errors import ConfigError, close_matches
-
-        raise ConfigError(f"unknown criterion {name!r}; {close_matches(name, sorted(registry.CRITERIA))}")
+    registry.make(name)  # a named error for an unknown criterion or parameter, before loading data
     loader = None
     if registry.needs_data(name):
         from prunekit.cli.common import make_loaders_from_args
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--out PATH is required (where the pruned checkpoint goes)")
     model, name, info = load_model_from_args(args)
     info = {**info, "name": name}
-    g = gran.parse(args.granularity)
+    g = component("granularity", args.granularity)
     if hasattr(g, "reduction") and args.reduction not in (None, "sum"):
         g.reduction = args.reduction
     targets = select(model, types=_types(args.types), include=args.include, exclude=args.exclude)
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     before = _top1(model, args, info) if args.eval else None
     importance = _importance(args.criterion, model, targets, args, info)
     masks = prune(model, targets, importance, g, allocation, enforce=False)
-    print(f"{name}: {args.criterion} scores, {g!r}, {allocation!r}")
+    print(f"{name}: {importance!r} scores, {g!r}, {allocation!r}")
     print(masks.format_report(model))
     if args.eval:
         after = _top1(model, args, info)
@@ -162,11 +162,10 @@ def run(args: argparse.Namespace) -> int:
             "granularity": args.granularity, "criterion": args.criterion, "scope": args.scope,
             "sparsity": float(masks.sparsity()), "layers": {k: float(v) for k, v in args.layer},
         },
-        "masks": masks.state_dict(),
     }
     normalize = resolved_normalize(args, dataset, info["metadata"])
     if normalize:
         metadata["normalize"] = normalize
-    save_checkpoint(args.out, model, name, info["config"], metadata)
+    save_checkpoint(args.out, model, name, info["config"], metadata, masks=masks, plan=info.get("plan"))
     print(f"wrote {args.out}")
     return 0

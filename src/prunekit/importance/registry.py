@@ -7,70 +7,81 @@
 >>> needs_data("tayler")
 Traceback (most recent call last):
 ...
-prunekit.errors.ConfigError: unknown importance criterion 'tayler'; did you mean: 'taylor'?
+prunekit.errors.ConfigError: unknown importance criterion 'tayler'; choose one of: magnitude, l1, ...; did you mean: 'taylor'...
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
 from prunekit.errors import ConfigError, close_matches
-from prunekit.importance.activation import APoZ, MeanActivation
 from prunekit.importance.base import Importance, needs_calibration
-from prunekit.importance.bn import BNScale
-from prunekit.importance.feature import FeatureReconstruction
-from prunekit.importance.magnitude import Magnitude, Random
-from prunekit.importance.taylor import OBD, Taylor
 from prunekit.targets import Target
 
-CRITERIA: dict[str, Callable[[], Importance]] = {
-    "l1": lambda: Magnitude(p=1),
-    "l2": lambda: Magnitude(p=2),
-    "random": lambda: Random(seed=0),
-    "bn": BNScale,
-    "taylor": Taylor,
-    "obd": lambda: OBD(method="fisher"),
-    "obd-hutchinson": lambda: OBD(method="hutchinson", samples=1),
-    "apoz": APoZ,
-    "mean": MeanActivation,
-    "feature": lambda: FeatureReconstruction(dim=0),
-    # for convs followed by BN -> ReLU: the change of what the next layer receives (best in the benchmark)
-    "feature-relu": lambda: FeatureReconstruction(dim=0, relu=True),
-    "nisp": lambda: _nisp(),
-}
+
+class _Criteria(Mapping[str, Callable[[], Importance]]):
+    """Name -> factory of every registered criterion, in registration order (a live view of
+    :mod:`prunekit.registry`, kind ``"criterion"``)."""
+
+    def _table(self) -> dict[str, Any]:
+        from prunekit import registry
+
+        registry.names("criterion")  # registers the built-ins on first use
+        return registry._TABLE["criterion"]
+
+    def __getitem__(self, name: str) -> Callable[[], Importance]:
+        comp = self._table()[name]
+        return lambda: comp.build({})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._table()))
+
+    def __len__(self) -> int:
+        return len(self._table())
 
 
-def _nisp() -> Importance:
-    from prunekit.regression.nisp import NISP  # lazy: prunekit.regression builds on this package
-
-    return NISP()
+CRITERIA: Mapping[str, Callable[[], Importance]] = _Criteria()
 
 # Criteria that must see the model but not data (BNScale reads the model's structure).
 _MODEL_ONLY = frozenset({"bn"})
 
 
-def _check(name: str) -> None:
-    if name not in CRITERIA:
-        raise ConfigError(f"unknown importance criterion {name!r}; {close_matches(name, sorted(CRITERIA))}")
+def make(spec: str | Mapping[str, Any]) -> Importance:
+    """The criterion a spec names (``"l1"``, ``"magnitude:p=2"``, ``"obd:method=hutchinson,samples=4"``)."""
+    from prunekit import registry
+
+    try:
+        return registry.build("criterion", spec)
+    except ConfigError as exc:
+        if str(exc).startswith("unknown criterion"):
+            name = registry.parse_spec(spec)[0] if isinstance(spec, str) else spec.get("name")
+            raise ConfigError(
+                f"unknown importance criterion {name!r}; choose one of: {', '.join(CRITERIA)}; "
+                f"{close_matches(str(name), list(CRITERIA))}"
+            ) from None
+        raise
 
 
-def needs_data(name: str) -> bool:
-    """True when criterion ``name`` needs calibration batches (a loader) to score."""
-    _check(name)
-    return name not in _MODEL_ONLY and needs_calibration(CRITERIA[name]())
+def needs_data(spec: str | Mapping[str, Any]) -> bool:
+    """True when the criterion ``spec`` names needs calibration batches (a loader) to score."""
+    from prunekit import registry
+
+    imp = make(spec)
+    name = registry.parse_spec(spec)[0] if isinstance(spec, str) else str(spec.get("name"))
+    return name not in _MODEL_ONLY and needs_calibration(imp)
 
 
 def build(
-    name: str,
+    name: str | Mapping[str, Any],
     model: nn.Module,
     targets: Sequence[Target],
     loader: Iterable[Any] | None = None,
     num_batches: int = 8,
 ) -> Importance:
-    """Create criterion ``name`` and calibrate it on ``model`` when it needs to.
+    """Create the criterion ``name`` specifies (see :func:`make`) and calibrate it on ``model`` when it needs to.
 
     ``loader`` is required for the data-driven criteria (see :func:`needs_data`); ``bn`` uses one
     batch of it when given, else a ``torch.fx`` trace of the model.
@@ -84,8 +95,7 @@ def build(
     ...
     prunekit.errors.ConfigError: criterion 'apoz' needs calibration data: pass a loader (and num_batches)
     """
-    _check(name)
-    imp = CRITERIA[name]()
+    imp = make(name)
     if not needs_calibration(imp):
         return imp
     if loader is None and needs_data(name):
