@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from prunekit.allocation import Global, Uniform
 from prunekit.io import atomic_write_text
 from prunekit.metrics import compare_latency, count_macs
-from prunekit.structure import prune_channels
+from prunekit.structure import ChannelConstraints, prune_channels
 from prunekit.train import build_from_checkpoint
 
 
@@ -41,11 +42,11 @@ def main() -> None:
     x1 = torch.zeros(1, 3, 32, 32)
     variants = {
         "internal channels, uniform": prune_channels(
-            dense, x1, ratio=args.ratio, target="macs", allocation="uniform", exclude=internal_only_excludes(dense)
+            dense, x1, Uniform(args.ratio), target="macs", exclude=internal_only_excludes(dense)
         )[0],
-        "whole graph, global": prune_channels(dense, x1, ratio=args.ratio, target="macs", allocation="global")[0],
+        "whole graph, global": prune_channels(dense, x1, Global(args.ratio), target="macs")[0],
         "whole graph, global, round_to=8": prune_channels(
-            dense, x1, ratio=args.ratio, target="macs", allocation="global", round_to=8
+            dense, x1, Global(args.ratio), target="macs", constraints=ChannelConstraints(round_to=8)
         )[0],
     }
     dense_macs = count_macs(dense, x1)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.allocation import Uniform
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_loaders
 from prunekit.io import atomic_write_text
 from prunekit.metrics import count_macs, count_params
@@ -437,10 +438,9 @@ def part_resnet56(args: argparse.Namespace) -> None:
                 small_l1, _, _ = prune_channels(
                     model,
                     example,
-                    goal,
+                    Uniform(goal),
                     importance=Magnitude(p=1),
                     target="macs",
-                    allocation="uniform",
                     exclude=internal_exclude,
                     verify=False,
                 )
@@ -461,10 +461,9 @@ def part_resnet56(args: argparse.Namespace) -> None:
             small, _, report = prune_channels(
                 model,
                 example,
-                goal,
+                Uniform(goal),
                 importance=imp,
                 target="macs",
-                allocation="uniform",
                 exclude=internal_exclude,
                 verify=method == "l1",
             )

@@ -159,7 +159,7 @@ def test_eval_rebuilds_structured_checkpoint(tmp_path, capsys) -> None:
     from prunekit.structure import prune_channels, save_pruned
 
     torch.manual_seed(0)
-    small, plan, _ = prune_channels(create("digits_cnn"), torch.zeros(1, 1, 8, 8), ratio=0.5, target="macs")
+    small, plan, _ = prune_channels(create("digits_cnn"), torch.zeros(1, 1, 8, 8), 0.5, target="macs")
     path = save_pruned(tmp_path / "small.pt", "digits_cnn", {}, plan, small)
     again, _ = build_from_checkpoint(path)
     x = torch.randn(4, 1, 8, 8)

@@ -60,8 +60,8 @@ def twice():
     """ResNet-20 pruned at 0.3, the small model pruned again at 0.3, and the chained plan."""
     torch.manual_seed(0)
     model = randomize_bn(create("resnet20"))
-    small1, plan1, _ = prune_channels(model, X0, ratio=0.3)
-    small2, plan2, report2 = prune_channels(small1, X0, ratio=0.3)
+    small1, plan1, _ = prune_channels(model, X0, 0.3)
+    small2, plan2, report2 = prune_channels(small1, X0, 0.3)
     assert report2.units_removed > 0 and count_params(small2) < count_params(small1) < count_params(model)
     return model, small1, plan1, small2, plan2, plan1.then(plan2)
 
@@ -104,8 +104,8 @@ def test_chained_plans_replay_on_other_architectures(case):
 
     build, x = CASES[case]
     torch.manual_seed(0)
-    small1, plan1, _ = prune_channels(build(), x, ratio=0.5, allocation="uniform")
-    small2, plan2, _ = prune_channels(small1, x, ratio=0.5, allocation="uniform")
+    small1, plan1, _ = prune_channels(build(), x, Uniform(0.5))
+    small2, plan2, _ = prune_channels(small1, x, Uniform(0.5))
     plan = PruningPlan.from_json(plan1.then(plan2).to_json())
     if case == "mha":
         assert all(s.modules["attn"].remove["heads"] for s in plan.steps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prunekit.allocation import Uniform
 from prunekit.structure import AxisRef, DependencyGraph, PruningPlan, load_pruned, prune_channels, save_pruned
 
 transformers = pytest.importorskip(
@@ -54,7 +55,7 @@ def test_gpt2_head_owns_its_q_k_v_columns_of_c_attn():
 @pytest.mark.parametrize(("build", "cls"), [(bert, "BertModel"), (gpt2, "GPT2LMHeadModel")])
 def test_prune_heads_and_neurons_equals_masked_and_replays(build, cls, tmp_path):
     model = build()
-    small, plan, report = prune_channels(model, IDS, ratio=0.5, allocation="uniform")  # verifies
+    small, plan, report = prune_channels(model, IDS, Uniform(0.5))  # verifies
     assert report.verified is not None and report.params_after < report.params_before
     if cls == "BertModel":
         att = small.encoder.layer[0].attention.self

@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.allocation import Uniform
 from prunekit.errors import CheckpointError, ConfigError
 from prunekit.metrics import count_macs, count_params
 from prunekit.models import create
 from prunekit.models.vgg_cifar import VGGCifar
 from prunekit.structure import (
+    ChannelConstraints,
     DependencyGraph,
     PruningPlan,
     VerificationError,
@@ -121,7 +123,7 @@ def test_small_model_equals_masked_model_and_plan_replays(case):
     torch.manual_seed(0)
     model = build()
     before = copy.deepcopy(model.state_dict())
-    small, plan, report = prune_channels(model, x, ratio=0.4, allocation="uniform")  # verify=True inside
+    small, plan, report = prune_channels(model, x, Uniform(0.4))  # verify=True inside
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
     assert report.units_removed > 0 and report.verified is not None
     # independent check against the masked reference
@@ -149,7 +151,7 @@ def test_small_model_equals_masked_model_and_plan_replays(case):
 
 def test_grouped_conv_loses_whole_groups():
     model = randomize_bn(GroupedNet())
-    small, plan, _ = prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.5, allocation="uniform")
+    small, plan, _ = prune_channels(model, torch.randn(1, 3, 8, 8), Uniform(0.5))
     assert small.g4.groups == 2 and small.g4.in_channels == 8 and small.g4.out_channels == 12
     assert small.dw.groups == small.dw.in_channels == small.dw.out_channels == 8
     assert small.a.out_channels == 8
@@ -157,7 +159,7 @@ def test_grouped_conv_loses_whole_groups():
 
 def test_option_a_pad_shortcut_is_rewritten():
     model = randomize_bn(create("resnet20", option="A"))
-    small, plan, _ = prune_channels(model, X32, ratio=0.3)
+    small, plan, _ = prune_channels(model, X32, 0.3)
     for stage in ("layer2", "layer3"):
         sc = small.get_submodule(f"{stage}.0.shortcut")
         conv1 = small.get_submodule(f"{stage}.0.conv1")
@@ -173,27 +175,27 @@ def test_cost_model_matches_real_counts_and_targets_are_reached():
     params, macs = CostModel(graph, X32).estimate(units)
     assert (params, macs) == (count_params(small), count_macs(small, X32))
     for target in ("macs", "params"):
-        _, _, report = prune_channels(model, X32, ratio=0.5, target=target, graph=graph, verify=False)
+        _, _, report = prune_channels(model, X32, 0.5, target=target, graph=graph, verify=False)
         assert 0.5 <= report.reached[target] < 0.6, report
 
 
 def test_round_to_keeps_multiples():
     model = tiny_vgg()
-    small, _, _ = prune_channels(model, X32, ratio=0.6, round_to=8, allocation="uniform")
+    small, _, _ = prune_channels(model, X32, Uniform(0.6), constraints=ChannelConstraints(round_to=8))
     assert [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)] == [8, 8, 16, 16, 16]
 
 
 def test_min_keep_is_a_per_layer_floor():
     model = tiny_vgg()
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
-    small, _, _ = prune_channels(model, X32, ratio=0.95, min_keep=0.25)
+    small, _, _ = prune_channels(model, X32, 0.95, constraints=ChannelConstraints(min_keep=0.25))
     kept = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
     assert kept == [w // 4 for w in widths]
 
 
 def test_max_keep_forces_every_layer_to_shrink():
     model = tiny_vgg()
-    small, _, report = prune_channels(model, X32, ratio=0.05, max_keep=0.5)
+    small, _, report = prune_channels(model, X32, 0.05, constraints=ChannelConstraints(max_keep=0.5))
     assert [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)] == [8, 8, 16, 16, 16]
     assert report.verified is not None
 
@@ -209,10 +211,10 @@ class ByIndex:
 
 def test_importance_contract_decides_which_channels_go():
     model = tiny_vgg()
-    small, plan, _ = prune_channels(model, X32, ratio=0.5, importance=ByIndex(), allocation="uniform")
+    small, plan, _ = prune_channels(model, X32, Uniform(0.5), importance=ByIndex())
     assert plan.modules["features.0"].remove["out"] == list(range(8))
     assert plan.meta["importance"] == "ByIndex"
-    _, plan_bn, _ = prune_channels(model, X32, ratio=0.5, importance="bn", allocation="uniform")
+    _, plan_bn, _ = prune_channels(model, X32, Uniform(0.5), importance="bn")
     gammas = model.features[1].weight.detach().abs()
     assert plan_bn.modules["features.0"].remove["out"] == sorted(gammas.argsort()[:8].tolist())
 
@@ -232,12 +234,12 @@ class NotFor:
 def test_excluded_and_pinned_layers_are_never_scored():
     model = tiny_vgg()
     with pytest.raises(ConfigError, match="no scores for features.0"):
-        prune_channels(model, X32, ratio=0.3, importance=NotFor("features.0"))
+        prune_channels(model, X32, 0.3, importance=NotFor("features.0"))
     small, plan, _ = prune_channels(
-        model, X32, ratio=0.3, importance=NotFor("features.0"), exclude=["features.0"]
+        model, X32, 0.3, importance=NotFor("features.0"), exclude=["features.0"]
     )
     assert "features.0" not in plan.modules and small.features[0].out_channels == 16
-    prune_channels(model, X32, ratio=0.3, importance=NotFor("classifier"))  # pinned output: not scored
+    prune_channels(model, X32, 0.3, importance=NotFor("classifier"))  # pinned output: not scored
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -278,7 +280,7 @@ def test_verification_catches_a_wrong_model():
 
 def test_plan_io_and_pruned_checkpoint_round_trip(tmp_path):
     model = create("resnet20", option="A")
-    small, plan, _ = prune_channels(model, X32, ratio=0.3, verify=False)
+    small, plan, _ = prune_channels(model, X32, 0.3, verify=False)
     path = plan.save(tmp_path / "plan.json")
     assert PruningPlan.load(path) == plan
     ckpt = save_pruned(tmp_path / "small.pt", "resnet20", {"option": "A"}, plan, small)
@@ -288,7 +290,7 @@ def test_plan_io_and_pruned_checkpoint_round_trip(tmp_path):
         assert torch.equal(a, b), k
     assert plan.apply(small) is small  # already pruned by the plan: nothing left to do
     with pytest.raises(ConfigError, match="fresh, unpruned copy"):
-        plan.apply(prune_channels(model, X32, ratio=0.5, verify=False)[0])
+        plan.apply(prune_channels(model, X32, 0.5, verify=False)[0])
     with pytest.raises(CheckpointError, match="not a structured pruning plan"):
         PruningPlan.from_json('{"modules": {}}')
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -301,12 +303,12 @@ def test_plan_io_and_pruned_checkpoint_round_trip(tmp_path):
 
 def test_bad_arguments_raise_config_errors():
     model = tiny_vgg()
-    with pytest.raises(ConfigError, match="ratio"):
-        prune_channels(model, X32, ratio=1.0)
+    with pytest.raises(ConfigError, match=r"sparsity must be in \[0, 1\)"):
+        prune_channels(model, X32, 1.0)
     with pytest.raises(ConfigError, match="target"):
-        prune_channels(model, X32, ratio=0.3, target="flops")
-    with pytest.raises(ConfigError, match="unknown layer"):
-        prune_channels(model, X32, ratio=0.3, exclude=["features.99"])
+        prune_channels(model, X32, 0.3, target="flops")
+    with pytest.raises(ConfigError, match="exclude 'features.99' matches no prunable layer"):
+        prune_channels(model, X32, 0.3, exclude=["features.99"])
 
 
 def test_cli_prune_structured_writes_model_and_plan(tmp_path, capsys):
@@ -331,7 +333,7 @@ def test_pretrained_resnet20_prunes_exactly(pretrained_dir, tmp_path):
 
     model = load_pretrained(create("resnet20"), pretrained_dir / "resnet20-12fca82f.th").eval()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    small, plan, report = prune_channels(model, x, ratio=0.3, target="macs", allocation="uniform")
+    small, plan, report = prune_channels(model, x, Uniform(0.3), target="macs")
     assert report.reached["macs"] >= 0.3 and report.verified.max_rel_diff < 1e-4
     again, _ = load_pruned(save_pruned(tmp_path / "r20.pt", "resnet20", {}, plan, small))
     with torch.no_grad():

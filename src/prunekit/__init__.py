@@ -5,7 +5,7 @@
 >>> masks = pk.prune(model, pk.select(model), pk.Magnitude(p=1), pk.Element(), pk.Global(0.9))
 >>> round(masks.sparsity(), 2)
 0.9
->>> small, plan, report = pk.prune_channels(pk.models.create("resnet20"), torch.zeros(1, 3, 32, 32), ratio=0.5)
+>>> small, plan, report = pk.prune_channels(pk.models.create("resnet20"), torch.zeros(1, 3, 32, 32), 0.5)
 >>> report.params_after < report.params_before
 True
 

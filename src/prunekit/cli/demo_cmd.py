@@ -160,7 +160,7 @@ def prune_structured(state: DemoState) -> None:
 
     ratio = state.args.macs_ratio
     section(f"structured: remove channels until {100 * ratio:.0f}% of MACs are gone")
-    small, plan, report = prune_channels(state.dense, example_input_for(MODEL), ratio=ratio, target="macs")
+    small, plan, report = prune_channels(state.dense, example_input_for(MODEL), ratio, target="macs")
     print(
         f"channels removed: {report.units_removed}/{report.units_prunable}, "
         f"MACs {report.macs_before:,} -> {report.macs_after:,}; outputs verified equal to the masked model"

@@ -14,7 +14,6 @@ with :func:`prunekit.structure.load_pruned`.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 from typing import Any
 
 from prunekit.cli.common import positive_int
@@ -52,20 +51,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--layer, --include and --score-norm do not apply to --structured; use --exclude")
 
 
-def _excluded(patterns: list[str] | None, names: list[str]) -> list[str]:
-    out: list[str] = []
-    for pattern in patterns or []:
-        hits = fnmatch.filter(names, pattern)
-        if not hits:
-            from prunekit.errors import ConfigError, close_matches
-
-            raise ConfigError(
-                f"--exclude {pattern!r} matches no prunable layer; {close_matches(pattern, names)}"
-            )
-        out += hits
-    return out
-
-
 def _importance(args: argparse.Namespace, model: Any, targets: list, name: str, info: dict) -> Any:
     from prunekit.importance import registry
 
@@ -87,6 +72,7 @@ def _table(rows: list[tuple[str, str, str, str]]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Prune channels, print the before/after table, save checkpoint (+ plan)."""
     _check_args(args)
+    from prunekit.allocation import Global, Uniform
     from prunekit.cli.common import (
         example_input_for,
         load_model_from_args,
@@ -94,22 +80,31 @@ def run(args: argparse.Namespace) -> int:
         resolved_normalize,
     )
     from prunekit.metrics import compare_latency
-    from prunekit.structure import DependencyGraph, prune_channels, save_pruned, score_targets
+    from prunekit.structure import (
+        ChannelConstraints,
+        ChannelScoring,
+        DependencyGraph,
+        match_modules,
+        prune_channels,
+        save_pruned,
+        score_targets,
+    )
 
     model, name, info = load_model_from_args(args)
     model.eval()
     dataset = resolve_dataset(args, name, info["metadata"])
     example = example_input_for(dataset)
     graph = DependencyGraph.build(model, example)
-    exclude = _excluded(args.exclude, sorted({a.module for a in graph.axes}))
+    exclude = match_modules(args.exclude or [], sorted({a.module for a in graph.axes}), "--exclude")
     importance = _importance(
         args, model, score_targets(graph, args.members, exclude=exclude), name, {**info, "name": name}
     )
     before_top1 = _top1(model, args, name, info) if args.eval else None
+    allocation = Global(args.sparsity) if args.scope == "global" else Uniform(args.sparsity)
     small, plan, report = prune_channels(
-        model, example, ratio=args.sparsity, importance=importance, target=args.target, round_to=args.round_to,
-        verify=not args.no_verify, allocation=args.scope, reduction=args.reduction or "mean", members=args.members,
-        min_keep=args.min_keep, exclude=exclude, graph=graph,
+        model, example, allocation, importance, target=args.target, exclude=exclude, graph=graph,
+        scoring=ChannelScoring(reduction=args.reduction or "mean", members=args.members),
+        constraints=ChannelConstraints(min_keep=args.min_keep, round_to=args.round_to), verify=not args.no_verify,
     )  # fmt: skip
     lat = compare_latency(
         {"dense": model, "pruned": small},

@@ -2,12 +2,19 @@
 
 >>> import torch
 >>> from prunekit.models import create
->>> small, plan, report = prune_channels(create("resnet20"), torch.zeros(1, 3, 32, 32), ratio=0.3)
+>>> small, plan, report = prune_channels(create("resnet20"), torch.zeros(1, 3, 32, 32), 0.3)
 >>> report.units_removed > 0
 True
 """
 
-from prunekit.structure.api import PruneReport, make_plan, prune_channels
+from prunekit.structure.api import (
+    ChannelConstraints,
+    ChannelScoring,
+    PruneReport,
+    make_plan,
+    match_modules,
+    prune_channels,
+)
 from prunekit.structure.from_masks import masks_to_small_model, plan_from_masks
 from prunekit.structure.graph import DependencyGraph
 from prunekit.structure.groups import AxisRef, Group, Unit
@@ -18,6 +25,8 @@ from prunekit.structure.verify import VerificationError, VerifyResult, masked_re
 
 __all__ = [
     "AxisRef",
+    "ChannelConstraints",
+    "ChannelScoring",
     "CostModel",
     "DependencyGraph",
     "Group",
@@ -34,6 +43,7 @@ __all__ = [
     "load_pruned",
     "make_plan",
     "masked_reference",
+    "match_modules",
     "masks_to_small_model",
     "plan_from_masks",
     "prune_channels",

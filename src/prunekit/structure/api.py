@@ -3,21 +3,21 @@
 >>> import torch
 >>> from prunekit.models import create
 >>> model = create("resnet20")
->>> small, plan, report = prune_channels(model, torch.zeros(1, 3, 32, 32), ratio=0.5, target="macs")
+>>> small, plan, report = prune_channels(model, torch.zeros(1, 3, 32, 32), 0.5, target="macs")
 >>> report.reached["macs"] >= 0.5, report.verified is not None
 (True, True)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, close_matches
 from prunekit.masks import clean_copy
 from prunekit.structure.graph import DependencyGraph
 from prunekit.structure.plan import ModulePlan, PruningPlan
@@ -112,52 +112,165 @@ def _search(
     return hi, best
 
 
+@dataclass(frozen=True)
+class ChannelScoring:
+    """How a coupled channel's score is made from its member slices' element scores.
+
+    ``reduction`` (sum / mean / max / min / l2) over every member slice; ``members="out"`` scores the
+    producing slices only (filters, neurons, heads), ``"all"`` adds the consumers' input columns;
+    ``member_norm`` divides each member's scores by their mean first, so layers of different fan-in
+    weigh alike. The defaults are the ones the structured benchmarks use.
+    """
+
+    reduction: str = "mean"
+    members: str = "out"
+    member_norm: bool = True
+
+    def __post_init__(self) -> None:
+        from prunekit.structure.ranking import REDUCTIONS
+
+        if self.reduction not in REDUCTIONS:
+            raise ConfigError(f"ChannelScoring reduction must be one of {sorted(REDUCTIONS)}, got {self.reduction!r}")
+        if self.members not in ("out", "all"):
+            raise ConfigError(f"ChannelScoring members must be 'out' or 'all', got {self.members!r}")
+
+
+@dataclass(frozen=True)
+class ChannelConstraints:
+    """Bounds on every module axis: keep at least ``min_keep`` and at most ``max_keep`` of it (fractions),
+    and round each group's kept channel count up to a multiple of ``round_to`` (hardware-friendly sizes).
+    """
+
+    min_keep: float = 0.0
+    max_keep: float = 1.0
+    round_to: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_keep <= 1.0:
+            raise ConfigError(f"min_keep is a kept fraction in [0, 1], got {self.min_keep}")
+        if not self.min_keep <= self.max_keep <= 1.0:
+            raise ConfigError(f"max_keep is a kept fraction in [min_keep, 1], got {self.max_keep}")
+        if self.round_to is not None and (isinstance(self.round_to, bool) or int(self.round_to) < 1):
+            raise ConfigError(f"round_to must be an int >= 1, got {self.round_to!r}")
+
+
+def match_modules(patterns: Sequence[str], names: Sequence[str], what: str = "exclude") -> list[str]:
+    """The names matching any glob in ``patterns``; a pattern matching nothing is a ConfigError.
+
+    >>> match_modules(["layer1.*"], ["conv1", "layer1.0.conv1", "layer1.0.conv2"])
+    ['layer1.0.conv1', 'layer1.0.conv2']
+    """
+    import fnmatch
+
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ConfigError(f"{what} {pattern!r} matches no prunable layer; {close_matches(pattern, list(names))}")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def _selector_args(allocation: Any, graph: DependencyGraph, constraints: ChannelConstraints) -> tuple[
+    str, float, float, dict[int, float] | None
+]:
+    """(mode, ratio, min_keep, per-group ratios) of the unit selector for an allocation object."""
+    from prunekit.allocation import Allocation, Global, PerLayer, Uniform
+
+    if isinstance(allocation, bool) or not isinstance(allocation, (int, float, Allocation)):
+        raise ConfigError(
+            f"allocation must be a fraction to remove or an allocation object such as pk.Global(0.5) or "
+            f"pk.Uniform(0.5), got {type(allocation).__name__} {allocation!r}"
+        )
+    if isinstance(allocation, (int, float)):
+        allocation = Global(float(allocation))
+    if isinstance(allocation, Global):
+        if allocation.normalize is not None:
+            raise ConfigError(
+                "Global(normalize=...) applies to masks; channel groups are always compared after dividing "
+                "each group's scores by their mean"
+            )
+        return "global", allocation.sparsity, max(constraints.min_keep, allocation.min_keep), None
+    if isinstance(allocation, Uniform):
+        if allocation.sparsity is None:
+            raise ConfigError("Uniform(None) takes its ratio from an N:M or pattern granularity; give a ratio")
+        return "uniform", allocation.sparsity, constraints.min_keep, None
+    if isinstance(allocation, PerLayer):
+        names = sorted({a.module for a in graph.axes})
+        for pattern in allocation.ratios:
+            match_modules([pattern], names, "PerLayer")
+        import fnmatch
+
+        per_group: dict[int, float] = {}
+        for g in graph.groups:
+            ratio = allocation.default
+            for pattern, r in allocation.ratios.items():
+                if any(fnmatch.fnmatchcase(a.module, pattern) for a in g.axes):
+                    ratio = r
+                    break
+            per_group[g.index] = 0.0 if ratio is None else ratio
+        return "uniform", 0.0, constraints.min_keep, per_group
+    raise ConfigError(
+        f"{type(allocation).__name__} cannot allocate channel groups yet; use Global, Uniform or PerLayer"
+    )
+
+
 def prune_channels(
     model: nn.Module,
     example_input: Any,
-    ratio: float,
+    allocation: Any,
     importance: Any = None,
+    *,
     target: str = "channels",
-    round_to: int | None = None,
-    verify: bool = True,
-    allocation: str = "global",
-    reduction: str = "mean",
-    members: str = "out",
-    member_norm: bool = True,
-    min_keep: float = 0.0,
-    max_keep: float = 1.0,
     exclude: Sequence[str] = (),
+    scoring: ChannelScoring | None = None,
+    constraints: ChannelConstraints | None = None,
+    calibration: Any = None,
+    verify: bool = True,
     graph: DependencyGraph | None = None,
 ) -> tuple[nn.Module, PruningPlan, PruneReport]:
     """Remove channels (conv filters, linear neurons, attention heads) and return a smaller model.
 
-    ``ratio`` is the fraction to remove of ``target``: ``"channels"`` (prunable units),
-    ``"macs"`` or ``"params"`` (searched until reached; the report gives what was reached).
-    ``importance`` follows the prunekit importance contract (default L1 magnitude; a criterion name
-    such as ``"l2"`` or ``"bn"`` is built for the graph's layers); ``allocation``
-    ``"global"`` or ``"uniform"``; ``min_keep``/``max_keep`` bound each layer's kept fraction; ``round_to``
-    rounds each group's kept channel count up to a multiple. The input model is not modified. With
-    ``verify`` the small model is checked against the masked original (eval mode).
+    ``allocation`` says how much and where, over the dependency graph's coupled channel groups,
+    with the same objects masks use: ``Global(0.5)`` (one ranking; a plain ``0.5`` means this),
+    ``Uniform(0.5)`` (the same fraction of every group) or ``PerLayer({"layer3.*": 0.6}, default=0.3)``
+    (glob patterns; a group takes the first pattern that matches one of its modules). The ratio is
+    the fraction to remove of ``target``: ``"channels"`` (prunable units), ``"macs"`` or ``"params"``
+    (searched until reached; the report says what was reached). ``importance`` follows the prunekit
+    importance contract (default L1 magnitude); a name or spec such as ``"l2"`` or ``"taylor"`` is
+    built for the graph's layers, and a data-driven one is calibrated on ``calibration`` (a loader or
+    list of batches: all of a list, the first 8 of a loader) when it is not calibrated yet. ``exclude``: glob patterns of modules whose channels
+    stay. ``scoring`` and ``constraints`` hold the rest (see :class:`ChannelScoring`,
+    :class:`ChannelConstraints`). The input model is not modified. With ``verify`` the small model
+    is checked against the masked original (eval mode).
     """
     if target not in TARGETS:
-        raise ConfigError(f"target must be one of {TARGETS}, got {target!r}")
-    if not 0.0 <= float(ratio) < 1.0:
-        raise ConfigError(f"ratio is the fraction to remove and must be in [0, 1), got {ratio}")
+        raise ConfigError(f"target must be one of {TARGETS}, got {target!r}; {close_matches(str(target), TARGETS)}")
+    scoring = scoring if scoring is not None else ChannelScoring()
+    constraints = constraints if constraints is not None else ChannelConstraints()
     graph = graph if graph is not None else DependencyGraph.build(model, example_input)
     graph.check_handlers()
-    if isinstance(importance, str):  # a criterion name without calibration data ("l1", "l2", "bn", ...)
-        from prunekit.importance import registry
-        from prunekit.structure.ranking import score_targets
-
-        importance = registry.build(importance, model, score_targets(graph, members, exclude=exclude))
+    mode, ratio, min_keep, per_group = _selector_args(allocation, graph, constraints)
+    if per_group is not None and target != "channels":
+        raise ConfigError("PerLayer ratios are fractions of each group's channels: use target='channels'")
+    exclude = match_modules(exclude, sorted({a.module for a in graph.axes})) if exclude else []
+    importance = _ready_importance(importance, model, graph, scoring, exclude, calibration)
     scores = unit_scores(
-        graph, importance, reduction=reduction, members=members, member_norm=member_norm, exclude=exclude
-    )
+        graph, importance, reduction=scoring.reduction, members=scoring.members, member_norm=scoring.member_norm,
+        exclude=exclude,
+    )  # fmt: skip
     n_prunable = int(np.sum(~np.isnan(scores)))
-
-    choose = UnitSelector(
-        graph, scores, allocation, min_keep, round_to, exclude=exclude, max_keep=max_keep
-    ).choose
+    selector = UnitSelector(
+        graph, scores, mode, min_keep, constraints.round_to, exclude=exclude, max_keep=constraints.max_keep,
+        group_ratios=per_group,
+    )  # fmt: skip
+    if selector.n_candidates == 0 and (ratio > 0 or per_group):
+        why = f"exclude={list(exclude)} touches every prunable channel group" if exclude else (
+            "no channel group of the model is prunable (all pinned)")
+        raise ConfigError(f"nothing can be pruned: {why}; exclude fewer layers")
+    choose = selector.choose
 
     cost = CostModel(graph, example_input)
     notes: list[str] = []
@@ -172,9 +285,11 @@ def prune_channels(
 
         _, units = _search(graph, scores, float(ratio), measure, choose)
     meta = {
-        "target": target, "ratio": float(ratio), "allocation": allocation, "reduction": reduction,
-        "members": members, "member_norm": member_norm, "round_to": round_to, "min_keep": min_keep, "max_keep": max_keep,
-        "importance": _describe(importance),
+        "target": target, "ratio": float(ratio), "allocation": repr(allocation) if not isinstance(allocation, (int, float))
+        else f"Global({float(allocation)})", "mode": mode,
+        "reduction": scoring.reduction, "members": scoring.members, "member_norm": scoring.member_norm,
+        "round_to": constraints.round_to, "min_keep": min_keep, "max_keep": constraints.max_keep,
+        "exclude": list(exclude), "importance": _describe(importance),
     }  # fmt: skip
     plan = make_plan(graph, units, meta)
     small = plan.apply(clean_copy(model))
@@ -195,11 +310,50 @@ def prune_channels(
     if target != "channels" and report.reached[target] + 1e-9 < ratio:
         notes.append(
             f"note: could not reach {target} ratio {ratio:.3f} (reached {report.reached[target]:.3f}) "
-            "within the per-layer minimums"
+            f"within the per-layer minimums (min_keep {min_keep:g}"
+            + (f", {len(exclude)} excluded modules" if exclude else "") + ")"
         )
+    pinned = _pinned_summary(graph)
+    if pinned:
+        notes.append(f"kept whole (pinned): {pinned}")
     if verify:
         report.verified = _verify(graph, units, small, example_input)
     return small, plan, report
+
+
+def _pinned_summary(graph: DependencyGraph) -> str:
+    """'N channels: reason (modules...)' for the units the graph pinned, grouped by reason."""
+    by_reason: dict[str, int] = {}
+    for u in graph.units:
+        if u.pinned:
+            by_reason[u.pinned] = by_reason.get(u.pinned, 0) + 1
+    return "; ".join(f"{n} channels: {reason}" for reason, n in sorted(by_reason.items()))
+
+
+def _ready_importance(
+    importance: Any, model: nn.Module, graph: DependencyGraph, scoring: ChannelScoring, exclude: Sequence[str],
+    calibration: Any,
+) -> Any:
+    """The importance object to score with: built from a name, calibrated on ``calibration`` if it needs data."""
+    from prunekit.importance.base import needs_calibration
+    from prunekit.structure.ranking import score_targets
+
+    targets = score_targets(graph, scoring.members, exclude=exclude)
+    if isinstance(importance, (str, Mapping)):
+        from prunekit.importance import registry
+
+        return registry.build(importance, model, targets, calibration)
+    if importance is None:
+        return None
+    if not callable(getattr(importance, "scores", None)):
+        raise ConfigError(
+            f"importance must be a criterion object with scores() (e.g. pk.Magnitude(p=1)) or a name such as "
+            f"'l1', got {type(importance).__name__} {importance!r}"
+        )
+    if needs_calibration(importance) and calibration is not None and not getattr(importance, "calibrated", False):
+        batches = len(calibration) if isinstance(calibration, (list, tuple)) else 8
+        return importance.calibrate(model, calibration, batches, targets)
+    return importance
 
 
 def _describe(importance: Any) -> str:

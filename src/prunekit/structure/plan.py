@@ -411,7 +411,7 @@ def save_pruned(
     >>> import tempfile, pathlib, torch
     >>> from prunekit.models import create
     >>> from prunekit.structure.api import prune_channels
-    >>> small, plan, _ = prune_channels(create("resnet20"), torch.zeros(1, 3, 32, 32), ratio=0.3)
+    >>> small, plan, _ = prune_channels(create("resnet20"), torch.zeros(1, 3, 32, 32), 0.3)
     >>> p = save_pruned(pathlib.Path(tempfile.mkdtemp()) / "s.pt", "resnet20", {}, plan, small)
     >>> again, ckpt = load_pruned(p)
     >>> all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), small.state_dict().values()))

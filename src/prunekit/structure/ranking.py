@@ -198,6 +198,7 @@ class UnitSelector:
         normalize: bool = True,
         exclude: Sequence[str] = (),
         max_keep: float = 1.0,
+        group_ratios: dict[int, float] | None = None,
     ) -> None:
         if allocation not in ("global", "uniform"):
             raise ConfigError(f"allocation must be 'global' or 'uniform', got {allocation!r}")
@@ -209,6 +210,7 @@ class UnitSelector:
             raise ConfigError(f"max_keep is a kept fraction in [min_keep, 1], got {max_keep}")
         self.graph, self.allocation, self.min_keep, self.round_to = graph, allocation, min_keep, round_to
         self.max_keep = max_keep
+        self.group_ratios = group_ratios  # uniform mode: each group's own ratio instead of the one passed
         excluded = set(exclude)
         unknown = excluded - {a.module for a in graph.axes}
         if unknown:
@@ -241,7 +243,8 @@ class UnitSelector:
         removed: dict[int, list[int]] = {g: [] for g in self.orders}
         if self.allocation == "uniform":
             for g, units in self.orders.items():
-                want = int(math.floor(ratio * len(units) + 1e-9))
+                r = self.group_ratios.get(g, 0.0) if self.group_ratios is not None else ratio
+                want = int(math.floor(r * len(units) + 1e-9))
                 for u in units:
                     if len(removed[g]) >= want:
                         break
