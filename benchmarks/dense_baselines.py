@@ -45,7 +45,7 @@ def main() -> None:
         before = evaluate(model, test_loader)
         print(f"{name}: pretrained top-1 on JPEG test {before.top1:.4f}", flush=True)
         epochs = args.epochs or EPOCHS[name]
-        cfg = TrainConfig(epochs=epochs, lr=args.lr, weight_decay=args.weight_decay, schedule="cosine", progress=False)
+        cfg = TrainConfig(epochs=epochs, lr=args.lr, weight_decay=args.weight_decay, schedule="cosine", progress=False, seed=0)
         ckpt = Path("checkpoints") / f"{name}_cifar10jpeg.pt"
 
         def save(record: EpochRecord, model=model, ckpt=ckpt, epochs=epochs, name=name) -> None:

@@ -74,7 +74,7 @@ def main() -> None:
     # 1. dense
     model = create("lenet300_100")
     fit(model, train_loader, test_loader,
-        TrainConfig(epochs=args.dense_epochs, lr=0.05, weight_decay=1e-4, schedule="cosine", progress=False))
+        TrainConfig(epochs=args.dense_epochs, lr=0.05, weight_decay=1e-4, schedule="cosine", progress=False, seed=0))
     acc_dense, loss_dense = top1(model, test_loader), test_loss(model, test_loader)
     log(f"dense top-1 {acc_dense:.4f}")
     dense_bytes = {n: m.weight.numel() * 4 for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -87,7 +87,7 @@ def main() -> None:
         masks = prune(model, select(model), Magnitude(), Element(), PerLayer(ratios))
         acc_cut = top1(model, test_loader)
         fit(model, train_loader, test_loader,
-            TrainConfig(epochs=args.finetune_epochs, lr=0.01, weight_decay=1e-4, schedule="cosine", progress=False))
+            TrainConfig(epochs=args.finetune_epochs, lr=0.01, weight_decay=1e-4, schedule="cosine", progress=False, seed=0))
         log(f"round {r}: sparsity {masks.sparsity():.4f}, top-1 after cut {acc_cut:.4f}, "
             f"after fine-tune {top1(model, test_loader):.4f}")
         masks.make_permanent(model)

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from prunekit.cli import prune_structured
-from prunekit.cli.common import add_data_args, add_model_args, positive_int
+from prunekit.cli.common import add_data_args, add_model_args, add_threads_arg, apply_threads, positive_int
 from prunekit.cli.main import UsageError
 from prunekit.importance import registry
 from prunekit.registry import build as component
@@ -76,6 +76,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eval", action="store_true", help="report test top-1 before and after pruning")
     p.add_argument("--max-batches", type=positive_int, metavar="N", help="with --eval: only N test batches")
     p.add_argument("--out", metavar="PATH", help="where to write the pruned checkpoint")
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
+                   help="fine-tune N epochs after pruning (masks in force, or the small model with --structured; "
+                   "default 0)")
+    p.add_argument("--finetune-lr", type=float, default=0.005, metavar="LR",
+                   help="peak fine-tuning learning rate, cosine decay (default 0.005, 1/10 of train's default)")
+    p.add_argument("--seed", type=int, default=0, help="seeds fine-tuning and the data order (default 0)")
+    add_threads_arg(p)
     p.add_argument("--structured", action="store_true",
                    help="physically remove channels (dependency-aware) instead of masking")
     prune_structured.add_arguments(p)
@@ -125,6 +132,7 @@ def _top1(model: nn.Module, args: argparse.Namespace, info: dict) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Prune and print the per-layer sparsity table; returns the exit code."""
+    apply_threads(args)
     if args.structured:
         return int(prune_structured.run(args) or 0)
     from prunekit import granularity as gran
@@ -135,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is None:
         raise UsageError("--out PATH is required (where the pruned checkpoint goes)")
+    if args.finetune_epochs < 0:
+        raise UsageError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     model, name, info = load_model_from_args(args)
     info = {**info, "name": name}
     g = component("granularity", args.granularity)
@@ -166,6 +176,23 @@ def run(args: argparse.Namespace) -> int:
     normalize = resolved_normalize(args, dataset, info["metadata"])
     if normalize:
         metadata["normalize"] = normalize
-    save_checkpoint(args.out, model, name, info["config"], metadata, masks=masks, plan=info.get("plan"))
+    if args.finetune_epochs:
+        finetune(model, name, {**info, "masks": masks}, args, metadata)
+    else:
+        save_checkpoint(args.out, model, name, info["config"], metadata, masks=masks, plan=info.get("plan"))
     print(f"wrote {args.out}")
     return 0
+
+
+def finetune(model: nn.Module, name: str, info: dict, args: argparse.Namespace, metadata: dict) -> None:
+    """Fine-tune after pruning (masks from ``info`` in force) and write ``args.out`` every epoch."""
+    from prunekit.cli.common import make_loaders_from_args
+    from prunekit.cli.train_cmd import train_and_save
+    from prunekit.train import TrainConfig
+
+    cfg = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=args.seed, progress=False)
+    train, test = make_loaders_from_args(args, name, info["metadata"])
+    print(f"fine-tuning {args.finetune_epochs} epoch(s), lr {args.finetune_lr:g} (cosine)")
+    metadata = {**metadata, "train": {"epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule, "seed": cfg.seed,
+                                      "batch_size": args.batch_size}}
+    train_and_save(model, name, info, cfg, train, test, args.out, metadata)

@@ -86,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
         DependencyGraph,
         match_modules,
         prune_channels,
-        save_pruned,
         score_targets,
     )
 
@@ -139,7 +138,23 @@ def run(args: argparse.Namespace) -> int:
     if normalize:
         metadata["normalize"] = normalize
     metadata.pop("masks", None)
-    save_pruned(args.out, name, info["config"], plan, small, metadata)
+    if info.get("plan") is not None:  # the input was channel-pruned already: the new plan is one more step
+        plan = info["plan"].then(plan)
+    masks = None
+    if info.get("masks") is not None:  # masks of the input: their zeros, re-read on the smaller layers
+        from prunekit.masks import Masks
+        from prunekit.targets import Target
+
+        names = list(info["masks"].target_names)
+        masks = Masks.from_zeros(small, [Target(n, small.get_submodule(n)) for n in names])
+    if args.finetune_epochs:
+        from prunekit.cli.prune_cmd import finetune
+
+        finetune(small, name, {**info, "masks": masks, "plan": plan}, args, metadata)
+    else:
+        from prunekit.checkpoint import save
+
+        save(args.out, small, name, info["config"], metadata=metadata, masks=masks, plan=plan)
     print(f"wrote {args.out}")
     if args.plan_out:
         plan.save(args.plan_out)

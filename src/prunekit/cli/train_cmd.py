@@ -9,6 +9,9 @@ Examples::
 
 The checkpoint records the model name and config, plus the data set, normalisation, training
 settings and final accuracy as metadata, so ``prunekit eval --checkpoint PATH`` needs no more.
+A checkpoint with masks is fine-tuned with the masks in force (it stays exactly as sparse), one
+with a channel-pruning plan stays small; both are written back with their masks / plan. The file is
+rewritten after every epoch with the resumable training state: ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ def register(subparsers: Any) -> None:
         "--max-steps-per-epoch", type=positive_int, metavar="N", help="cap the optimizer steps per epoch"
     )
     p.add_argument("--progress", action="store_true", help="show progress bars (needs tqdm)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run saved in --checkpoint with its own settings (epochs, lr, "
+                   "schedule, batch size, seed), optimizer state, RNG state and step")
     add_threads_arg(p)
     p.set_defaults(func=run)
 
@@ -87,29 +93,88 @@ def print_epoch(record: Any) -> None:
     sys.stdout.flush()
 
 
+def train_and_save(
+    model: Any, name: str, info: dict[str, Any], cfg: Any, train_loader: Any, test_loader: Any, out: str,
+    metadata: dict[str, Any], resume: Any = None,
+) -> list[Any]:
+    """Fit ``model`` with the checkpoint's masks in force, writing ``out`` after every epoch.
+
+    The file always holds the last good epoch: model, masks, plan, metadata and the resumable
+    training state (``prunekit train --checkpoint out --resume`` continues it). A diverging run
+    stops with :class:`~prunekit.train.TrainingDiverged` and leaves the last good file in place.
+    """
+    from prunekit.train import TrainState, fit, save_checkpoint
+
+    masks, plan = info.get("masks"), info.get("plan")
+    if masks is not None:
+        masks.apply(model)  # enforced through every optimizer step
+    state = resume if resume is not None else TrainState()
+
+    def save(record: Any, st: Any) -> None:
+        final = model.to(memory_format=torch.contiguous_format) if cfg.channels_last else model
+        meta = {**metadata, "history": [{"epoch": r.epoch, "train_loss": r.train_loss, "top1": r.test.top1}
+                                         for r in history_so_far],
+                "top1": record.test.top1, "top5": record.test.top5, "loss": record.test.loss}
+        save_checkpoint(out, final, name, info["config"], meta, masks=masks, plan=plan, train_state=st.state_dict())
+
+    history_so_far: list[Any] = []
+
+    def on_epoch(record: Any) -> None:
+        history_so_far.append(record)
+        print_epoch(record)
+
+    try:
+        history = fit(model, train_loader, test_loader, cfg, on_epoch=on_epoch, state=state, on_epoch_state=save)
+    finally:
+        if masks is not None:
+            masks.remove()
+    if not history:  # nothing to train (0 epochs, or a finished state): still write the file
+        save_checkpoint(out, model, name, info["config"], metadata, masks=masks, plan=plan,
+                        train_state=state.state_dict())
+    return history
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train, evaluate each epoch, save the checkpoint; returns the exit code."""
-    from prunekit.train import fit, save_checkpoint
+    """Train, evaluate each epoch, save the checkpoint after each epoch; returns the exit code."""
+    from prunekit.cli.main import UsageError
+    from prunekit.train import TrainState
 
     cfg = make_config(args)  # validate before any expensive loading
     apply_threads(args)
     model, name, info = load_model_from_args(args)
+    resume = None
+    if args.resume:
+        ckpt = info.get("checkpoint")
+        if ckpt is None or ckpt.train_state is None:
+            raise UsageError("--resume needs --checkpoint of a prunekit train run (it holds no training state)")
+        resume = TrainState.from_state_dict(ckpt.train_state)
+        recorded = info["metadata"].get("train", {})
+        for key in ("epochs", "lr", "optimizer", "momentum", "weight_decay", "schedule", "label_smoothing",
+                    "max_steps_per_epoch", "batch_size", "seed"):
+            if key in recorded:
+                setattr(args, key, recorded[key])  # the interrupted run's own settings
+        cfg = make_config(args)
+        if resume.epoch >= cfg.epochs:
+            raise UsageError(
+                f"the run in {args.checkpoint} finished ({resume.epoch} of {cfg.epochs} epochs); to train further, "
+                "drop --resume (a new run starts from its weights)"
+            )
     dataset = resolve_dataset(args, name, info["metadata"])
     check_model_fits(model, name, dataset)
     train_loader, test_loader = make_loaders_from_args(args, name, info["metadata"])
-    print(f"training {name} on {dataset}: {len(train_loader.dataset)} train / {len(test_loader.dataset)} test images")
-    history = fit(model, train_loader, test_loader, cfg, on_epoch=print_epoch)
-    if args.channels_last:
-        model = model.to(memory_format=torch.contiguous_format)  # save plain strides
-    final = history[-1].test if history else None
+    what = ", ".join(x for x in (
+        f"masks in force ({100 * info['masks'].sparsity():.1f}% sparse)" if info.get("masks") is not None else "",
+        "channel-pruned (plan kept)" if info.get("plan") is not None else "",
+        f"resuming at epoch {resume.epoch}, step {resume.step}" if resume is not None else "",
+    ) if x)  # fmt: skip
+    print(f"training {name} on {dataset}: {len(train_loader.dataset)} train / {len(test_loader.dataset)} test images"
+          + (f"; {what}" if what else ""))
     metadata = {
+        **info["metadata"],
         "dataset": dataset,
         "normalize": resolved_normalize(args, dataset, info["metadata"]),
         "train": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
-        "history": [{"epoch": r.epoch, "train_loss": r.train_loss, "top1": r.test.top1} for r in history],
     }
-    if final is not None:
-        metadata.update(top1=final.top1, top5=final.top5, loss=final.loss)
-    path = save_checkpoint(args.out, model, name, info["config"], metadata)
-    print(f"saved {path}")
+    train_and_save(model, name, info, cfg, train_loader, test_loader, args.out, metadata, resume)
+    print(f"saved {args.out}")
     return 0
