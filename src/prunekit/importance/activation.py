@@ -31,7 +31,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
 from prunekit.errors import ConfigError
-from prunekit.importance.base import DataDrivenImportance, preserved_modes
+from prunekit.importance.base import DataDrivenImportance, call_model, preserved_modes
 from prunekit.importance.bn import broadcast_channels, following_batchnorm
 from prunekit.targets import Target
 
@@ -127,7 +127,7 @@ class ChannelStatistic(DataDrivenImportance):
         self._active = True
         try:
             with torch.no_grad():
-                model(inputs)
+                call_model(model, inputs)
         finally:
             self._active = False
 

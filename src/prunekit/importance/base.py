@@ -11,7 +11,7 @@ batches first (``calibrate(model, loader, num_batches, targets)``); ``scores`` b
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
@@ -40,18 +40,71 @@ def needs_calibration(importance: object) -> bool:
     return bool(getattr(importance, "needs_calibration", False))
 
 
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Return ``(inputs, labels_or_None)`` from a loader batch (a tensor, or a tuple/list/dict)."""
+Inputs = Any  # a tensor, or a mapping of keyword arguments (dict, Hugging Face BatchEncoding)
+LABEL_KEYS = ("labels", "label")
+
+
+def split_batch(batch: Any) -> tuple[Inputs, torch.Tensor | None]:
+    """Return ``(inputs, labels_or_None)`` from a loader batch.
+
+    A batch is a tensor, an ``(inputs, labels)`` tuple/list, or a mapping (a dict or a Hugging Face
+    ``BatchEncoding``): then every entry but ``labels``/``label`` is a keyword argument of the
+    model (so an ``attention_mask`` is honoured) and ``labels`` the labels; ``{"input": x, "label": y}``
+    means ``x`` and ``y``.
+
+    >>> x, y = split_batch({"input_ids": torch.ones(2, 3), "attention_mask": torch.ones(2, 3), "labels": torch.zeros(2)})
+    >>> sorted(x), y.shape
+    (['attention_mask', 'input_ids'], torch.Size([2]))
+    """
     if isinstance(batch, torch.Tensor):
         return batch, None
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (torch.Tensor, Mapping)):
         labels = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
         return batch[0], labels
-    if isinstance(batch, dict) and isinstance(batch.get("input"), torch.Tensor):
-        return batch["input"], batch.get("label")
+    if isinstance(batch, Mapping):
+        if isinstance(batch.get("input"), torch.Tensor):
+            return batch["input"], batch.get("label")
+        labels = next((batch[k] for k in LABEL_KEYS if isinstance(batch.get(k), torch.Tensor)), None)
+        inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+        if inputs:
+            return inputs, labels
     raise DataError(
-        f"cannot read a calibration batch of type {type(batch).__name__}: yield tensors or "
-        "(inputs, labels) pairs"
+        f"cannot read a calibration batch of type {type(batch).__name__}: yield tensors, (inputs, labels) "
+        "pairs, or dicts of model keyword arguments (labels under 'labels')"
+    )
+
+
+def inputs_to(inputs: Inputs, device: torch.device) -> Inputs:
+    """``inputs`` (a tensor or a mapping of them) moved to ``device``."""
+    if isinstance(inputs, Mapping):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return inputs.to(device)
+
+
+def call_model(model: nn.Module, inputs: Inputs) -> Any:
+    """``model(**inputs)`` for a mapping of keyword arguments, ``model(inputs)`` otherwise."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+
+
+def first_example(inputs: Inputs) -> Inputs:
+    """The first sample of a batch (a tensor or a mapping of tensors), batch dimension kept."""
+    if isinstance(inputs, Mapping):
+        return {k: v[:1] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
+    return inputs[:1]
+
+
+def logits_of(outputs: Any, where: str) -> torch.Tensor:
+    """The logits in a model's output: a tensor, ``.logits`` (Hugging Face), or ``["logits"]``."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    logits = getattr(outputs, "logits", None)
+    if logits is None and isinstance(outputs, Mapping):
+        logits = outputs.get("logits")
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise ConfigError(
+        f"{where}: the model returned a {type(outputs).__name__}, not logits; pass loss_fn=... that takes the "
+        "model's output and the labels and returns a scalar loss"
     )
 
 
@@ -127,9 +180,9 @@ class DataDrivenImportance:
     def _attach(self, model: nn.Module, targets: Sequence[Target]) -> list[RemovableHandle]:
         raise NotImplementedError
 
-    def _run_batch(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None) -> None:
+    def _run_batch(self, model: nn.Module, inputs: Inputs, labels: torch.Tensor | None) -> None:
         with torch.no_grad():
-            model(inputs)
+            call_model(model, inputs)
 
     def _finish(self) -> None:
         return None
@@ -161,7 +214,7 @@ class DataDrivenImportance:
                     if seen >= num_batches:
                         break
                     inputs, labels = split_batch(batch)
-                    inputs = inputs.to(device)
+                    inputs = inputs_to(inputs, device)
                     labels = labels.to(device) if labels is not None else None
                     self._run_batch(model, inputs, labels)
                     seen += 1

@@ -25,6 +25,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunekit.errors import ConfigError, DataError
 from prunekit.importance.base import (
+    call_model,
+    inputs_to,
     model_device,
     preserved_modes,
     split_batch,
@@ -66,7 +68,7 @@ def _pair_by_hooks(model: nn.Module, targets: Sequence[Target], example: torch.T
                 handles.append(mod.register_forward_pre_hook(on_bn_input(mod)))
         with preserved_modes(model), torch.no_grad():
             model.eval()
-            model(example.to(model_device(model)))
+            call_model(model, inputs_to(example, model_device(model)))
     finally:
         for h in handles:
             h.remove()

@@ -23,15 +23,22 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from prunekit.errors import ConfigError, DataError
-from prunekit.importance.base import DataDrivenImportance, preserved_modes
+from prunekit.importance.base import DataDrivenImportance, call_model, logits_of, preserved_modes
 from prunekit.targets import Target
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross entropy of logits ``outputs`` (B, classes) against integer ``labels`` (B,)."""
-    return F.cross_entropy(outputs, labels)
+def cross_entropy(outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy of the logits in ``outputs`` (B, classes) against integer ``labels`` (B,).
+
+    ``outputs`` may be a tensor or a model output holding ``logits`` (Hugging Face); token logits
+    (B, T, classes) with labels (B, T) are scored per token (label -100 ignored).
+    """
+    logits = logits_of(outputs, "cross-entropy loss")
+    if logits.dim() == 3 and labels.dim() == 2:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(logits, labels)
 
 
 class _GradientCriterion(DataDrivenImportance):
@@ -65,7 +72,11 @@ class _GradientCriterion(DataDrivenImportance):
                 "to compute the loss gradient"
             )
         with torch.enable_grad():
-            return self.loss_fn(model(inputs), labels)
+            loss = self.loss_fn(call_model(model, inputs), labels)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ConfigError(f"{type(self).__name__}: loss_fn must return a scalar tensor, got {type(loss).__name__}"
+                              + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""))
+        return loss
 
     def _weights(self) -> list[torch.Tensor]:
         ws = [t.weight for t in self._targets]

@@ -38,7 +38,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.utils.hooks import RemovableHandle
 
 from prunekit.errors import ConfigError, UnsupportedError, close_matches
-from prunekit.importance.base import DataDrivenImportance
+from prunekit.importance.base import DataDrivenImportance, first_example
 from prunekit.targets import Target
 
 __all__ = ["NISP", "nisp_channel_scores"]
@@ -198,7 +198,7 @@ class NISP(DataDrivenImportance):
 
     def _run_batch(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None) -> None:
         if self._example is None:
-            self._example = inputs[:1].detach()
+            self._example = first_example(inputs)
         super()._run_batch(model, inputs, labels)
 
     def _finish(self) -> None:

@@ -42,18 +42,22 @@ class PruneReport:
     macs_after: int
     verified: VerifyResult | None = None
     notes: list[str] = field(default_factory=list)
+    within: list[str] = field(default_factory=list)  # modules the params / MACs ratios count (empty: all)
+    scoped: dict[str, tuple[int, int]] = field(default_factory=dict)  # "params"/"macs" -> (before, after) in scope
 
     @property
     def reached(self) -> dict[str, float]:
+        (pb, pa), (mb, ma) = self.scoped.get("params", (self.params_before, self.params_after)), self.scoped.get(
+            "macs", (self.macs_before, self.macs_after))
         return {
             "channels": self.channel_ratio,
-            "params": 1.0 - self.params_after / self.params_before if self.params_before else 0.0,
-            "macs": 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0,
+            "params": 1.0 - pa / pb if pb else 0.0,
+            "macs": 1.0 - ma / mb if mb else 0.0,
         }
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (for benchmark result files)."""
-        out = {k: v for k, v in self.__dict__.items() if k not in ("verified", "notes")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("verified", "notes", "within", "scoped")}
         out["reached"] = self.reached
         out["verified_max_abs_diff"] = self.verified.max_abs_diff if self.verified else None
         out["notes"] = list(self.notes)
@@ -228,6 +232,7 @@ def prune_channels(
     scoring: ChannelScoring | None = None,
     constraints: ChannelConstraints | None = None,
     calibration: Any = None,
+    within: Sequence[str] = (),
     verify: bool = True,
     graph: DependencyGraph | None = None,
 ) -> tuple[nn.Module, PruningPlan, PruneReport]:
@@ -242,7 +247,9 @@ def prune_channels(
     importance contract (default L1 magnitude); a name or spec such as ``"l2"`` or ``"taylor"`` is
     built for the graph's layers, and a data-driven one is calibrated on ``calibration`` (a loader or
     list of batches: all of a list, the first 8 of a loader) when it is not calibrated yet. ``exclude``: glob patterns of modules whose channels
-    stay. ``scoring`` and ``constraints`` hold the rest (see :class:`ChannelScoring`,
+    stay. ``within``: glob patterns of the modules whose parameters / MACs the ``"params"`` /
+    ``"macs"`` target counts (e.g. ``["bert.encoder.*"]``: the encoder without the embeddings);
+    default the whole model. ``scoring`` and ``constraints`` hold the rest (see :class:`ChannelScoring`,
     :class:`ChannelConstraints`). The input model is not modified. With ``verify`` the small model
     is checked against the masked original (eval mode).
     """
@@ -273,15 +280,20 @@ def prune_channels(
     choose = selector.choose
 
     cost = CostModel(graph, example_input)
+    scope = None
+    if within:
+        scope = match_modules(within, [n for n, _ in model.named_modules() if n], "within")
     notes: list[str] = []
     if target == "channels":
         units = choose(float(ratio))
     else:
         idx = 0 if target == "params" else 1
-        base = cost.total_params if target == "params" else cost.total_macs
+        base = (cost.total_params, cost.total_macs)[idx] if scope is None else cost.scope_totals(scope)[idx]
+        if not base:
+            raise ConfigError(f"the modules matched by within={list(within)} have no {target} to remove")
 
         def measure(us: list[int]) -> float:
-            return 1.0 - cost.estimate(us)[idx] / base if base else 0.0
+            return 1.0 - cost.estimate(us, scope)[idx] / base
 
         _, units = _search(graph, scores, float(ratio), measure, choose)
     meta = {
@@ -307,6 +319,18 @@ def prune_channels(
         macs_after=count_macs(small, example_input),
         notes=notes,
     )
+    if scope is not None:
+        from prunekit.metrics import macs_by_layer
+
+        inside = set(scope)
+        small_macs = macs_by_layer(small, example_input)
+        after = (
+            sum(p.numel() for n, m in small.named_modules() if n in inside for p in m.parameters(recurse=False)),
+            sum(v for n, v in small_macs.items() if n in inside),
+        )
+        before = cost.scope_totals(scope)
+        report.within = list(within)
+        report.scoped = {"params": (before[0], after[0]), "macs": (before[1], after[1])}
     if target != "channels" and report.reached[target] + 1e-9 < ratio:
         notes.append(
             f"note: could not reach {target} ratio {ratio:.3f} (reached {report.reached[target]:.3f}) "

@@ -342,11 +342,22 @@ class CostModel:
             out[path] = (t.numel(), math.prod(shape))
         return out
 
-    def estimate(self, removed_units: Sequence[int]) -> tuple[int, int]:
-        """``(params, macs)`` after removing ``removed_units``."""
+    def scope_totals(self, within: Sequence[str]) -> tuple[int, int]:
+        """``(params, macs)`` of the dense model counted over the modules named in ``within`` only."""
+        params = sum(
+            p.numel() for n, m in self.graph.model.named_modules() if n in within for p in m.parameters(recurse=False)
+        )
+        return params, sum(v for n, v in self.module_macs.items() if n in within)
+
+    def estimate(self, removed_units: Sequence[int], within: Sequence[str] | None = None) -> tuple[int, int]:
+        """``(params, macs)`` after removing ``removed_units``; with ``within``, of those modules only."""
         removed = self.graph.removed_counts(removed_units)
         touched = {ref.module for ref in removed}
         params, macs = self.total_params, self.total_macs
+        if within is not None:
+            scope = set(within)
+            touched &= scope
+            params, macs = self.scope_totals(scope)
         for name in touched:
             sizes = self._param_sizes(name, removed)
             params -= sum(old - new for old, new in sizes.values())
