@@ -155,8 +155,9 @@ def test_mnist_eval_on_real_data(data_root, capsys) -> None:
 
 def test_eval_rebuilds_structured_checkpoint(tmp_path, capsys) -> None:
     """A physically pruned checkpoint (plan + state_dict) loads through build_from_checkpoint / eval."""
+    from prunekit.checkpoint import save_pruned
     from prunekit.models import create
-    from prunekit.structure import prune_channels, save_pruned
+    from prunekit.structure import prune_channels
 
     torch.manual_seed(0)
     small, plan, _ = prune_channels(create("digits_cnn"), torch.zeros(1, 1, 8, 8), 0.5, target="macs")

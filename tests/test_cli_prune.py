@@ -49,7 +49,7 @@ def test_nm_needs_the_first_conv_excluded(tmp_path, capsys) -> None:
 
 
 def test_data_driven_criterion_uses_calibration_batches(tmp_path, capsys) -> None:
-    pytest.importorskip("prunekit.importance.registry")
+    pytest.importorskip("prunekit.criteria")
     code, out, err = _run(
         capsys, "--criterion", "taylor", "--calib-batches", "2", "--granularity", "channel",
         "--sparsity", "0.25", "--out", str(tmp_path / "t.pt"),

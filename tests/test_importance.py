@@ -7,18 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.criteria import CRITERIA, build, needs_data
 from prunekit.errors import ConfigError, DataError
 from prunekit.importance import (
-    CRITERIA,
     OBD,
     APoZ,
     BNScale,
     FeatureReconstruction,
     MeanActivation,
     Taylor,
-    build,
     following_batchnorm,
-    needs_data,
 )
 from prunekit.models import create
 from prunekit.targets import Target, select

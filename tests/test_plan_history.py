@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from prunekit.allocation import Uniform
+from prunekit.checkpoint import load_pruned, save_pruned
 from prunekit.errors import CheckpointError, ConfigError
 from prunekit.granularity import Channel
 from prunekit.importance import Magnitude
@@ -25,11 +26,9 @@ from prunekit.structure import (
     ModulePlan,
     PlanStep,
     PruningPlan,
-    load_pruned,
     masks_to_small_model,
     plan_from_masks,
     prune_channels,
-    save_pruned,
 )
 from prunekit.targets import select
 

@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit import registry
+from prunekit import criteria, registry
 from prunekit.cli.main import main
 from prunekit.errors import ConfigError
-from prunekit.importance import registry as criteria
 from prunekit.targets import select
 
 # parameters for the entries that have required ones

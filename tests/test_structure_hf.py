@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from prunekit.allocation import Uniform
-from prunekit.structure import AxisRef, DependencyGraph, PruningPlan, load_pruned, prune_channels, save_pruned
+from prunekit.checkpoint import load_pruned, save_pruned
+from prunekit.structure import AxisRef, DependencyGraph, PruningPlan, prune_channels
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers not installed (pip install 'prunekit[hf]')"

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.allocation import Uniform
+from prunekit.checkpoint import load_pruned, save_pruned
 from prunekit.errors import CheckpointError, ConfigError
 from prunekit.metrics import count_macs, count_params
 from prunekit.models import create
@@ -20,11 +21,9 @@ from prunekit.structure import (
     DependencyGraph,
     PruningPlan,
     VerificationError,
-    load_pruned,
     make_plan,
     masked_reference,
     prune_channels,
-    save_pruned,
     verify,
 )
 from prunekit.structure.ranking import CostModel

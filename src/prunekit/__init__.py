@@ -16,6 +16,7 @@ onnxruntime, numba) is imported lazily by the functions that need it.
 
 from prunekit import allocation, data, importance, metrics, models, regression, sparse, structure, train
 from prunekit.allocation import Global, PerLayer, Uniform
+from prunekit.checkpoint import load_pruned, save_pruned
 from prunekit.errors import CheckpointError, ConfigError, DataError, PrunekitError, UnsupportedError
 from prunekit.granularity import NM, Block, Channel, Element, Kernel, LoadBalanced, Pattern, Vector
 from prunekit.importance import (
@@ -28,12 +29,12 @@ from prunekit.importance import (
     Random,
     Taylor,
 )
+from prunekit.importance.nisp import NISP
 from prunekit.masks import Masks
 from prunekit.metrics import count_macs, count_nonzeros, count_params, layer_table, measure_latency
 from prunekit.pruning import prune
-from prunekit.regression import NISP
 from prunekit.sparse import deploy
-from prunekit.structure import PruningPlan, load_pruned, prune_channels, save_pruned
+from prunekit.structure import PruningPlan, prune_channels
 from prunekit.targets import Target, select
 from prunekit.train import TrainConfig, evaluate, fit
 

@@ -35,13 +35,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from prunekit.errors import CheckpointError
+from prunekit.errors import CheckpointError, ConfigError
 from prunekit.io import atomic_torch_save
+
+if TYPE_CHECKING:
+    from prunekit.structure.plan import PruningPlan
 
 FORMAT = "prunekit.checkpoint"
 FORMAT_VERSION = 2
@@ -192,7 +195,6 @@ def build(source: str | os.PathLike[str] | Checkpoint) -> tuple[nn.Module, Check
     if not ckpt.model_name:
         raise CheckpointError(f"{where} does not name its model; build it yourself and use load_state_dict")
     from prunekit.models import check_state_dict
-    from prunekit.structure.plan import build_model
 
     model = build_model(ckpt.model_name, ckpt.model_config)
     if ckpt.plan is not None:
@@ -204,4 +206,71 @@ def build(source: str | os.PathLike[str] | Checkpoint) -> tuple[nn.Module, Check
         raise CheckpointError(f"the weights in {where} do not fit the model it names: {exc}") from None
     if ckpt.masks is not None:
         ckpt.masks.apply(model, enforce=False)  # checks that the masks fit; zeros are already there
+    return model, ckpt
+
+
+def build_model(model_name: str, model_config: dict[str, Any]) -> nn.Module:
+    """Build an unpruned model: a registry name, or ``"hf:<ClassName>"`` with a transformers config dict."""
+    if model_name.startswith("hf:"):
+        try:
+            import transformers
+        except ImportError as exc:
+            raise ConfigError("this checkpoint needs transformers: pip install 'prunekit[hf]'") from exc
+        cfg = dict(model_config)
+        model_type = cfg.pop("model_type", None)
+        if model_type is None:
+            raise ConfigError("hf model_config needs 'model_type' (use config.to_dict())")
+        config = transformers.AutoConfig.for_model(model_type, **cfg)
+        cls = getattr(transformers, model_name[3:], None)
+        if cls is None:
+            raise ConfigError(f"transformers has no model class {model_name[3:]!r}")
+        return cls(config)
+    from prunekit.models import create
+
+    return create(model_name, **model_config)
+
+
+def save_pruned(
+    path: str | os.PathLike[str],
+    model_name: str,
+    model_config: dict[str, Any],
+    plan: PruningPlan,
+    model: nn.Module,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Save a pruned model as architecture (``model_name`` + ``model_config``) + plan + state_dict.
+
+    >>> import tempfile, pathlib, torch
+    >>> from prunekit.models import create
+    >>> from prunekit.structure import prune_channels
+    >>> small, plan, _ = prune_channels(create("resnet20"), torch.zeros(1, 3, 32, 32), 0.3)
+    >>> p = save_pruned(pathlib.Path(tempfile.mkdtemp()) / "s.pt", "resnet20", {}, plan, small)
+    >>> again, ckpt = load_pruned(p)
+    >>> all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), small.state_dict().values()))
+    True
+
+    ``plan`` may have several steps (:meth:`PruningPlan.then`); ``model`` must have all of them
+    (:class:`ConfigError` otherwise, before anything is written).
+    """
+    done = plan.steps_applied(model)
+    if done != len(plan.steps):
+        raise ConfigError(
+            f"save_pruned: the model has only the first {done} of the plan's {len(plan.steps)} steps; "
+            "save the model the plan produces"
+        )
+    return save(path, model, model_name, model_config, metadata=metadata, plan=plan)
+
+
+def load_pruned(path: str | os.PathLike[str]) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild a model saved by :func:`save_pruned`: fresh architecture, replay of every plan step,
+    state_dict.
+
+    Returns ``(model, checkpoint)`` where ``checkpoint["plan"]`` is a :class:`PruningPlan`.
+    """
+    model, ckpt = build(path)
+    if ckpt.plan is None:
+        raise CheckpointError(
+            f"{str(path)!r} holds no structured pruning plan (it is a {ckpt.kind} checkpoint); "
+            "use prunekit.checkpoint.build to read any checkpoint"
+        )
     return model, ckpt

@@ -224,12 +224,6 @@ def _ensure_builtins() -> None:
     _register_builtins()
 
 
-def _nisp(final_layer: str | None = None, frl_scores: str = "mean_abs") -> Any:
-    from prunekit.regression.nisp import NISP  # prunekit.regression builds on prunekit.importance
-
-    return NISP(final_layer=final_layer, frl_scores=frl_scores)
-
-
 def _register_builtins() -> None:
     from prunekit import allocation as al
     from prunekit import granularity as gr
@@ -254,7 +248,7 @@ def _register_builtins() -> None:
     register("criterion", "feature", im.FeatureReconstruction, feat, "output change when a channel is removed")
     register("criterion", "feature-relu", im.FeatureReconstruction, feat[:3], "feature, measured after the ReLU",
              {"relu": True})
-    register("criterion", "nisp", _nisp, (Param("final_layer", str, None), Param("frl_scores", str, "mean_abs")),
+    register("criterion", "nisp", im.NISP, (Param("final_layer", str, None), Param("frl_scores", str, "mean_abs")),
              "importance propagated back from the final response layer (Yu et al. NISP)")
 
     register("granularity", "element", gr.Element, (), "single weights")

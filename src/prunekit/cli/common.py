@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from prunekit.cli.main import UsageError
 from prunekit.errors import CheckpointError, ConfigError
+from prunekit.moduletools import model_device
 
 DATASETS = ("cifar10", "mnist", "digits")
 NORMALIZATIONS = ("cifar", "imagenet")
@@ -131,7 +132,7 @@ def check_model_fits(model: nn.Module, model_name: str, dataset: str) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            model(example_input_for(dataset, batch=2).to(_device(model)))
+            model(example_input_for(dataset, batch=2).to(model_device(model)))
     except RuntimeError as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ConfigError(
@@ -140,12 +141,6 @@ def check_model_fits(model: nn.Module, model_name: str, dataset: str) -> None:
         ) from exc
     finally:
         model.train(was_training)
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict[str, Any]]:

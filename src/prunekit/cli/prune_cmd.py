@@ -20,10 +20,10 @@ from typing import Any
 
 from torch import nn
 
+from prunekit import criteria as registry
 from prunekit.cli import prune_structured
 from prunekit.cli.common import add_data_args, add_model_args, add_threads_arg, apply_threads, positive_int
 from prunekit.cli.main import UsageError
-from prunekit.importance import registry
 from prunekit.registry import build as component
 
 HELP = "prune a model (element / vector / kernel / channel / block / N:M / pattern masks)"

@@ -52,7 +52,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _importance(args: argparse.Namespace, model: Any, targets: list, name: str, info: dict) -> Any:
-    from prunekit.importance import registry
+    from prunekit import criteria as registry
 
     loader = None
     if registry.needs_data(args.criterion):

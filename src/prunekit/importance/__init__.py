@@ -5,14 +5,14 @@ from prunekit.importance.magnitude import Magnitude, Random
 
 __all__ = ["DataDrivenImportance", "Importance", "Magnitude", "Random", "needs_calibration"]
 
-# Criteria beyond magnitude (B2): BN scale, gradient-based, activation-based, feature-based, CLI registry.
+# BN scale, gradient-based, activation-based, feature-based, NISP. Names for the CLI and recipes: prunekit.criteria.
 from prunekit.importance.activation import APoZ, MeanActivation  # noqa: E402
 from prunekit.importance.bn import BNScale, following_batchnorm  # noqa: E402
 from prunekit.importance.feature import FeatureReconstruction  # noqa: E402
-from prunekit.importance.registry import CRITERIA, build, needs_data  # noqa: E402
+from prunekit.importance.nisp import NISP  # noqa: E402
 from prunekit.importance.taylor import OBD, Taylor  # noqa: E402
 
 __all__ += [
-    "APoZ", "BNScale", "CRITERIA", "FeatureReconstruction", "MeanActivation", "OBD", "Taylor",
-    "build", "following_batchnorm", "needs_data",
+    "NISP", "APoZ", "BNScale", "FeatureReconstruction", "MeanActivation", "OBD", "Taylor",
+    "following_batchnorm",
 ]

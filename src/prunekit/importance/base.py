@@ -11,8 +11,7 @@ batches first (``calibrate(model, loader, num_batches, targets)``); ``scores`` b
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from prunekit.errors import ConfigError, DataError
+from prunekit.moduletools import model_device, preserved_modes
 from prunekit.targets import Target, select
 
 
@@ -106,32 +106,6 @@ def logits_of(outputs: Any, where: str) -> torch.Tensor:
         f"{where}: the model returned a {type(outputs).__name__}, not logits; pass loss_fn=... that takes the "
         "model's output and the labels and returns a scalar loss"
     )
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for a parameter-free model)."""
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-@contextmanager
-def preserved_modes(model: nn.Module) -> Iterator[None]:
-    """Restore the train/eval flag of *every* submodule on exit (a mixed state comes back as it was).
-
-    >>> m = nn.Sequential(nn.Linear(1, 1), nn.Dropout()); _ = m[1].eval()
-    >>> with preserved_modes(m):
-    ...     _ = m.train()
-    >>> [mod.training for mod in m.modules()]
-    [True, True, False]
-    """
-    modes = [(mod, mod.training) for mod in model.modules()]
-    try:
-        yield
-    finally:
-        for mod, training in modes:
-            mod.training = training
-
 
 
 class DataDrivenImportance:

@@ -21,27 +21,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.models.registry import register
-
-
-class PadShortcut(nn.Module):
-    """Option-A shortcut: ``x[:, :, ::2, ::2]`` zero-padded with ``pad`` channels on each side.
-
-    ``pad_before`` zero channels go before the input channels and ``pad_after`` after them, so
-    input channel ``c`` lands on output channel ``pad_before + c``.
-    """
-
-    def __init__(self, pad_before: int, pad_after: int, stride: int = 2) -> None:
-        super().__init__()
-        self.pad_before = pad_before
-        self.pad_after = pad_after
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C+pads, H/s, W/s)
-        x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after), "constant", 0.0)
-
-    def extra_repr(self) -> str:
-        return f"pad_before={self.pad_before}, pad_after={self.pad_after}, stride={self.stride}"
+from prunekit.nn import PadShortcut  # the option-A shortcut (registers its structural rule)
 
 
 class BasicBlock(nn.Module):

@@ -4,6 +4,7 @@ Solvers (``least_squares``, ``ridge``, ``lasso``, ``group_lasso``, ``omp``) acce
 torch tensors; ``backend="sklearn"`` delegates to scikit-learn (extra ``prunekit[regression]``).
 """
 
+from prunekit.importance.nisp import NISP, nisp_channel_scores
 from prunekit.regression.apply import apply_selection, units_for_input_channels
 from prunekit.regression.channel_selection import (
     LayerSelection,
@@ -17,7 +18,6 @@ from prunekit.regression.channel_selection import (
     regression_prune_layer,
     samples_from_features,
 )
-from prunekit.regression.nisp import NISP, nisp_channel_scores
 from prunekit.regression.solvers import (
     group_lasso,
     group_soft_threshold,

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
+from prunekit.moduletools import replace_submodule
 from prunekit.regression.solvers import lasso_gram
 
 __all__ = [
@@ -346,12 +347,6 @@ class RegressionChannelSelector:
         return regression_prune_layer(conv, X, Y, n_keep, selection=self.selection)
 
 
-def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, child = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, child, new)
-
-
 @torch.no_grad()
 def apply_to_chain(
     model: nn.Module, producer: str, consumer: str, selection: LayerSelection, norm: str | None = None
@@ -379,7 +374,7 @@ def apply_to_chain(
     new_prod.weight.copy_(prod.weight[kept])
     if prod.bias is not None:
         new_prod.bias.copy_(prod.bias[kept])
-    _replace(model, producer, new_prod)
+    replace_submodule(model, producer, new_prod)
     if norm:
         bn = mods[norm]
         if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != prod.out_channels:
@@ -399,12 +394,12 @@ def apply_to_chain(
             new_bn.running_var.copy_(bn.running_var[kept])
             new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
         new_bn.train(bn.training)
-        _replace(model, norm, new_bn)
+        replace_submodule(model, norm, new_bn)
     new_cons = _conv_like(cons, len(kept), cons.out_channels)
     new_cons.weight.copy_(selection.weight.to(cons.weight.dtype))
     if cons.bias is not None:
         new_cons.bias.copy_(cons.bias)
-    _replace(model, consumer, new_cons)
+    replace_submodule(model, consumer, new_cons)
 
 
 def _conv_like(conv: nn.Conv2d, in_ch: int, out_ch: int) -> nn.Conv2d:

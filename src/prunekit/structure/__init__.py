@@ -15,11 +15,12 @@ from prunekit.structure.api import (
     match_modules,
     prune_channels,
 )
+from prunekit.structure.extend import Handler, MaskSpec, ParamSlice, Propagation, channelwise, register_module
 from prunekit.structure.from_masks import masks_to_small_model, plan_from_masks
 from prunekit.structure.graph import DependencyGraph
 from prunekit.structure.groups import AxisRef, Group, Unit
 from prunekit.structure.modules import HeadPrunedMultiheadAttention
-from prunekit.structure.plan import ModulePlan, PlanStep, PruningPlan, build_model, load_pruned, save_pruned
+from prunekit.structure.plan import ModulePlan, PlanStep, PruningPlan
 from prunekit.structure.ranking import CostModel, choose_units, score_targets, unit_scores
 from prunekit.structure.verify import VerificationError, VerifyResult, masked_reference, verify
 
@@ -30,7 +31,11 @@ __all__ = [
     "CostModel",
     "DependencyGraph",
     "Group",
+    "Handler",
     "HeadPrunedMultiheadAttention",
+    "MaskSpec",
+    "ParamSlice",
+    "Propagation",
     "ModulePlan",
     "PlanStep",
     "PruneReport",
@@ -38,16 +43,15 @@ __all__ = [
     "Unit",
     "VerificationError",
     "VerifyResult",
-    "build_model",
+    "channelwise",
     "choose_units",
-    "load_pruned",
     "make_plan",
     "masked_reference",
     "match_modules",
     "masks_to_small_model",
     "plan_from_masks",
     "prune_channels",
-    "save_pruned",
+    "register_module",
     "score_targets",
     "unit_scores",
     "verify",

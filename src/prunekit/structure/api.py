@@ -274,9 +274,12 @@ def prune_channels(
         group_ratios=per_group,
     )  # fmt: skip
     if selector.n_candidates == 0 and (ratio > 0 or per_group):
-        why = f"exclude={list(exclude)} touches every prunable channel group" if exclude else (
-            "no channel group of the model is prunable (all pinned)")
-        raise ConfigError(f"nothing can be pruned: {why}; exclude fewer layers")
+        if exclude:
+            why = f"exclude={list(exclude)} touches every prunable channel group; exclude fewer layers"
+        else:
+            why = (f"every channel group of the model is pinned ({_pinned_summary(graph)}); register a rule for "
+                   "modules whose channels prunekit cannot follow (prunekit.structure.register_module)")
+        raise ConfigError(f"nothing can be pruned: {why}")
     choose = selector.choose
 
     cost = CostModel(graph, example_input)
@@ -364,7 +367,7 @@ def _ready_importance(
 
     targets = score_targets(graph, scoring.members, exclude=exclude)
     if isinstance(importance, (str, Mapping)):
-        from prunekit.importance import registry
+        from prunekit import criteria as registry
 
         return registry.build(importance, model, targets, calibration)
     if importance is None:

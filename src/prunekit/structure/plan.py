@@ -38,6 +38,7 @@ from torch import nn
 
 from prunekit.errors import CheckpointError, ConfigError, UnsupportedError, close_matches
 from prunekit.io import atomic_write_text
+from prunekit.moduletools import replace_submodule
 from prunekit.structure.surgery import handler_for
 
 FORMAT = "prunekit.structured-plan"
@@ -362,87 +363,4 @@ class PruningPlan:
             keep = {axis: mp.keep(axis) for axis in mp.remove}
             new = handler_for(module).apply(module, keep, dict(mp.sizes))
             if new is not module:
-                _replace(model, name, new)
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-# ---------------------------------------------------------------------------------------------
-# pruned checkpoints: architecture + plan + state_dict
-# ---------------------------------------------------------------------------------------------
-PRUNED_FORMAT = "prunekit.pruned-model"
-
-
-def build_model(model_name: str, model_config: dict[str, Any]) -> nn.Module:
-    """Build an unpruned model: a registry name, or ``"hf:<ClassName>"`` with a transformers config dict."""
-    if model_name.startswith("hf:"):
-        try:
-            import transformers
-        except ImportError as exc:
-            raise ConfigError("this checkpoint needs transformers: pip install 'prunekit[hf]'") from exc
-        cfg = dict(model_config)
-        model_type = cfg.pop("model_type", None)
-        if model_type is None:
-            raise ConfigError("hf model_config needs 'model_type' (use config.to_dict())")
-        config = transformers.AutoConfig.for_model(model_type, **cfg)
-        cls = getattr(transformers, model_name[3:], None)
-        if cls is None:
-            raise ConfigError(f"transformers has no model class {model_name[3:]!r}")
-        return cls(config)
-    from prunekit.models import create
-
-    return create(model_name, **model_config)
-
-
-def save_pruned(
-    path: str | os.PathLike[str],
-    model_name: str,
-    model_config: dict[str, Any],
-    plan: PruningPlan,
-    model: nn.Module,
-    metadata: dict[str, Any] | None = None,
-) -> Path:
-    """Save a pruned model as architecture (``model_name`` + ``model_config``) + plan + state_dict.
-
-    >>> import tempfile, pathlib, torch
-    >>> from prunekit.models import create
-    >>> from prunekit.structure.api import prune_channels
-    >>> small, plan, _ = prune_channels(create("resnet20"), torch.zeros(1, 3, 32, 32), 0.3)
-    >>> p = save_pruned(pathlib.Path(tempfile.mkdtemp()) / "s.pt", "resnet20", {}, plan, small)
-    >>> again, ckpt = load_pruned(p)
-    >>> all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), small.state_dict().values()))
-    True
-
-    ``plan`` may have several steps (:meth:`PruningPlan.then`); ``model`` must have all of them
-    (:class:`ConfigError` otherwise, before anything is written).
-    """
-    done = plan.steps_applied(model)
-    if done != len(plan.steps):
-        raise ConfigError(
-            f"save_pruned: the model has only the first {done} of the plan's {len(plan.steps)} steps; "
-            "save the model the plan produces"
-        )
-    from prunekit.checkpoint import save  # the one checkpoint format
-
-    return save(path, model, model_name, model_config, metadata=metadata, plan=plan)
-
-
-def load_pruned(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_pruned`: fresh architecture, replay of every plan step,
-    state_dict.
-
-    Returns ``(model, checkpoint)`` where ``checkpoint["plan"]`` is a :class:`PruningPlan`.
-    """
-    from prunekit.checkpoint import build  # the one checkpoint format: same safe reader and errors
-
-    model, ckpt = build(path)
-    if ckpt.plan is None:
-        raise CheckpointError(
-            f"{str(path)!r} holds no structured pruning plan (it is a {ckpt.kind} checkpoint); "
-            "use prunekit.checkpoint.build to read any checkpoint"
-        )
-    return model, ckpt
+                replace_submodule(model, name, new)

@@ -22,7 +22,6 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunekit.errors import UnsupportedError
-from prunekit.models.resnet_cifar import PadShortcut
 from prunekit.structure.groups import AxisRef, SlotSpace
 from prunekit.structure.modules import HeadPrunedMultiheadAttention
 from prunekit.structure.surgery import ConvHandler, LinearHandler
@@ -610,18 +609,6 @@ def _pinned_norm(p: Propagation, node: fx.Node) -> None:
             p.pin(p.val(node, d), f"{type(m).__name__} {name!r} normalises over these channels")
 
 
-def _pad_shortcut(p: Propagation, node: fx.Node) -> None:
-    name = str(node.target)
-    m: PadShortcut = p.modules[name]
-    x = node.all_input_nodes[0]
-    c_in = p.shape(x)[1]
-    c_out = p.shape(node)[1]
-    kin, kout = p.mod(name, "in", c_in), p.mod(name, "out", c_out)
-    p.ident(p.val(x, 1), kin)
-    p.ident(p.val(node, 1), kout)
-    p.space.link(kin, np.arange(c_in), kout, np.arange(m.pad_before, m.pad_before + c_in))
-
-
 _MHA_TYPES = (nn.MultiheadAttention, HeadPrunedMultiheadAttention)
 
 
@@ -685,7 +672,6 @@ MODULE_RULES: list[tuple[Any, Callable[[Propagation, fx.Node], None]]] = [
     (nn.Linear, _linear),
     (_BatchNorm, _batchnorm),
     ((nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm), _pinned_norm),
-    (PadShortcut, _pad_shortcut),
     (_MHA_TYPES, _mha),
     (nn.Embedding, _embedding),
     (nn.PReLU, _prelu),
@@ -694,6 +680,31 @@ MODULE_RULES: list[tuple[Any, Callable[[Propagation, fx.Node], None]]] = [
     (nn.Flatten, _flatten_module),
     ((nn.Softmax, nn.LogSoftmax), _softmax),
 ]
+
+
+def register_rule(types: type | tuple[type, ...], rule: Callable[[Propagation, fx.Node], None]) -> None:
+    """Add how channels flow through calls of modules of ``types`` (checked before the built-in rules)."""
+    MODULE_RULES.insert(0, (types, rule))
+
+
+def channelwise(axis: str = "feat", dim: int = 1) -> Callable[[Propagation, fx.Node], None]:
+    """A rule for a module that acts on each channel separately (dim ``dim`` of its input and output)
+    with per-channel parameters: channel ``c`` in is channel ``c`` out, tied to the module axis ``axis``
+    (as for BatchNorm). The size is read from the traced shape."""
+
+    def rule(p: Propagation, node: fx.Node) -> None:
+        name = str(node.target)
+        x = node.all_input_nodes[0]
+        shape = p.shape(x)
+        d = dim % len(shape)
+        ref = p.mod(name, axis, shape[d])
+        p.ident(p.val(x, d), ref)
+        p.ident(p.val(node, d), ref)
+        for other in range(len(shape)):
+            if other != d:
+                p.ident_dims(x, other, node, other)
+
+    return rule
 
 
 def module_rule_types() -> tuple[type, ...]:

@@ -3,7 +3,7 @@ each axis index owns, how to mask it, and how to rebuild the layer with fewer ch
 
 A :class:`Handler` per module type; :func:`handler_for` finds it. Surgery edits the module in place
 (new, smaller ``nn.Parameter``/buffers and updated attributes such as ``in_channels``,
-``num_features``, ``PadShortcut.pad_before``) except ``nn.MultiheadAttention``, which is replaced by
+``num_features``, or a registered module's own fields) except ``nn.MultiheadAttention``, which is replaced by
 :class:`~prunekit.structure.modules.HeadPrunedMultiheadAttention` (stock MHA cannot have fewer heads
 than ``embed_dim / head_dim``).
 
@@ -27,7 +27,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from prunekit.errors import UnsupportedError
-from prunekit.models.resnet_cifar import PadShortcut
 from prunekit.structure.modules import HeadPrunedMultiheadAttention
 
 
@@ -196,39 +195,6 @@ class BatchNormHandler(Handler):
         module.num_features = sizes.get("feat", module.num_features)
 
 
-class PadShortcutHandler(Handler):
-    """Option-A shortcut: input channel ``c`` is output channel ``pad_before + c``; the rest are zeros.
-
-    Its input width is not stored on the module: axis sizes come from the graph (traced shapes).
-    """
-
-    types = (PadShortcut,)
-
-    def axes(self, module: nn.Module) -> dict[str, int]:
-        return {}
-
-    def mask(self, module: nn.Module, axis: str) -> MaskSpec:
-        return MaskSpec(axis, 1)
-
-    def apply(self, module: nn.Module, keep: dict[str, torch.Tensor], sizes: dict[str, int]) -> nn.Module:
-        pb, c_in = module.pad_before, sizes["in"]
-        if sizes["out"] != pb + c_in + module.pad_after:
-            raise UnsupportedError(
-                f"PadShortcut {module}: planned sizes {sizes} do not match its padding for {c_in} inputs"
-            )
-        kept_in = keep.get("in", torch.arange(c_in))
-        kept_out = keep.get("out", torch.arange(sizes["out"]))
-        middle = kept_out[(kept_out >= pb) & (kept_out < pb + c_in)] - pb
-        if not torch.equal(middle, kept_in):
-            raise UnsupportedError(
-                f"PadShortcut {module}: kept output channels {kept_out.tolist()} do not map onto kept input "
-                f"channels {kept_in.tolist()} through pad_before={pb}"
-            )
-        module.pad_before = int((kept_out < pb).sum())
-        module.pad_after = int((kept_out >= pb + c_in).sum())
-        return module
-
-
 class MultiheadAttentionHandler(Handler):
     """``nn.MultiheadAttention``: whole heads (q, k, v rows of ``in_proj`` and ``out_proj`` columns)."""
 
@@ -313,12 +279,19 @@ HANDLERS: list[Handler] = [
     ConvHandler(),
     LinearHandler(),
     BatchNormHandler(),
-    PadShortcutHandler(),
     MultiheadAttentionHandler(),
     HFConv1DHandler(),
     HFBertSelfAttentionHandler(),
     HFGPT2AttentionHandler(),
 ]
+
+
+def register_handler(handler: Handler) -> Handler:
+    """Add the surgery of a module type (checked before the built-in ones, so it can override them)."""
+    if not isinstance(handler, Handler):
+        raise TypeError(f"register_handler takes a Handler instance, got {type(handler).__name__}")
+    HANDLERS.insert(0, handler)
+    return handler
 
 
 def handler_for(module: nn.Module) -> Handler:

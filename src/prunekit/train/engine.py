@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from prunekit.errors import CheckpointError, ConfigError, PrunekitError
+from prunekit.moduletools import model_device
 from prunekit.train.state import TrainState, capture_rng, loader_generators, restore_rng
 
 StepHook = Callable[[nn.Module, int], None]
@@ -172,13 +173,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def _progress(iterable: Iterable, enabled: bool, desc: str, total: int | None) -> Iterable:

@@ -1,4 +1,6 @@
-"""CLI names of the importance criteria, and a one-call way to build a ready-to-score criterion.
+"""Criteria by name (the CLI's and recipes' ``--criterion``), built ready to score: calibrated when they need data.
+
+A view of :mod:`prunekit.registry` (kind ``"criterion"``).
 
 >>> sorted(CRITERIA)[:3]
 ['apoz', 'bn', 'feature']
