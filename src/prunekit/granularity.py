@@ -38,17 +38,23 @@ import torch
 from prunekit.errors import ConfigError
 from prunekit.targets import Target
 
-REDUCTIONS = ("sum", "mean", "max", "l2")
+REDUCTIONS = ("sum", "mean", "max", "min", "l2")  # the one table: masks' groups and channel groups alike
 
 
 def reduce_groups(grouped: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce ``(G, group_size)`` scores to ``(G,)`` with sum / mean / max / l2."""
+    """Reduce ``(G, group_size)`` scores to ``(G,)`` with sum / mean / max / min / l2.
+
+    >>> reduce_groups(torch.tensor([[1.0, 3.0], [4.0, 0.0]]), "min")
+    tensor([1., 0.])
+    """
     if reduction == "sum":
         return grouped.sum(dim=1)
     if reduction == "mean":
         return grouped.mean(dim=1)
     if reduction == "max":
         return grouped.amax(dim=1)
+    if reduction == "min":
+        return grouped.amin(dim=1)
     if reduction == "l2":
         return grouped.pow(2).sum(dim=1).sqrt()
     raise ConfigError(f"unknown group reduction {reduction!r}; choose one of {REDUCTIONS}")

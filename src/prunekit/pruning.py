@@ -27,27 +27,14 @@ from torch import nn
 from prunekit.allocation.basic import Allocation
 from prunekit.errors import ConfigError
 from prunekit.granularity import Channel, Granularity
-from prunekit.importance.base import Importance
+from prunekit.importance.base import Importance, checked_scores
 from prunekit.masks import Masks
 from prunekit.targets import Target, select
 
 
 def compute_scores(targets: Sequence[Target], importance: Importance) -> dict[str, torch.Tensor]:
     """``importance.scores`` of every target, checked for shape, finiteness and sign."""
-    out: dict[str, torch.Tensor] = {}
-    for t in targets:
-        s = importance.scores(t)
-        if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(t.weight.shape):
-            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-            raise ConfigError(
-                f"{importance!r} returned scores of shape {got} for layer {t.name!r}, "
-                f"expected the weight's shape {tuple(t.weight.shape)}"
-            )
-        s = s.detach().float()
-        if not torch.isfinite(s).all() or (s < 0).any():
-            raise ConfigError(f"{importance!r} returned negative or non-finite scores for layer {t.name!r}")
-        out[t.name] = s
-    return out
+    return {t.name: checked_scores(importance, t) for t in targets}
 
 
 def check_components(importance: Any, granularity: Any, allocation: Any) -> None:

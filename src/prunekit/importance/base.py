@@ -30,6 +30,22 @@ class Importance(Protocol):
     def scores(self, target: Target) -> torch.Tensor: ...
 
 
+def checked_scores(importance: Any, target: Target) -> torch.Tensor:
+    """``importance.scores(target)`` as float, checked: the weight's shape, finite, >= 0 (the one validator
+    masks and channel groups share; the error names the criterion and the layer)."""
+    s = importance.scores(target)
+    if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(target.weight.shape):
+        got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+        raise ConfigError(
+            f"{importance!r} returned scores of shape {got} for layer {target.name!r}, "
+            f"expected the weight's shape {tuple(target.weight.shape)}"
+        )
+    s = s.detach().float()
+    if not torch.isfinite(s).all() or (s < 0).any():
+        raise ConfigError(f"{importance!r} returned negative or non-finite scores for layer {target.name!r}")
+    return s
+
+
 def needs_calibration(importance: object) -> bool:
     """True when ``importance`` must see data (``calibrate``) before it can score.
 

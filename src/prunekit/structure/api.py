@@ -131,10 +131,10 @@ class ChannelScoring:
     member_norm: bool = True
 
     def __post_init__(self) -> None:
-        from prunekit.structure.ranking import REDUCTIONS
+        from prunekit.granularity import REDUCTIONS
 
         if self.reduction not in REDUCTIONS:
-            raise ConfigError(f"ChannelScoring reduction must be one of {sorted(REDUCTIONS)}, got {self.reduction!r}")
+            raise ConfigError(f"ChannelScoring reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         if self.members not in ("out", "all"):
             raise ConfigError(f"ChannelScoring members must be 'out' or 'all', got {self.members!r}")
 

@@ -26,19 +26,17 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError, close_matches
+from prunekit.granularity import REDUCTIONS, reduce_groups
+from prunekit.importance.base import checked_scores
 from prunekit.structure.graph import DependencyGraph
 from prunekit.structure.groups import AxisRef
 from prunekit.structure.surgery import ParamSlice, get_tensor, handler_for
 from prunekit.targets import Target
 
 OUT_AXES = ("out", "feat", "heads")
-REDUCTIONS: dict[str, Callable[[np.ndarray], float]] = {
-    "sum": lambda v: float(v.sum()),
-    "mean": lambda v: float(v.mean()),
-    "max": lambda v: float(v.max()),
-    "min": lambda v: float(v.min()),
-    "l2": lambda v: float(np.sqrt((v * v).sum())),
-}
+def _reduce(reduction: str) -> Callable[[np.ndarray], float]:
+    """One unit's score from its members' values, with the granularity's reduction table."""
+    return lambda v: float(reduce_groups(torch.from_numpy(np.asarray(v, dtype=np.float64)).view(1, -1), reduction)[0])
 
 
 def default_importance() -> Any:
@@ -112,7 +110,7 @@ def unit_scores(
     touching an ``exclude`` module are not scored (``nan``).
     """
     if reduction not in REDUCTIONS:
-        raise ConfigError(f"unknown reduction {reduction!r}; use one of {sorted(REDUCTIONS)}")
+        raise ConfigError(f"unknown reduction {reduction!r}; use one of {REDUCTIONS}")
     importance = importance if importance is not None else default_importance()
     per_axis: dict[AxisRef, list[np.ndarray]] = {}
     cache: dict[str, torch.Tensor] = {}
@@ -120,13 +118,7 @@ def unit_scores(
         t = _target(graph, ref.module, sl.param)
         key = f"{t.name}/{t.param_name}"
         if key not in cache:
-            s = importance.scores(t)
-            if tuple(s.shape) != tuple(t.weight.shape):
-                raise ConfigError(
-                    f"{type(importance).__name__}.scores({t.name}.{t.param_name}) has shape {tuple(s.shape)}, "
-                    f"expected {tuple(t.weight.shape)}"
-                )
-            cache[key] = s.detach().float().cpu()
+            cache[key] = checked_scores(importance, t).cpu()
         s = cache[key]
         v = s.transpose(0, sl.dim).reshape(s.shape[sl.dim], -1).sum(1)  # (param dim,)
         size = graph.axes[ref]
@@ -136,7 +128,7 @@ def unit_scores(
             mean = float(vec.mean())
             vec = vec / mean if mean > 0 else vec
         per_axis.setdefault(ref, []).append(vec)
-    reduce = REDUCTIONS[reduction]
+    reduce = _reduce(reduction)
     out = np.full(len(graph.units), np.nan)
     excluded = set(exclude)
     for u in graph.units:
