@@ -110,3 +110,39 @@ def test_pruner_state_round_trip_resumes_identically(tmp_path) -> None:
     run(27, c, pc, oc, gen)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
     assert all(torch.equal(pa.masks[n], pc.masks[n]) for n in pa.masks)
+
+
+def test_pruner_in_fit_reaches_the_target_and_resumes_exactly(tmp_path) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from prunekit.train import StopTraining, TrainConfig, TrainState, fit
+
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(96, 16, generator=gen), torch.randint(0, 4, (96,), generator=gen))
+
+    def run(stop_at: int | None = None, state: TrainState | None = None, saved: dict | None = None):
+        model = _net()
+        pruner = Pruner(model, None, Magnitude(), Element(), Global(0.8), AGP(0.8, end=18, every=3))
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+        loader = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(1))
+        cfg = TrainConfig(epochs=4, lr=0.05, seed=0 if state is None else None, progress=False)
+        st = state if state is not None else TrainState()
+
+        def on_step(s: TrainState) -> None:
+            if stop_at is not None and s.step == stop_at:
+                raise StopTraining
+
+        fit(model, loader, None, cfg, pruner=pruner, state=st, on_step=on_step)
+        return model, pruner, st
+
+    full, pf, _ = run()
+    assert pf.step_count == 24 and pf.masks.sparsity() == pytest.approx(0.8, abs=1e-3)
+    zeros = sum(int((full.get_submodule(n).weight == 0).sum()) for n in pf.masks.target_names)
+    assert zeros == round(0.8 * sum(pf.masks[n].numel() for n in pf.masks.target_names))
+    cut, _, st = run(stop_at=10)
+    torch.save({"model": cut.state_dict(), "state": st.state_dict()}, tmp_path / "s.pt")
+    saved = torch.load(tmp_path / "s.pt", weights_only=True)
+    resumed, pr, _ = run(state=TrainState.from_state_dict(saved["state"]), saved=saved)
+    assert pr.step_count == 24
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
