@@ -36,9 +36,22 @@ def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
 
 
-def test_readme_python_blocks_run(monkeypatch) -> None:
+def test_readme_python_blocks_run(monkeypatch, tmp_path) -> None:
     blocks = _python_blocks(REPO / "README.md")
     assert blocks, "the README has a Python example"
-    monkeypatch.chdir(REPO)
+    (tmp_path / "checkpoints").symlink_to(REPO / "checkpoints")  # as from the repository root, writing nothing there
+    monkeypatch.chdir(tmp_path)
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+
+
+DOCS = sorted(p for p in (REPO / "docs").glob("*.md") if _python_blocks(p))
+
+
+@pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
+def test_docs_python_blocks_run(path: Path, tmp_path, monkeypatch) -> None:
+    """Each page's blocks run in order in one namespace (a page reads as one session), in a temp folder."""
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "docs"}
+    for code in _python_blocks(path):
+        exec(compile(code, str(path.name), "exec"), namespace)

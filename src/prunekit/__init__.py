@@ -10,11 +10,23 @@
 True
 
 Sub-packages: ``models``, ``data``, ``train``, ``metrics``, ``importance``, ``allocation``,
-``structure``, ``regression``, ``sparse``. Everything heavy (scikit-learn, transformers,
+``structure``, ``regression``, ``sparse``, ``checkpoint``, ``registry``. Everything heavy (scikit-learn, transformers,
 onnxruntime, numba) is imported lazily by the functions that need it.
 """
 
-from prunekit import allocation, data, importance, metrics, models, regression, sparse, structure, train
+from prunekit import (
+    allocation,
+    checkpoint,
+    data,
+    importance,
+    metrics,
+    models,
+    registry,
+    regression,
+    sparse,
+    structure,
+    train,
+)
 from prunekit.allocation import Global, PerLayer, Uniform
 from prunekit.checkpoint import load_pruned, save_pruned
 from prunekit.errors import CheckpointError, ConfigError, DataError, PrunekitError, UnsupportedError
@@ -33,6 +45,7 @@ from prunekit.importance.nisp import NISP
 from prunekit.masks import Masks
 from prunekit.metrics import count_macs, count_nonzeros, count_params, layer_table, measure_latency
 from prunekit.pruning import prune
+from prunekit.schedule import AGP, Iterative, OneShot, Pruner
 from prunekit.sparse import deploy
 from prunekit.structure import PruningPlan, prune_channels
 from prunekit.targets import Target, select
@@ -41,6 +54,7 @@ from prunekit.train import TrainConfig, evaluate, fit
 __version__ = "0.1.0"
 
 __all__ = [
+    "AGP",
     "NISP",
     "NM",
     "OBD",
@@ -54,14 +68,17 @@ __all__ = [
     "Element",
     "FeatureReconstruction",
     "Global",
+    "Iterative",
     "Kernel",
     "LoadBalanced",
     "Magnitude",
     "Masks",
+    "OneShot",
     "MeanActivation",
     "Pattern",
     "PerLayer",
     "PrunekitError",
+    "Pruner",
     "PruningPlan",
     "Random",
     "Target",
@@ -72,6 +89,7 @@ __all__ = [
     "Vector",
     "__version__",
     "allocation",
+    "checkpoint",
     "count_macs",
     "count_nonzeros",
     "count_params",
@@ -87,6 +105,7 @@ __all__ = [
     "models",
     "prune",
     "prune_channels",
+    "registry",
     "regression",
     "save_pruned",
     "select",
