@@ -32,11 +32,11 @@ from prunekit.sparse.formats import (
     CSRMatrix,
     EIEMatrix,
     SharedWeightLinear,
-    finetune_codebook,
     share_linear_layers,
 )
 from prunekit.targets import select
 from prunekit.train import TrainConfig, evaluate, fit
+from prunekit.train.codebook import finetune_codebook
 
 # Han et al. (NeurIPS 2015), Table 2: LeNet-300-100 keeps 8 % / 9 % / 26 % of fc1 / fc2 / fc3.
 SPARSITY = {"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}

@@ -21,7 +21,6 @@ from prunekit.sparse.formats import (
     SparseFormat,
     bits_for,
     centroid_grad,
-    finetune_codebook,
     huffman_bits,
     huffman_code_lengths,
     index_dtype,
@@ -32,6 +31,7 @@ from prunekit.sparse.formats import (
     unshare_linear_layers,
 )
 from prunekit.sparse.formats.bsr import to_blocks
+from prunekit.train.codebook import finetune_codebook
 
 SHAPES = [(7, 13), (16, 32), (8, 3, 3, 3), (6, 4, 1, 1), (300, 784)]
 

@@ -25,7 +25,6 @@ from prunekit.sparse.formats.pattern import FKWWeight, PatternGroup
 from prunekit.sparse.formats.sharing import (
     SharedWeightLinear,
     centroid_grad,
-    finetune_codebook,
     kmeans_1d,
     nearest_codes,
     share_linear_layers,
@@ -47,7 +46,6 @@ __all__ = [
     "bits_for",
     "centroid_grad",
     "check_nm",
-    "finetune_codebook",
     "huffman_bits",
     "huffman_code_lengths",
     "index_dtype",

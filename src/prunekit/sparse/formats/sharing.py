@@ -7,7 +7,8 @@ stored as a ``bits``-bit code into the codebook.
 
 Codebook fine-tuning: :class:`SharedWeightLinear` computes its weight as ``codebook[codes]``, so
 autograd sums the gradients of every weight in a cluster into that cluster's centroid — the
-Deep Compression update — and :func:`finetune_codebook` runs that in a training loop.
+Deep Compression update; the training loop that runs it is training code,
+:func:`prunekit.train.codebook.finetune_codebook`.
 
 k-means here is a 1-D Lloyd iteration in torch: with sorted centroids the nearest one is a
 ``bucketize`` on the midpoints, so each step is O(n log k), deterministic and dependency-free
@@ -17,13 +18,14 @@ float64 copy for no gain in 1-D).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.moduletools import replace_submodule
 
 
 def kmeans_1d(values: torch.Tensor, k: int, max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,11 +176,6 @@ class SharedWeightLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, codebook={self.centroids.numel() + 1}"
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def share_linear_layers(model: nn.Module, bits: int = 4, names: Iterable[str] | None = None,
                         max_iter: int = 100) -> list[str]:
     """Replace ``nn.Linear`` layers of ``model`` (all, or those in ``names``) by shared-weight ones.
@@ -196,7 +193,7 @@ def share_linear_layers(model: nn.Module, bits: int = 4, names: Iterable[str] | 
             from prunekit.errors import close_matches
 
             raise ConfigError(f"no nn.Linear named {name!r} in the model; {close_matches(name, list(linears))}")
-        _set_module(model, name, SharedWeightLinear.from_linear(linears[name], bits, max_iter))
+        replace_submodule(model, name, SharedWeightLinear.from_linear(linears[name], bits, max_iter))
     return chosen
 
 
@@ -204,47 +201,5 @@ def unshare_linear_layers(model: nn.Module) -> list[str]:
     """Replace every :class:`SharedWeightLinear` by a plain ``nn.Linear`` with the shared weight."""
     shared = [(n, m) for n, m in model.named_modules() if isinstance(m, SharedWeightLinear)]
     for name, module in shared:
-        _set_module(model, name, module.to_linear())
+        replace_submodule(model, name, module.to_linear())
     return [n for n, _ in shared]
-
-
-def finetune_codebook(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                      epochs: int = 1, lr: float = 1e-3, train_bias: bool = False,
-                      loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-                      max_steps: int | None = None) -> list[float]:
-    """Fine-tune the centroids of every :class:`SharedWeightLinear` in ``model`` (Adam, ``lr``).
-
-    Each centroid moves by the summed gradient of the weights that share it; everything else
-    stays frozen unless ``train_bias`` (then the shared layers' biases train too). Returns the
-    loss of every step. The model's train/eval mode and ``requires_grad`` flags are restored.
-    """
-    layers = [m for m in model.modules() if isinstance(m, SharedWeightLinear)]
-    if not layers:
-        raise ConfigError("finetune_codebook found no SharedWeightLinear layer; call share_linear_layers(model) first")
-    params = [m.centroids for m in layers]
-    if train_bias:
-        params += [m.bias for m in layers if m.bias is not None]
-    chosen = {id(p) for p in params}
-    saved = {p: p.requires_grad for p in model.parameters()}
-    was_training = model.training
-    device = params[0].device
-    losses: list[float] = []
-    try:
-        for p in model.parameters():
-            p.requires_grad_(id(p) in chosen)
-        opt = torch.optim.Adam(params, lr=lr)
-        model.train()
-        for _ in range(epochs):
-            for x, y in loader:
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x.to(device)), y.to(device))
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-                if max_steps is not None and len(losses) >= max_steps:
-                    return losses
-    finally:
-        for p, flag in saved.items():
-            p.requires_grad_(flag)
-        model.train(was_training)
-    return losses
