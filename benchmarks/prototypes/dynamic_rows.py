@@ -30,7 +30,7 @@ from _goal_cell import goal_cell
 
 from prunekit.metrics.latency import num_threads
 from prunekit.sparse.kernels import numba_csr
-from prunekit.sparse.kernels._numba_loops import _row_dot, atomic_rmw_intrinsic
+from prunekit.sparse.kernels._numba_fast import _row_dot, atomic_rmw_intrinsic
 
 _fetch_add = atomic_rmw_intrinsic("add")
 

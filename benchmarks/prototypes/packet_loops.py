@@ -3,8 +3,8 @@
 The goal cell (4096x4096 fp32, 90 % sparse), raw compiled loops (no module call around them),
 1 thread, warm and with the weights ``clflush``ed before every call; medians of interleaved calls.
 
-* ``csr int16``: prunekit's CSR loop (``_numba_loops.spmv_serial`` with empty ``bases``);
-* ``packet, LLVM IR``: prunekit's packet loop (``_numba_loops._packet_dot``: one 16-lane gather
+* ``csr int16``: prunekit's CSR loop (``_numba_fast.spmv_serial`` with empty ``bases``);
+* ``packet, LLVM IR``: prunekit's packet loop (``_numba_fast._packet_dot``: one 16-lane gather
   per packet from a base pointer + 32-bit lane indices);
 * ``packet, plain numba``: the same sum written as ``val[k] * x[bases[k >> 4] + offsets[k]]``
   over the row, which numba vectorises with a second gather (of the base) per 8 lanes.
@@ -20,7 +20,7 @@ import torch
 from _goal_cell import goal_cell, median_us
 
 from prunekit.sparse import SparseLinear
-from prunekit.sparse.kernels._numba_loops import PACKET, _prefetch
+from prunekit.sparse.kernels._numba_fast import PACKET, _prefetch
 from prunekit.sparse.kernels.evict import TensorEvictor
 
 

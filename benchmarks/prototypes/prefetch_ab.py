@@ -1,6 +1,6 @@
 """A/B of the batch-1 numba CSR loop with and without its software prefetches.
 
-Calls prunekit's compiled loop (``_numba_loops.spmv_serial``) directly on a 4096x4096 fp32 weight
+Calls prunekit's compiled loop (``_numba_fast.spmv_serial``) directly on a 4096x4096 fp32 weight
 at 90 % sparsity (int16 column indices), 1 thread, with ``ahead=0`` (no prefetches) and with the
 distance the modules use, interleaved, in two cache regimes: warm, and with a
 ``CacheFlusher`` before every call. Medians of 60 calls per variant; 3 rounds.
@@ -19,7 +19,7 @@ import torch
 from prunekit.metrics.latency import CacheFlusher
 from prunekit.sparse import SparseLinear
 from prunekit.sparse.bench import pruned_weight
-from prunekit.sparse.kernels import _numba_loops as loops
+from prunekit.sparse.kernels import _numba_fast as loops
 
 
 def main() -> None:

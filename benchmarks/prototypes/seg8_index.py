@@ -19,8 +19,8 @@ import torch
 
 from prunekit.sparse import SparseLinear
 from prunekit.sparse.bench import pruned_weight
-from prunekit.sparse.kernels import _numba_loops as loops
-from prunekit.sparse.kernels._numba_loops import _prefetch
+from prunekit.sparse.kernels import _numba_fast as loops
+from prunekit.sparse.kernels._numba_fast import _prefetch
 from prunekit.sparse.kernels.evict import TensorEvictor
 
 SEGMENTS = 16  # 4096 columns / 256

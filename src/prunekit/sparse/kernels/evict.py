@@ -25,8 +25,10 @@ from prunekit.sparse.kernels import numba_csr
 
 
 def evict_available() -> bool:
-    """Whether :class:`TensorEvictor` can run here: numba installed and an x86-64 CPU."""
-    return numba_csr.AVAILABLE and platform.machine().lower() in ("x86_64", "amd64")
+    """Whether :class:`TensorEvictor` can run here: numba installed, an x86-64 CPU and the fast loops built."""
+    if not (numba_csr.AVAILABLE and platform.machine().lower() in ("x86_64", "amd64")):
+        return False
+    return numba_csr._loops().evict_lines is not None
 
 
 class TensorEvictor:
@@ -37,8 +39,8 @@ class TensorEvictor:
 
     def __init__(self, tensors: Iterable[torch.Tensor]) -> None:
         if not evict_available():
-            raise ImportError("TensorEvictor needs numba (pip install numba) and an x86-64 CPU; "
-                              "use prunekit.metrics.latency.CacheFlusher instead")
+            raise ImportError("TensorEvictor needs numba (pip install numba), an x86-64 CPU and prunekit's fast "
+                              "loops; use prunekit.metrics.latency.CacheFlusher instead")
         self._loops = numba_csr._loops()
         tensors = [t.detach() for t in tensors if t.numel()]
         for t in tensors:

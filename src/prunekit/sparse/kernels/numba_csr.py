@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -38,17 +39,82 @@ CONV_PARALLEL_MIN_WORK = 1 << 20
 
 
 _LOOPS = None
+FAST_STATUS: dict[str, str] = {}  # "kind": "fast" | "reference", "why": the reason the fast path is off
+
+
+class _Loops:
+    """The compiled loops in use: the reference module's, with the batch-1 ones (and the cache
+    eviction) from the fast path when it builds and agrees with the reference here."""
+
+    def __init__(self, reference, fast=None) -> None:
+        for name in ("PACKET", "PREFETCH_AHEAD", "PREFETCH_MIN_BYTES", "CHUNKS_PER_THREAD", "csc_spmm_skip_zeros",
+                     "spmm_t_serial", "spmm_t_parallel", "fill_phases", "conv2d_direct_serial",
+                     "conv2d_direct_parallel", "numba"):
+            setattr(self, name, getattr(reference, name))
+        source = fast if fast is not None else reference
+        self.spmv_serial, self.spmv_parallel = source.spmv_serial, source.spmv_parallel
+        self.evict_lines = getattr(fast, "evict_lines", None)
+        self.kind = source.KIND
+        self.reference = reference
+
+
+def _self_check(fast, reference) -> None:
+    """Compile the fast batch-1 loops on a small CSR and packet-CSR weight and compare with the reference."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((37, 300)).astype(np.float32) * (rng.random((37, 300)) < 0.2)
+    x = rng.standard_normal(300).astype(np.float32)
+    from prunekit.sparse.formats import CSRMatrix, PacketCSRMatrix
+
+    for m in (CSRMatrix.pack(torch.from_numpy(w)), PacketCSRMatrix.pack(torch.from_numpy(w))):
+        if isinstance(m, PacketCSRMatrix):
+            a = as_arrays(m.packet_ptr, m.offsets, m.values, bases=m.bases, loops=reference)
+        else:
+            a = as_arrays(m.row_ptr, m.col_indices, m.values, loops=reference)
+        want, got, got2 = (np.empty(37, np.float32) for _ in range(3))
+        reference.spmv_serial(a.row_ptr, a.bases, a.col, a.val, x, a.bias, want, 0)
+        fast.spmv_serial(a.row_ptr, a.bases, a.col, a.val, x, a.bias, got, 64)
+        fast.spmv_parallel(a.row_ptr, a.bases, a.col, a.val, x, a.bias, got2, 64, 1)
+        if not (np.allclose(got, want, rtol=1e-4, atol=1e-4) and np.allclose(got2, want, rtol=1e-4, atol=1e-4)):
+            raise RuntimeError("the fast batch-1 loop disagrees with the reference loop on a test weight")
 
 
 def _loops():
-    """The compiled loops module (imports numba on first use, so importing prunekit stays fast)."""
+    """The compiled loops (imports numba on first use, so importing prunekit stays fast).
+
+    The fast batch-1 path is tried once: if it does not import, build or agree with the reference
+    here, prunekit warns once and uses the reference loops (set ``PRUNEKIT_FAST_KERNELS=0`` to
+    choose the reference loops without a warning).
+    """
     global _LOOPS
     if _LOOPS is None:
         if not AVAILABLE:
             raise ImportError("numba is not installed: pip install numba (extra 'kernels')")
+        import os
+        import warnings
+
         from prunekit.sparse.kernels import _numba_loops
 
-        _LOOPS = _numba_loops
+        fast = None
+        if os.environ.get("PRUNEKIT_FAST_KERNELS") == "0":
+            FAST_STATUS.update(kind="reference", why="PRUNEKIT_FAST_KERNELS=0")
+        else:
+            torch_threads = torch.get_num_threads()
+            try:
+                from prunekit.sparse.kernels import _numba_fast
+
+                _self_check(_numba_fast, _numba_loops)  # its parallel call starts numba's threading layer
+                fast = _numba_fast
+                FAST_STATUS.update(kind="fast", why="")
+            except Exception as exc:  # another numba / llvmlite / CPU: run the reference loops
+                why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+                FAST_STATUS.update(kind="reference", why=why)
+                warnings.warn(
+                    f"prunekit: the fast sparse loops could not be used here ({why}); running the reference "
+                    "numba loops (same results, somewhat slower at batch 1)", RuntimeWarning, stacklevel=2)
+            finally:
+                if torch.get_num_threads() != torch_threads:  # see _threads: numba's omp start-up resets it
+                    torch.set_num_threads(torch_threads)
+        _LOOPS = _Loops(_numba_loops, fast)
     return _LOOPS
 
 
@@ -101,6 +167,72 @@ def _threads(loops) -> int:
     return n
 
 
+class ThreadPolicy:
+    """Parallel or serial loop for one weight, decided by what its own calls measure.
+
+    A multi-threaded call waits for every worker it wakes. When other processes hold the cores a
+    worker may not run for a scheduler time slice: a 90 %-sparse 4096x4096 batch-1 product at 2
+    threads took 15.8 ms beside one busy process, against 0.3 ms quiet and 3.6 ms for dense. So each
+    parallel call is timed (``perf_counter``, well under 1 us) and compared with the fastest serial
+    call of the same weight (probed on the 3rd and 4th call and every ``PROBE_EVERY``-th after):
+    a parallel call slower than ``SLOW`` x that, or than ``SLOW`` x the fastest parallel call,
+    twice in a row, switches this weight to the serial loop for ``backoff`` calls; then one parallel
+    call probes again (the backoff doubles up to ``BACKOFF_MAX`` while the machine stays busy and
+    resets once a probe is fast). Quiet, it costs one serial call in ``PROBE_EVERY``.
+
+    >>> policy, calls = ThreadPolicy(), []
+    >>> policy.run(2, lambda: calls.append("parallel"), lambda: calls.append("serial"))
+    >>> policy.run(1, lambda: calls.append("parallel"), lambda: calls.append("serial"))
+    >>> calls
+    ['parallel', 'serial']
+    """
+
+    SLOW = 1.5
+    BACKOFF0 = 32
+    BACKOFF_MAX = 4096
+    PROBE_EVERY = 512
+    __slots__ = ("best_parallel", "best_serial", "strikes", "serial_left", "backoff", "calls", "probing")
+
+    def __init__(self) -> None:
+        self.best_parallel = self.best_serial = float("inf")
+        self.strikes = self.serial_left = self.calls = 0
+        self.backoff = self.BACKOFF0
+        self.probing = False
+
+    @property
+    def serial_now(self) -> bool:
+        """True while this weight runs serially because parallel calls were found slow."""
+        return self.serial_left > 0
+
+    def run(self, threads: int, parallel, serial) -> None:
+        """Call ``parallel()`` or ``serial()`` (the same product either way)."""
+        if threads <= 1:
+            serial()
+            return
+        self.calls += 1
+        if self.serial_left > 0 or self.calls in (3, 4) or self.calls % self.PROBE_EVERY == 0:
+            t0 = time.perf_counter()
+            serial()
+            self.best_serial = min(self.best_serial, time.perf_counter() - t0)
+            if self.serial_left > 0:
+                self.serial_left -= 1
+                self.probing = self.serial_left == 0
+            return
+        t0 = time.perf_counter()
+        parallel()
+        dt = time.perf_counter() - t0
+        slow = dt > self.SLOW * self.best_serial or (self.calls > 2 and dt > 3 * self.SLOW * self.best_parallel)
+        self.best_parallel = min(self.best_parallel, dt)
+        if not slow:
+            self.strikes, self.probing, self.backoff = 0, False, self.BACKOFF0
+            return
+        self.strikes += 1
+        if self.probing or self.strikes >= 2:
+            if self.probing:
+                self.backoff = min(2 * self.backoff, self.BACKOFF_MAX)
+            self.serial_left, self.strikes, self.probing = self.backoff, 0, False
+
+
 class CSRArrays(NamedTuple):
     """A CSR weight's arrays as numpy views ready for the compiled loops (see :func:`as_arrays`)."""
 
@@ -110,6 +242,7 @@ class CSRArrays(NamedTuple):
     bias: np.ndarray  # (N,) fp32, or (0,) for no bias
     prefetch_ahead: int  # prefetch distance of the batch-1 loop in stored values (0: weight fits in L2)
     bases: np.ndarray  # (0,) for CSR; packet CSR: (P,) unsigned first column of each packet
+    policy: ThreadPolicy  # parallel or serial, by what the calls on this weight measured
 
 
 _NO_BIAS = np.zeros(0, np.float32)
@@ -117,7 +250,7 @@ _NO_BASES = np.zeros(0, np.uint16)  # the loops' mark for plain CSR
 
 
 def as_arrays(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
-              bias: torch.Tensor | None = None, bases: torch.Tensor | None = None) -> CSRArrays:
+              bias: torch.Tensor | None = None, bases: torch.Tensor | None = None, loops=None) -> CSRArrays:
     """Numpy views (no copy) of a CSR weight's CPU tensors (indices unsigned) and its bias.
 
     For a packet-CSR weight (:class:`prunekit.sparse.formats.PacketCSRMatrix`) pass its
@@ -129,8 +262,9 @@ def as_arrays(row_ptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
     """
     bias_np = _NO_BIAS if bias is None else bias.detach().to(torch.float32).numpy()
     col_np, val_np = _unsigned(col), val.numpy()
-    return CSRArrays(_unsigned(row_ptr), col_np, val_np, bias_np, _prefetch_ahead(_loops(), val_np, col_np),
-                     _NO_BASES if bases is None else _unsigned(bases))
+    return CSRArrays(_unsigned(row_ptr), col_np, val_np, bias_np,
+                     _prefetch_ahead(loops if loops is not None else _loops(), val_np, col_np),
+                     _NO_BASES if bases is None else _unsigned(bases), ThreadPolicy())
 
 
 def spmv_into(arrays: CSRArrays, x: np.ndarray, out: np.ndarray) -> None:
@@ -152,16 +286,21 @@ def spmv_into(arrays: CSRArrays, x: np.ndarray, out: np.ndarray) -> None:
     loops = _LOOPS or _loops()
     threads = _threads(loops) if arrays.val.shape[0] >= PARALLEL_MIN_WORK else 1
     _run_spmv(loops, threads, arrays.row_ptr, arrays.bases, arrays.col, arrays.val, x, arrays.bias, out,
-              arrays.prefetch_ahead)
+              arrays.prefetch_ahead, arrays.policy)
 
 
 def _run_spmv(loops, threads: int, row_ptr: np.ndarray, bases: np.ndarray, col: np.ndarray, val: np.ndarray,
-              x: np.ndarray, bias: np.ndarray, out: np.ndarray, ahead: int) -> None:
-    """The compiled batch-1 loop: row-chunk parallel over ``threads`` workers, or serial for 1."""
-    if threads > 1:
-        loops.spmv_parallel(row_ptr, bases, col, val, x, bias, out, ahead, threads)
-    else:
+              x: np.ndarray, bias: np.ndarray, out: np.ndarray, ahead: int, policy: ThreadPolicy | None = None) -> None:
+    """The compiled batch-1 loop: row-chunk parallel over ``threads`` workers, or serial for 1 (or while
+    ``policy`` has found the parallel loop slow on a busy machine)."""
+    if threads <= 1:
         loops.spmv_serial(row_ptr, bases, col, val, x, bias, out, ahead)
+        return
+    (policy or ThreadPolicy()).run(
+        threads,
+        lambda: loops.spmv_parallel(row_ptr, bases, col, val, x, bias, out, ahead, threads),
+        lambda: loops.spmv_serial(row_ptr, bases, col, val, x, bias, out, ahead),
+    )
 
 
 class ConvPlan(NamedTuple):
@@ -242,9 +381,9 @@ def conv2d(arrays: CSRArrays, plan: ConvPlan, x: torch.Tensor, out_channels: int
     phases = np.zeros((b, sh * sw * cin * hq * wq), dtype=np.float32)  # (B, planes * Hq*Wq)
     loops.fill_phases(_input_array(x), ph, pw, sh, sw, hq, wq, phases)
     out = np.empty((b, out_channels, ho, wo), dtype=np.float32)  # (B, Cout, Ho, Wo)
-    parallel = arrays.val.shape[0] * ho * wq * b >= CONV_PARALLEL_MIN_WORK and _threads(loops) > 1
-    fn = loops.conv2d_direct_parallel if parallel else loops.conv2d_direct_serial
-    fn(arrays.row_ptr, plan.taps, arrays.val, phases, arrays.bias, wq, out)
+    threads = _threads(loops) if arrays.val.shape[0] * ho * wq * b >= CONV_PARALLEL_MIN_WORK else 1
+    args = (arrays.row_ptr, plan.taps, arrays.val, phases, arrays.bias, wq, out)
+    arrays.policy.run(threads, lambda: loops.conv2d_direct_parallel(*args), lambda: loops.conv2d_direct_serial(*args))
     return torch.from_numpy(out)
 
 
@@ -275,10 +414,12 @@ def matmul_t(arrays: CSRArrays, xt: torch.Tensor) -> torch.Tensor:
     # Small products run serially: waking the thread pool costs more than it saves.
     threads = _threads(loops) if arrays.val.shape[0] * xtn.shape[1] >= PARALLEL_MIN_WORK else 1
     if xtn.shape[1] == 1:
-        _run_spmv(loops, threads, *weight, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0], arrays.prefetch_ahead)
+        _run_spmv(loops, threads, *weight, xtn[:, 0], _NO_BIAS, out.numpy()[:, 0], arrays.prefetch_ahead,
+                  arrays.policy)
     else:
-        fn = loops.spmm_t_parallel if threads > 1 else loops.spmm_t_serial
-        fn(*weight, xtn, out.numpy())
+        outn = out.numpy()
+        arrays.policy.run(threads, lambda: loops.spmm_t_parallel(*weight, xtn, outn),
+                          lambda: loops.spmm_t_serial(*weight, xtn, outn))
     return out
 
 
