@@ -117,8 +117,7 @@ def test_interrupted_train_resumes_to_the_same_weights(dense, tmp_path, monkeypa
             raise KeyboardInterrupt  # the process dies after epoch 2 was written
 
     monkeypatch.setattr(train_cmd, "print_epoch", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        main([*args, "--out", str(cut)])
+    assert main([*args, "--out", str(cut)]) == 130  # Ctrl-C: one line, the last good epoch kept
     monkeypatch.undo()
     ckpt = read(cut)
     assert ckpt.train_state["epoch"] == 1  # epoch 2's file is written after its on_epoch: 1 done

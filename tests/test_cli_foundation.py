@@ -102,9 +102,13 @@ def test_plain_state_dict_as_checkpoint_hints_pretrained(tmp_path, capsys) -> No
     from prunekit.models import create
 
     plain = tmp_path / "plain.pt"
-    torch.save({"w": create("digits_cnn").state_dict()}, plain)
+    torch.save(create("digits_cnn").state_dict(), plain)
     assert main(["eval", "--checkpoint", str(plain)]) == 1
     assert "--pretrained" in capsys.readouterr().err
+    nested = tmp_path / "nested.pt"  # not a state dict itself: the message names what it holds instead
+    torch.save({"w": create("digits_cnn").state_dict()}, nested)
+    assert main(["eval", "--checkpoint", str(nested)]) == 1
+    assert "a dict without a 'state_dict' entry (keys: 'w')" in capsys.readouterr().err
 
 
 def test_pretrained_flag_loads_state_dict(tmp_path, digits_ckpt, capsys) -> None:

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import CheckpointError, ConfigError
+from prunekit.inputs import read_torch_file
 from prunekit.io import atomic_torch_save
 
 if TYPE_CHECKING:
@@ -141,24 +142,18 @@ def save(
 def read(path: str | os.PathLike[str]) -> Checkpoint:
     """Read any prunekit checkpoint safely (``weights_only=True``); masks and plan become objects."""
     p = Path(path)
-    if p.is_dir():
-        raise CheckpointError(f"checkpoint {str(p)!r} is a directory; pass the path of a .pt file")
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {str(p)!r} does not exist (pass the path of a .pt file)")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).splitlines() or [""])[0]
-        if "weights_only" in first or "Unsupported global" in str(exc):
-            first = "it holds Python objects other than tensors and plain values"
-        raise CheckpointError(
-            f"cannot read checkpoint {str(p)!r} ({type(exc).__name__}: {first}); it is not a prunekit "
-            "checkpoint, or it is truncated or damaged; write it again with a prunekit command"
-        ) from None
+    obj = read_torch_file(p, "checkpoint", "write it again with a prunekit command (train, prune, deploy)")
     if not isinstance(obj, dict) or "state_dict" not in obj:
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise CheckpointError(
+                f"{str(p)!r} is a plain state dict, not a prunekit checkpoint; load it into its model with "
+                "--model NAME --pretrained PATH (Python: prunekit.models.load_pretrained)"
+            )
+        held = f"a dict without a 'state_dict' entry (keys: {', '.join(map(repr, list(obj)[:5]))})" \
+            if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise CheckpointError(
-            f"{str(p)!r} is not a prunekit checkpoint (no 'state_dict' entry); for a plain state dict "
-            "use --model NAME --pretrained PATH"
+            f"{str(p)!r} is not a prunekit checkpoint: it holds {held}; write checkpoints with a prunekit "
+            "command (train, prune, deploy) or prunekit.checkpoint.save"
         )
     if obj.get("format") not in (None, FORMAT, LEGACY_PRUNED_FORMAT):
         raise CheckpointError(f"{str(p)!r} has format {obj.get('format')!r}, not {FORMAT!r}")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
+from prunekit.inputs import check_example_input
 from prunekit.io import atomic_write
 from prunekit.masks import clean_copy
 from prunekit.metrics.macs import eval_mode
@@ -73,6 +74,7 @@ def export_onnx(
                                "(extra 'onnx')") from exc
     args = _example_args(example_input)
     dense = densify(model).eval()
+    check_example_input(dense, args[0] if len(args) == 1 else args, "export_onnx")  # before the trace
     names = [f"input{i}" for i in range(len(args))]
     axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
 

@@ -443,15 +443,24 @@ class Masks(Mapping[str, torch.Tensor]):
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None, enforce: bool = True) -> Masks:
         """Read masks saved by :meth:`save`; if ``model`` is given, apply them to it."""
+        from prunekit.inputs import read_torch_file
+
+        where = repr(os.fspath(path))
+        state = read_torch_file(path, "mask file", "write it again with Masks.save")
+        if isinstance(state, Mapping) and state.get("format") == "prunekit.checkpoint":
+            raise CheckpointError(f"{where} is a prunekit checkpoint, not a mask file; its masks are "
+                                  "prunekit.checkpoint.read(path).masks")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"mask file {os.fspath(path)!r} does not exist") from None
-        except Exception as exc:  # corrupt / foreign file
-            raise CheckpointError(f"cannot read mask file {os.fspath(path)!r}: {exc}") from None
-        masks = cls({}).load_state_dict(state)
+            masks = cls({}).load_state_dict(state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"mask file {where}: {exc}; write it with Masks.save") from None
+        except (TypeError, ValueError, AttributeError) as exc:  # a masks-like dict holding wrong values
+            raise CheckpointError(f"mask file {where} is malformed ({exc}); write it with Masks.save") from None
         if model is not None:
-            masks.apply(model, enforce=enforce)
+            try:
+                masks.apply(model, enforce=enforce)
+            except (ConfigError, CheckpointError) as exc:
+                raise type(exc)(f"the masks in {where} do not fit this model: {exc}") from None
         return masks
 
     @classmethod

@@ -62,6 +62,25 @@ def _check_patterns(patterns: Iterable[str], names: list[str], what: str) -> Non
             )
 
 
+def _module_types(types: object) -> tuple[type[nn.Module], ...]:
+    """``types`` as a tuple of nn.Module classes, or a ConfigError saying what was given instead."""
+    example = "e.g. types=(nn.Conv2d, nn.Linear)"
+    if isinstance(types, type):
+        types = (types,)
+    if isinstance(types, str) or not isinstance(types, Iterable):
+        raise ConfigError(f"select(types=...) takes nn.Module classes ({example}), got {type(types).__name__} "
+                          f"{types!r}")
+    types_t = tuple(types)
+    if not types_t:
+        raise ConfigError(f"select(types=...) is empty: pass at least one nn.Module class ({example})")
+    wrong = [t for t in types_t if not (isinstance(t, type) and issubclass(t, nn.Module))]
+    if wrong:
+        given = ", ".join(repr(t) if isinstance(t, str) else f"{type(t).__name__} {t!r}" for t in wrong)
+        raise ConfigError(f"select(types=...) takes nn.Module classes ({example}), not names or instances; "
+                          f"got {given}")
+    return types_t
+
+
 def select(
     model: nn.Module,
     types: Sequence[type[nn.Module]] = DEFAULT_TYPES,
@@ -84,9 +103,9 @@ def select(
     ...
     prunekit.errors.ConfigError: include pattern 'fc*' matches no prunable layer; ...
     """
-    types_t = tuple(types)
-    if not types_t:
-        raise ConfigError("select(types=...) is empty: pass at least one module type, e.g. nn.Conv2d")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"select(model, ...) takes an nn.Module, got {type(model).__name__}")
+    types_t = _module_types(types)
     candidates: list[Target] = []
     for name, module in model.named_modules():
         if not name or not isinstance(module, types_t):

@@ -36,10 +36,21 @@ def _fractions(text: str) -> list[float]:
 
 
 def _shape(text: str) -> tuple[int, int]:
-    parts = _ints(text.replace("x", ","))
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected OUTxIN like 4096x4096, got {text!r}")
-    return parts[0], parts[1]
+    """``ROWSxCOLS`` (out x in features of the Linear) as two positive ints.
+
+    >>> _shape("256x1024")
+    (256, 1024)
+    """
+    parts = text.lower().split("x")
+    try:
+        rows, cols = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected ROWSxCOLS (the Linear's out x in features, two positive ints) like 4096x4096, got {text!r}"
+        ) from None
+    if rows < 1 or cols < 1:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS with both sizes >= 1 like 4096x4096, got {text!r}")
+    return rows, cols
 
 
 def _names(text: str) -> list[str]:
@@ -49,7 +60,8 @@ def _names(text: str) -> list[str]:
 def register(subparsers: Any) -> None:
     """Add the ``bench`` sub-command."""
     p = subparsers.add_parser("bench", help=HELP, description=HELP + ".")
-    p.add_argument("--shape", type=_shape, default=(4096, 4096), metavar="OUTxIN", help="default 4096x4096")
+    p.add_argument("--shape", type=_shape, default=(4096, 4096), metavar="ROWSxCOLS",
+                   help="the Linear's out x in features (default 4096x4096)")
     p.add_argument("--batch-sizes", type=_ints, default=[1, 16, 128], metavar="B,...", help="default 1,16,128")
     p.add_argument("--sparsities", type=_fractions, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98], metavar="S,...",
                    help="default 0.5,0.7,0.8,0.9,0.95,0.98")

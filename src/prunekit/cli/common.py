@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from prunekit.cli.main import UsageError
-from prunekit.errors import CheckpointError, ConfigError
+from prunekit.errors import ConfigError
 from prunekit.moduletools import model_device
 
 DATASETS = ("cifar10", "mnist", "digits")
@@ -52,8 +52,11 @@ def positive_int(text: str) -> int:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--model NAME`` and the mutually exclusive ``--checkpoint PATH`` / ``--pretrained PATH``."""
-    parser.add_argument("--model", metavar="NAME", help="registered model name (see 'prunekit info --help')")
+    """Add ``--model NAME`` (its help lists the registered names) and the mutually exclusive
+    ``--checkpoint PATH`` / ``--pretrained PATH``."""
+    from prunekit.models import available
+
+    parser.add_argument("--model", metavar="NAME", help=f"registered model name: {', '.join(available())}")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--checkpoint", metavar="PATH", help="prunekit checkpoint (it names its model; --model is optional)"
@@ -157,12 +160,8 @@ def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict
     checkpoint: str | None = getattr(args, "checkpoint", None)
     pretrained: str | None = getattr(args, "pretrained", None)
     if checkpoint:
-        try:
-            ckpt = load_checkpoint(checkpoint)  # CheckpointError naming the path when missing/corrupt
-        except CheckpointError as exc:
-            if not Path(checkpoint).is_file():
-                raise
-            raise CheckpointError(f"{exc}; for a plain state dict use --model NAME --pretrained PATH") from exc
+        ckpt = load_checkpoint(checkpoint)  # CheckpointError naming the path and the problem (and, for a
+        # plain state dict, --model NAME --pretrained PATH)
         named = ckpt["model_name"]
         if named:
             if name and name != named:
@@ -228,7 +227,7 @@ def make_loaders_from_args(
         if getattr(args, "data", None):
             raise UsageError("the digits data set ships with scikit-learn; drop --data")
         train, test = digits_loaders(batch_size=batch_size, seed=seed)
-        return (_limited(train, limit, seed), _limited(test, limit, seed)) if limit else (train, test)
+        return (_limited(train, limit, seed), _limited(test, limit, SUBSET_SEED)) if limit else (train, test)
     path = Path(getattr(args, "data", None) or data_root() / DEFAULT_FILES[dataset])
     if dataset == "mnist":
         return mnist_loaders(path, batch_size=batch_size, limit=limit, seed=seed)
@@ -240,8 +239,8 @@ def make_loaders_from_args(
 
 
 def _limited(loader: DataLoader, limit: int, seed: int) -> DataLoader:
-    """The same loader over the first ``limit`` items of its (already shuffled-split) data set."""
-    subset = torch.utils.data.Subset(loader.dataset, range(min(limit, len(loader.dataset))))
+    """The same loader over a class-balanced ``limit``-subset of its data set, drawn with ``seed``."""
+    subset = balanced_subset(loader.dataset, limit, seed)
     shuffle = isinstance(loader.sampler, torch.utils.data.RandomSampler)
     g = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(subset, loader.batch_size, shuffle=shuffle, generator=g)
@@ -252,3 +251,202 @@ def resolved_normalize(args: argparse.Namespace, dataset: str, metadata: Mapping
     if dataset != "cifar10":
         return None
     return getattr(args, "normalize", None) or (metadata or {}).get("normalize") or "cifar"
+
+
+# --- outputs: checked before any work -------------------------------------------------------------
+
+
+def add_force_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--force``: let an output replace one of the command's input files."""
+    parser.add_argument("--force", action="store_true",
+                        help="allow an output to replace an input file (e.g. --out equal to --checkpoint)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """UsageError unless ``path`` can be written: not a folder, inside a writable folder."""
+    import secrets
+
+    from prunekit.io import temp_prefix
+
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory; give a file path (e.g. {path / 'model.pt'})")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # a missing folder is created when writing
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: {folder} is a file, not a folder; choose another {flag}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path} is read-only; make it writable or choose another {flag}")
+    probe = folder / f"{temp_prefix(path)}{os.getpid()}-probe{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc}); "
+                         f"choose another {flag}") from None
+
+
+def check_outputs(
+    outputs: Mapping[str, str | os.PathLike[str] | None],
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
+    force: bool = False,
+) -> None:
+    """Refuse, before any work, outputs that cannot be written or would replace an input.
+
+    ``outputs`` maps each option to its path (None: not given); ``inputs`` are the files the
+    command reads. Raises :class:`~prunekit.cli.main.UsageError` (exit status 2) when an output is
+    a directory, lies in a folder that cannot be written (a probe temp file is created and removed
+    there), is read-only, is the same file as another output, or is the same file as an input
+    (unless ``force``).
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "in.pt").write_bytes(b"weights")
+    >>> check_outputs({"--out": d / "new" / "out.pt", "--plan-out": None}, [d / "in.pt"])
+    >>> check_outputs({"--out": d / "in.pt"}, [d / "in.pt"])
+    Traceback (most recent call last):
+    ...
+    prunekit.cli.main.UsageError: --out .../in.pt would replace the input .../in.pt; pass --force to ...
+    >>> check_outputs({"--out": d / "in.pt"}, [d / "in.pt"], force=True)
+    >>> check_outputs({"--out": d / "a.pt", "--onnx": d / "a.pt"})
+    Traceback (most recent call last):
+    ...
+    prunekit.cli.main.UsageError: --out and --onnx are the same file .../a.pt; give each its own path
+    >>> check_outputs({"--out": d})
+    Traceback (most recent call last):
+    ...
+    prunekit.cli.main.UsageError: --out ... is a directory; give a file path (e.g. .../model.pt)
+    """
+    seen: dict[Path, str] = {}
+    for flag, given in outputs.items():
+        if given is None or str(given) == "":
+            continue
+        path = Path(given)
+        key = path.resolve()
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {flag} are the same file {path}; give each its own path")
+        seen[key] = flag
+        _check_writable(flag, path)
+        for source in inputs:
+            if source is not None and str(source) != "" and not force and _same_file(path, Path(source)):
+                raise UsageError(f"{flag} {path} would replace the input {source}; pass --force to overwrite "
+                                 f"it or choose another {flag}")
+
+
+# --- subsets: class-balanced, never the first N of a class-ordered split ----------------------------
+
+SUBSET_SEED = 0  # every test-split subset is drawn with this seed, so runs score the same images
+
+
+def dataset_labels(dataset: Any) -> torch.Tensor | None:
+    """The labels of a data set when it exposes them (TensorDataset, ``.labels`` / ``.targets``, Subset).
+
+    >>> from torch.utils.data import Subset, TensorDataset
+    >>> dataset_labels(Subset(TensorDataset(torch.zeros(4, 2), torch.tensor([3, 1, 2, 0])), [1, 3])).tolist()
+    [1, 0]
+    """
+    if isinstance(dataset, torch.utils.data.Subset):
+        inner = dataset_labels(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) >= 2:
+        labels = dataset.tensors[1]
+    else:
+        labels = getattr(dataset, "labels", None)
+        labels = getattr(dataset, "targets", None) if labels is None else labels
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    return labels if labels.dim() == 1 and not labels.is_floating_point() else None
+
+
+def balanced_subset(dataset: Any, n: int, seed: int = SUBSET_SEED) -> torch.utils.data.Subset:
+    """``n`` items of ``dataset``, equal counts per class as far as possible, in a seeded random order.
+
+    Items within a class are drawn at random with ``seed``; a data set without readable labels
+    gets a seeded shuffle instead.
+
+    >>> from torch.utils.data import TensorDataset
+    >>> ordered = TensorDataset(torch.zeros(30, 1), torch.arange(30) // 10)  # sorted by class
+    >>> sub = balanced_subset(ordered, 6)
+    >>> torch.bincount(dataset_labels(sub)).tolist(), len(sub)
+    ([2, 2, 2], 6)
+    """
+    import numpy as np
+
+    from prunekit.data.cifar10 import _balanced_indices
+
+    n = min(int(n), len(dataset))
+    labels = dataset_labels(dataset)
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        chosen = rng.permutation(len(dataset))[:n]
+    else:
+        chosen = rng.permutation(_balanced_indices(labels.cpu().numpy(), n, seed))
+    return torch.utils.data.Subset(dataset, chosen.tolist())
+
+
+def describe_images(dataset: Any, subset: bool = False) -> str:
+    """How many images of how many classes ``dataset`` holds, for an evaluation's report.
+
+    >>> from torch.utils.data import TensorDataset
+    >>> ordered = TensorDataset(torch.zeros(30, 1), torch.arange(30) // 10)
+    >>> describe_images(balanced_subset(ordered, 6), subset=True)
+    '6 images (2 of each of 3 classes, seed 0)'
+    >>> describe_images(ordered)
+    '30 images (the whole test split: 10 of each of 3 classes)'
+    """
+    n = len(dataset)
+    labels = dataset_labels(dataset)
+    if labels is None or labels.numel() == 0:
+        return f"{n:,} images" + (f" (a seeded shuffle, seed {SUBSET_SEED})" if subset else "")
+    counts = torch.unique(labels, return_counts=True)[1]
+    lo, hi = int(counts.min()), int(counts.max())
+    each = f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+    classes = f"{each} of each of {len(counts)} classes"
+    parent = getattr(dataset, "dataset", None)
+    if subset and parent is not None and (all_labels := dataset_labels(parent)) is not None:
+        total = len(torch.unique(all_labels))
+        if total > len(counts):
+            classes = f"{each} of each of {len(counts)} of the {total} classes"
+    if subset:
+        return f"{n:,} images ({classes}, seed {SUBSET_SEED})"
+    return f"{n:,} images (the whole test split: {classes})"
+
+
+def evaluation_set(args: argparse.Namespace, test_loader: DataLoader) -> tuple[DataLoader, str]:
+    """The loader an evaluation runs on, and what it holds (to print with the result).
+
+    With ``--max-batches N`` that is a class-balanced subset (seed 0) of ``N`` full batches,
+    never the first ``N`` batches of a split that may be ordered by class. A request larger than
+    the split says so.
+
+    >>> from torch.utils.data import TensorDataset
+    >>> ordered = DataLoader(TensorDataset(torch.zeros(100, 1), torch.arange(100) // 25), batch_size=10)
+    >>> loader, used = evaluation_set(argparse.Namespace(max_batches=2, limit=None), ordered)
+    >>> used, len(loader.dataset)
+    ('20 images (5 of each of 4 classes, seed 0)', 20)
+    """
+    limit = getattr(args, "limit", None)
+    max_batches = getattr(args, "max_batches", None)
+    dataset, batch = test_loader.dataset, int(test_loader.batch_size or 1)
+    notes = []
+    if limit and len(dataset) < limit:
+        notes.append(f"--limit {limit:,} asks for more: the test split has {len(dataset):,}")
+    loader, subset = test_loader, bool(limit)
+    if max_batches:
+        want = max_batches * batch
+        if want < len(dataset):
+            loader, subset = DataLoader(balanced_subset(dataset, want), batch, shuffle=False), True
+        else:
+            notes.append(f"--max-batches {max_batches} x {batch} asks for {want:,}: "
+                         f"the {'limited ' if limit else ''}test split has {len(dataset):,}, all used")
+    return loader, describe_images(loader.dataset, subset) + "".join(f"; {n}" for n in notes)

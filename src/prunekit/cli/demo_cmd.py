@@ -216,6 +216,9 @@ def run(args: argparse.Namespace) -> int:
     """Run every step in :data:`STEPS` in order; returns the exit code."""
     import torch
 
+    from prunekit.cli.common import check_outputs
+
+    check_outputs({"--out": args.out})  # a bad --out fails now, not after the training
     state = DemoState(args)
     t0 = time.perf_counter()
     threads = torch.get_num_threads()

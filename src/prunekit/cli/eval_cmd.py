@@ -18,6 +18,7 @@ from prunekit.cli.common import (
     add_threads_arg,
     apply_threads,
     check_model_fits,
+    evaluation_set,
     load_model_from_args,
     make_loaders_from_args,
     positive_int,
@@ -32,7 +33,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("eval", help=HELP, description=HELP + ".")
     add_model_args(p)
     add_data_args(p, batch_size=256)
-    p.add_argument("--max-batches", type=positive_int, metavar="N", help="evaluate only the first N batches")
+    p.add_argument("--max-batches", type=positive_int, metavar="N",
+                   help="evaluate N batches' worth of test images, class-balanced (seed 0)")
     p.add_argument("--progress", action="store_true", help="show a progress bar (needs tqdm)")
     add_threads_arg(p)
     p.set_defaults(func=run)
@@ -47,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     dataset = resolve_dataset(args, name, info["metadata"])
     check_model_fits(model, name, dataset)
     _, test_loader = make_loaders_from_args(args, name, info["metadata"])
-    result = evaluate(model, test_loader, max_batches=args.max_batches, progress=args.progress)
+    loader, used = evaluation_set(args, test_loader)
+    print(f"test set: {used}")
+    result = evaluate(model, loader, progress=args.progress)
     print(
         f"{name} on {dataset} test ({result.samples} images): top-1 {100 * result.top1:.2f}%  "
         f"top-5 {100 * result.top5:.2f}%  loss {result.loss:.4f}"

@@ -5,7 +5,8 @@ its parser and sets ``func`` (``args -> int`` exit code) as a default. Add a new
 appending its module name to ``COMMANDS``.
 
 Exit codes: 0 success, 1 a :class:`~prunekit.errors.PrunekitError` (one line on stderr),
-2 a usage error (one line on stderr).
+2 a usage error (one line on stderr), 130 interrupted (Ctrl-C: one line saying what was kept;
+every file is either its last good version or untouched, never half-written).
 """
 
 from __future__ import annotations
@@ -65,14 +66,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    from prunekit.io import write_count, written_since
+
+    mark = write_count()
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
-        print(exc, file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"prunekit {args.command}: interrupted; {_left_after_interrupt(args, written_since(mark))}",
+              file=sys.stderr)
+        return 130
+    except UsageError as exc:  # raised by the command itself: same one-line form as the parser's
+        text = str(exc)
+        prefix = f"prunekit {args.command}: error: "
+        print(text if text.startswith("prunekit") else prefix + text, file=sys.stderr)
         return 2
     except PrunekitError as exc:
         print(f"prunekit {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _left_after_interrupt(args: argparse.Namespace, written: list) -> str:
+    """What an interrupted command leaves: nothing new, or the files it finished (each complete)."""
+    if not written:
+        return "nothing was written (existing files are unchanged)"
+    last = written[-1]
+    kept = f"the last good {'checkpoint' if str(last).endswith('.pt') else 'file'} {last} is kept"
+    if len(written) > 1:
+        kept = f"{', '.join(str(w) for w in written[:-1])} and {kept} (all complete)"
+    trains = args.command == "train" or getattr(args, "finetune_epochs", 0)
+    if trains and str(last) == str(getattr(args, "out", None)):  # rewritten every epoch, training state included
+        kept += f"; continue with: prunekit train --checkpoint {last} --resume --out {last}"
+    return kept
 
 
 if __name__ == "__main__":

@@ -22,7 +22,15 @@ from torch import nn
 
 from prunekit import criteria as registry
 from prunekit.cli import prune_structured
-from prunekit.cli.common import add_data_args, add_model_args, add_threads_arg, apply_threads, positive_int
+from prunekit.cli.common import (
+    add_data_args,
+    add_force_arg,
+    add_model_args,
+    add_threads_arg,
+    apply_threads,
+    check_outputs,
+    positive_int,
+)
 from prunekit.cli.main import UsageError
 from prunekit.registry import build as component
 
@@ -74,8 +82,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--calib-batches", type=positive_int, default=8, metavar="N",
                    help="calibration batches for data-driven criteria (default 8)")
     p.add_argument("--eval", action="store_true", help="report test top-1 before and after pruning")
-    p.add_argument("--max-batches", type=positive_int, metavar="N", help="with --eval: only N test batches")
+    p.add_argument("--max-batches", type=positive_int, metavar="N",
+                   help="with --eval: N batches' worth of test images, class-balanced (seed 0)")
     p.add_argument("--out", metavar="PATH", help="where to write the pruned checkpoint")
+    add_force_arg(p)
     p.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
                    help="fine-tune N epochs after pruning (masks in force, or the small model with --structured; "
                    "default 0)")
@@ -122,12 +132,20 @@ def _allocation(args: argparse.Namespace, granularity: Any) -> Any:
     return WithOverrides(base, dict(args.layer)) if args.layer else base
 
 
-def _top1(model: nn.Module, args: argparse.Namespace, info: dict) -> float:
-    from prunekit.cli.common import make_loaders_from_args
+def _top1(model: nn.Module, args: argparse.Namespace, info: dict) -> tuple[float, str]:
+    """Test top-1 on the (``--max-batches``: class-balanced) test set, and what that set holds."""
+    from prunekit.cli.common import evaluation_set, make_loaders_from_args
     from prunekit.train import evaluate
 
     _, test = make_loaders_from_args(args, info["name"], info["metadata"])
-    return evaluate(model, test, max_batches=args.max_batches).top1
+    loader, used = evaluation_set(args, test)
+    return evaluate(model, loader).top1, used
+
+
+def check_args_outputs(args: argparse.Namespace) -> None:
+    """``--out`` (and ``--plan-out``) writable and not an input unless ``--force``; before any work."""
+    check_outputs({"--out": args.out, "--plan-out": getattr(args, "plan_out", None)},
+                  [args.checkpoint, args.pretrained, getattr(args, "data", None)], force=args.force)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--out PATH is required (where the pruned checkpoint goes)")
     if args.finetune_epochs < 0:
         raise UsageError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if args.plan_out:
+        raise UsageError("--plan-out applies to --structured only (masks keep no plan)")
+    check_args_outputs(args)
     model, name, info = load_model_from_args(args)
     info = {**info, "name": name}
     g = component("granularity", args.granularity)
@@ -156,14 +177,14 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(g, gran.Pattern):
         g = gran.Pattern.from_weights([t.weight for t in targets])
     allocation = _allocation(args, g)
-    before = _top1(model, args, info) if args.eval else None
+    before, _ = _top1(model, args, info) if args.eval else (None, "")
     importance = _importance(args.criterion, model, targets, args, info)
     masks = prune(model, targets, importance, g, allocation, enforce=False)
     print(f"{name}: {importance!r} scores, {g!r}, {allocation!r}")
     print(masks.format_report(model))
     if args.eval:
-        after = _top1(model, args, info)
-        print(f"test top-1: dense {100 * before:.2f}%  pruned {100 * after:.2f}%")
+        after, used = _top1(model, args, info)
+        print(f"test top-1 on {used}: dense {100 * before:.2f}%  pruned {100 * after:.2f}%")
     dataset = resolve_dataset(args, name, info["metadata"])
     metadata = {
         **info["metadata"],

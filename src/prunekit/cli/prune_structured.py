@@ -49,6 +49,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--granularity does not apply to --structured (it always removes whole channels)")
     if args.layer or args.include or args.score_norm:
         raise UsageError("--layer, --include and --score-norm do not apply to --structured; use --exclude")
+    from prunekit.cli.prune_cmd import check_args_outputs
+
+    check_args_outputs(args)  # --out / --plan-out writable, distinct, not an input: before any work
 
 
 def _importance(args: argparse.Namespace, model: Any, targets: list, name: str, info: dict) -> Any:
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     importance = _importance(
         args, model, score_targets(graph, args.members, exclude=exclude), name, {**info, "name": name}
     )
-    before_top1 = _top1(model, args, name, info) if args.eval else None
+    before_top1, _ = _top1(model, args, name, info) if args.eval else (None, "")
     allocation = Global(args.sparsity) if args.scope == "global" else Uniform(args.sparsity)
     small, plan, report = prune_channels(
         model, example, allocation, importance, target=args.target, exclude=exclude, graph=graph,
@@ -127,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(report)
     if args.eval:
-        after_top1 = _top1(small, args, name, info)
-        print(f"test top-1: dense {100 * before_top1:.2f}%  pruned {100 * after_top1:.2f}%")
+        after_top1, used = _top1(small, args, name, info)
+        print(f"test top-1 on {used}: dense {100 * before_top1:.2f}%  pruned {100 * after_top1:.2f}%")
     metadata = {
         **info["metadata"],
         "dataset": dataset,
@@ -147,24 +150,31 @@ def run(args: argparse.Namespace) -> int:
 
         names = list(info["masks"].target_names)
         masks = Masks.from_zeros(small, [Target(n, small.get_submodule(n)) for n in names])
-    if args.finetune_epochs:
+    from prunekit.io import write_together
+
+    if args.finetune_epochs:  # the checkpoint is rewritten every epoch; the plan follows the last one
         from prunekit.cli.prune_cmd import finetune
 
         finetune(small, name, {**info, "masks": masks, "plan": plan}, args, metadata)
+        if args.plan_out:
+            plan.save(args.plan_out)
     else:
         from prunekit.checkpoint import save
 
-        save(args.out, small, name, info["config"], metadata=metadata, masks=masks, plan=plan)
+        with write_together():  # checkpoint and plan: both files or neither
+            save(args.out, small, name, info["config"], metadata=metadata, masks=masks, plan=plan)
+            if args.plan_out:
+                plan.save(args.plan_out)
     print(f"wrote {args.out}")
     if args.plan_out:
-        plan.save(args.plan_out)
         print(f"wrote {args.plan_out}")
     return 0
 
 
-def _top1(model: Any, args: argparse.Namespace, name: str, info: dict) -> float:
-    from prunekit.cli.common import make_loaders_from_args
+def _top1(model: Any, args: argparse.Namespace, name: str, info: dict) -> tuple[float, str]:
+    from prunekit.cli.common import evaluation_set, make_loaders_from_args
     from prunekit.train import evaluate
 
     _, test = make_loaders_from_args(args, name, info["metadata"])
-    return evaluate(model, test, max_batches=args.max_batches).top1
+    loader, used = evaluation_set(args, test)
+    return evaluate(model, loader).top1, used

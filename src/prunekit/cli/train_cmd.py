@@ -24,10 +24,13 @@ import torch
 
 from prunekit.cli.common import (
     add_data_args,
+    add_force_arg,
     add_model_args,
     add_threads_arg,
     apply_threads,
     check_model_fits,
+    check_outputs,
+    describe_images,
     load_model_from_args,
     make_loaders_from_args,
     positive_int,
@@ -43,7 +46,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help=HELP, description=HELP + ".")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--out", metavar="PATH", required=True, help="checkpoint to write (atomically)")
+    p.add_argument("--out", metavar="PATH", required=True,
+                   help="checkpoint to write (atomically, every epoch); with --resume it may be --checkpoint")
+    add_force_arg(p)
     p.add_argument("--epochs", type=int, default=10, help="default 10")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="default sgd (momentum 0.9)")
@@ -140,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.train import TrainState
 
     cfg = make_config(args)  # validate before any expensive loading
+    inputs = [args.pretrained, args.data] + ([] if args.resume else [args.checkpoint])  # --resume: in place
+    check_outputs({"--out": args.out}, inputs, force=args.force)
     apply_threads(args)
     model, name, info = load_model_from_args(args)
     resume = None
@@ -167,8 +174,9 @@ def run(args: argparse.Namespace) -> int:
         "channel-pruned (plan kept)" if info.get("plan") is not None else "",
         f"resuming at epoch {resume.epoch}, step {resume.step}" if resume is not None else "",
     ) if x)  # fmt: skip
+    tested = describe_images(test_loader.dataset, subset=bool(args.limit))
     print(f"training {name} on {dataset}: {len(train_loader.dataset)} train / {len(test_loader.dataset)} test images"
-          + (f"; {what}" if what else ""))
+          + (f"; {what}" if what else "") + (f"\ntest set each epoch: {tested}" if args.limit else ""))
     metadata = {
         **info["metadata"],
         "dataset": dataset,

@@ -3,6 +3,10 @@
 Decoded images are cached as uint8 ``.npy`` under :func:`prunekit.data.cache.cache_dir`, so a
 second load takes well under a second.
 
+Both sources are untrusted input and no code in them runs: the ``.npz`` is read with
+``allow_pickle=False``, and the pickled batches of a ``cifar-10-batches-py`` folder go through
+:class:`BatchUnpickler`, which admits only the numpy array types the format holds.
+
 >>> from prunekit.data.cifar10 import CIFAR10_MEAN
 >>> CIFAR10_MEAN
 (0.4914, 0.4822, 0.4465)
@@ -15,6 +19,7 @@ import io
 import os
 import pickle
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +64,28 @@ def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, indices: np.ndarray | N
     return out
 
 
+def _npz_problem(path: Path, exc: BaseException) -> str:
+    """Why ``path`` did not open as a ``.npz`` of plain arrays, in words (no advice to load unsafely)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as err:
+        return f"cannot be opened ({err.strerror or err})"
+    if not head:
+        return "the file is empty (0 bytes)"
+    if not head.startswith(b"PK"):
+        return "it is not a .npz file (no zip signature at its start)"
+    if isinstance(exc, ValueError) and "pickle" in str(exc):
+        return "it holds Python objects (pickled object arrays), and prunekit loads only numeric arrays from data files"
+    if isinstance(exc, (zipfile.BadZipFile, EOFError)) or "zip" in str(exc).lower():
+        return f"the zip archive is truncated or damaged ({type(exc).__name__}: {exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _load_npz_split(path: Path, split: str, limit: int | None = None) -> ArraySplit:
     """Decode a split of the JPEG npz; with ``limit``, only the balanced slice is decoded."""
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             names = (f"{split}_jpeg", f"{split}_offsets", f"{split}_labels")
             missing = [n for n in names if n not in z.files]
             if missing:
@@ -79,10 +102,84 @@ def _load_npz_split(path: Path, split: str, limit: int | None = None) -> ArraySp
     except ImportError as exc:
         raise DataError("decoding the JPEG CIFAR-10 needs Pillow: pip install 'prunekit[data]'") from exc
     except Exception as exc:
-        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc}); {NPZ_LAYOUT}") from exc
+        raise DataError(f"{path}: cannot read this CIFAR-10 file: {_npz_problem(path, exc)}; {NPZ_LAYOUT}") from None
     if len(images) != len(labels):
         raise DataError(f"{path}: {len(images)} {split} images but {len(labels)} labels; file corrupt?")
     return ArraySplit(images, labels.astype(np.int64))
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The globals a pickled numpy array needs, under both numpy 1 (``numpy.core``) and 2 (``numpy._core``)."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): __import__("codecs").encode,  # how protocol 2 spells bytes under Python 3
+    }
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = numeric._frombuffer  # protocol-5 arrays
+    return allowed
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch (dicts, lists, bytes, str, numbers, numpy arrays) and nothing else.
+
+    Any other global a file names (``os.system``, ``builtins.eval``, a class with a ``__reduce__``)
+    raises :class:`~prunekit.errors.DataError` before it is looked up, so no code in the file runs.
+
+    >>> import io, os, pickle
+    >>> class Evil:
+    ...     def __reduce__(self):
+    ...         return (os.system, ("echo pwned",))
+    >>> BatchUnpickler(io.BytesIO(pickle.dumps(Evil(), protocol=2)), "data_batch_1").load()
+    Traceback (most recent call last):
+    ...
+    prunekit.errors.DataError: data_batch_1: refuses to load ...system: a CIFAR-10 batch holds only ...
+    """
+
+    def __init__(self, file: io.BufferedIOBase, source: str | os.PathLike[str]) -> None:
+        super().__init__(file, encoding="bytes")
+        self.source = os.fspath(source)
+        self._allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        found = self._allowed.get((module, name))
+        if found is None:
+            raise DataError(
+                f"{self.source}: refuses to load {module}.{name}: a CIFAR-10 batch holds only arrays, lists, "
+                "dicts, bytes and numbers; the file is not a CIFAR-10 batch (prunekit runs no code from data "
+                "files); download cifar-10-python.tar.gz again"
+            )
+        return found
+
+
+def read_batch(path: str | os.PathLike[str]) -> dict[object, object]:
+    """Read one pickled file of a ``cifar-10-batches-py`` folder (``data_batch_N``, ``test_batch``,
+    ``batches.meta``) through :class:`BatchUnpickler`; a :class:`DataError` naming the file otherwise."""
+    f = Path(path)
+    try:
+        with open(f, "rb") as fh:
+            obj = BatchUnpickler(fh, f).load()
+    except DataError:
+        raise
+    except OSError as exc:
+        raise DataError(f"{f}: cannot be opened ({exc.strerror or exc}); {PICKLE_LAYOUT}") from None
+    except EOFError:
+        what = "the file is empty (0 bytes)" if f.stat().st_size == 0 else "the file ends early (truncated?)"
+        raise DataError(f"{f}: {what}; {PICKLE_LAYOUT}") from None
+    except Exception as exc:  # not a pickle at all, or a damaged one
+        raise DataError(
+            f"{f}: not a CIFAR-10 batch pickle ({type(exc).__name__}: {exc}); {PICKLE_LAYOUT}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{f}: holds a {type(obj).__name__}, not the dict of a CIFAR-10 batch; {PICKLE_LAYOUT}")
+    return obj
 
 
 def _load_pickle_split(folder: Path, split: str) -> ArraySplit:
@@ -92,13 +189,20 @@ def _load_pickle_split(folder: Path, split: str) -> ArraySplit:
         f = folder / name
         if not f.is_file():
             raise DataError(f"{f} not found; {PICKLE_LAYOUT}")
+        d = read_batch(f)
+        missing = [k for k in (b"data", b"labels") if k not in d]
+        if missing:
+            raise DataError(f"{f}: the batch has no {missing[0]!r} entry; {PICKLE_LAYOUT}")
         try:
-            with open(f, "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
-            images.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            data = np.asarray(d[b"data"])
+            if data.dtype == object or data.size % 3072:
+                raise ValueError(f"'data' is {data.dtype} of shape {data.shape}, expected uint8 rows of 3072")
+            images.append(data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.append(np.asarray(d[b"labels"], dtype=np.int64))
-        except Exception as exc:
-            raise DataError(f"{f}: cannot read ({type(exc).__name__}: {exc}); {PICKLE_LAYOUT}") from exc
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{f}: not a CIFAR-10 batch ({exc}); {PICKLE_LAYOUT}") from None
+        if len(labels[-1]) != len(images[-1]):
+            raise DataError(f"{f}: {len(images[-1])} images but {len(labels[-1])} labels; file corrupt?")
     return ArraySplit(np.concatenate(images), np.concatenate(labels))
 
 
@@ -115,7 +219,7 @@ def load_cifar10_arrays(path: str | os.PathLike[str], split: str = "train", cach
     cached = _cache_file(src, split)
     if cache and cached.is_file():
         try:
-            with np.load(cached) as z:
+            with np.load(cached, allow_pickle=False) as z:
                 return ArraySplit(z["images"], z["labels"])
         except Exception:
             cached.unlink(missing_ok=True)  # stale or broken cache: rebuild below

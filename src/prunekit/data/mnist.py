@@ -1,5 +1,7 @@
 """MNIST from its original IDX files (gzipped or not), as tensors and DataLoaders.
 
+The files are read as raw bytes (a header and uint8 pixels): nothing in them is unpickled or run.
+
 Expected folder layout (the files torchvision keeps under ``MNIST/raw/``)::
 
     train-images-idx3-ubyte[.gz]  train-labels-idx1-ubyte[.gz]
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,8 +53,10 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as fh:
                 return fh.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc}); {LAYOUT}") from exc
+    except EOFError:
+        raise DataError(f"{path}: the gzip stream ends early (truncated download?); {LAYOUT}") from None
+    except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc}); {LAYOUT}") from None
 
 
 def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
@@ -68,7 +73,8 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{p}: file too short ({len(raw)} bytes) for an IDX header; {LAYOUT}")
+        what = "the file is empty (0 bytes)" if not raw else f"file too short ({len(raw)} bytes) for an IDX header"
+        raise DataError(f"{p}: {what}; {LAYOUT}")
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
         raise DataError(f"{p}: bad IDX magic 0x{found:08x}, expected 0x{magic:08x}; {LAYOUT}")
@@ -114,14 +120,21 @@ def mnist_datasets(
     limit: int | None = None,
     seed: int = 0,
 ) -> tuple[TensorDataset, TensorDataset]:
-    """Normalised train/test datasets of (1, 28, 28) images; ``limit`` keeps a random slice of each."""
+    """Normalised train/test datasets of (1, 28, 28) images.
+
+    ``limit`` keeps a class-balanced slice of each split (equal counts per class as far as the split
+    allows, random within a class): the train slice drawn with ``seed``, the test slice always with
+    seed 0, so evaluations of runs with different seeds score the same images.
+    """
+    from prunekit.data.cifar10 import _balanced_indices
+
     if len(mean) != 1 or len(std) != 1:
         raise DataError(f"MNIST is greyscale: mean/std need one value each, got {tuple(mean)} / {tuple(std)}")
     out = []
-    for i, split in enumerate(("train", "test")):
+    for split in ("train", "test"):
         images, labels = load_mnist_arrays(path, split)
         if limit is not None:
-            idx = np.random.default_rng(seed + i).permutation(len(labels))[:limit]
+            idx = _balanced_indices(labels, limit, seed if split == "train" else 0)
             images, labels = images[idx], labels[idx]
         out.append(_to_dataset(images, labels, mean, std))
     return out[0], out[1]

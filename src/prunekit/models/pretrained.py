@@ -17,13 +17,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     Accepts a bare state dict or a dict holding one under ``state_dict`` / ``model``;
     strips a ``module.`` (DataParallel) prefix from every key.
     """
+    from prunekit.inputs import read_torch_file
+
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p} (pass the path of a .pt/.th file)")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or not a torch file
-        raise CheckpointError(f"cannot read checkpoint {p}: {type(exc).__name__}: {exc}") from exc
+    obj = read_torch_file(p, "state-dict file", "pass a state dict saved with torch.save(model.state_dict(), path)")
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):

@@ -41,7 +41,9 @@ def create(name: str, **config: Any) -> nn.Module:
     Raises :class:`ConfigError` naming close matches for an unknown name.
     """
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; {close_matches(name, available())}")
+        raise ConfigError(
+            f"unknown model {name!r}; choose one of: {', '.join(available())}; {close_matches(name, available())}"
+        )
     try:
         return _REGISTRY[name](**config)
     except TypeError as exc:

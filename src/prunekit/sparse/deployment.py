@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
+from prunekit.inputs import check_example_input
 from prunekit.masks import clean_copy
 from prunekit.metrics.latency import LatencyResult, compare_latency, num_threads
 from prunekit.metrics.macs import run_model
@@ -132,6 +133,7 @@ def deploy(
     ``statistic`` summarises the repeats: ``"median"`` (default) or ``"p10"`` (the 10th
     percentile: steadier when other processes keep stealing the cores).
     """
+    check_example_input(model, example_input, "deploy")  # a wrong shape fails here, before any timing
     if statistic not in STATISTICS:
         raise ConfigError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
     kernels = _check_candidates(candidates)

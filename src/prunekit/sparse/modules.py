@@ -86,6 +86,15 @@ def _smaller_packets(weight: torch.Tensor) -> PacketCSRMatrix | None:
     return packets if packets.nbytes() < csr_bytes else None
 
 
+def input_shape_error(layer: str, expected: str, x: torch.Tensor) -> ConfigError:
+    """The one wrong-input-shape error of the sparse modules, whatever their kernel.
+
+    >>> input_shape_error("SparseLinear", "(..., 784)", torch.zeros(2, 100))
+    ConfigError('SparseLinear expects input (..., 784), got (2, 100)')
+    """
+    return ConfigError(f"{layer} expects input {expected}, got {tuple(x.shape)}")
+
+
 class _SparseMatrixOp(nn.Module):
     """Holds one packed (N, K) weight matrix for one kernel and multiplies it by a dense matrix."""
 
@@ -261,6 +270,8 @@ class SparseLinear(_SparseMatrixOp):
             out = self._forward_batch1(x)  # needs no grad check: x.numpy() refuses a tensor that requires grad
             if out is not None:
                 return out
+        if x.ndim == 0 or x.shape[-1] != self.in_features:  # before any kernel: one message for all
+            raise input_shape_error("SparseLinear", f"(..., {self.in_features})", x)
         self._check_input(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (B, K)
@@ -355,8 +366,6 @@ class SparseConv2d(_SparseMatrixOp):
     def _conv_plan(self, x: torch.Tensor) -> numba_csr.ConvPlan:
         """The numba kernel's plan for this input size (made once per size, dropped with the
         numpy views when a buffer changes)."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ConfigError(f"SparseConv2d expects input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         hw = (int(x.shape[2]), int(x.shape[3]))
         plans = self.__dict__.setdefault("_plans_cache", {})
         if hw not in plans:
@@ -368,7 +377,19 @@ class SparseConv2d(_SparseMatrixOp):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
         return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
+    def _check_shape(self, x: torch.Tensor) -> None:
+        """(B, in_channels, H, W) with H, W at least the (dilated) kernel after padding; same for every kernel."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise input_shape_error("SparseConv2d", f"(B, {self.in_channels}, H, W)", x)
+        ho, wo = self._out_hw(int(x.shape[2]), int(x.shape[3]))
+        if ho < 1 or wo < 1:
+            (kh, kw), (ph, pw), (dh, dw) = self.kernel_size, self.padding, self.dilation
+            raise input_shape_error(
+                "SparseConv2d", f"(B, {self.in_channels}, H, W) with H, W no smaller than the kernel "
+                f"{kh}x{kw} (padding {ph}x{pw}, dilation {dh}x{dw})", x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_shape(x)  # before any kernel: one message for all
         self._check_input(x)
         if self.kernel == "dense":
             weight = self.weight2d.reshape(self.out_channels, self.in_channels, *self.kernel_size)
@@ -470,6 +491,8 @@ class SemiStructuredLinear(nn.Module):
         return cls(linear, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise input_shape_error("SemiStructuredLinear", f"(..., {self.in_features})", x)
         x = x.to(device=self.weight.device, dtype=self.dtype)
         return F.linear(x, self.weight, self.bias)  # (..., N); torch pads small batches to the tile
 

@@ -255,6 +255,9 @@ def prune_channels(
     """
     if target not in TARGETS:
         raise ConfigError(f"target must be one of {TARGETS}, got {target!r}; {close_matches(str(target), TARGETS)}")
+    from prunekit.inputs import check_example_input
+
+    check_example_input(model, example_input, "prune_channels")
     scoring = scoring if scoring is not None else ChannelScoring()
     constraints = constraints if constraints is not None else ChannelConstraints()
     graph = graph if graph is not None else DependencyGraph.build(model, example_input)

@@ -246,9 +246,16 @@ class PruningPlan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
         """Read :meth:`to_dict` output; version-1 plans (one step at the top level) too."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CheckpointError(f"not a structured pruning plan (expected format {FORMAT!r})")
-        if int(data.get("version", -1)) > VERSION:
+        if not isinstance(data, dict):
+            raise CheckpointError(f"not a structured pruning plan: it holds a {type(data).__name__}, not a mapping "
+                                  f"with format {FORMAT!r}")
+        if data.get("format") != FORMAT:
+            raise CheckpointError(f"not a structured pruning plan: format {data.get('format')!r}, expected {FORMAT!r}")
+        try:
+            version = int(data.get("version", -1))
+        except (TypeError, ValueError):
+            raise CheckpointError(f"malformed structured pruning plan: version {data.get('version')!r}") from None
+        if version > VERSION:
             raise CheckpointError(f"plan version {data.get('version')} is newer than supported ({VERSION})")
         if "steps" in data and "modules" in data:
             raise CheckpointError(
@@ -260,7 +267,8 @@ class PruningPlan:
             else:
                 steps = [PlanStep.from_dict(data)]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CheckpointError(f"malformed structured pruning plan: {exc!r}") from exc
+            what = f"missing entry {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            raise CheckpointError(f"malformed structured pruning plan ({what}); write it with PruningPlan.save") from None
         try:
             return cls.from_steps(steps)
         except ConfigError as exc:
@@ -271,10 +279,19 @@ class PruningPlan:
 
     @classmethod
     def from_json(cls, text: str) -> PruningPlan:
+        """Read :meth:`to_json` output (plain JSON: nothing in it runs)."""
+        if not isinstance(text, str):
+            raise CheckpointError(f"from_json takes the JSON text of a plan, got {type(text).__name__}; "
+                                  "for a file use PruningPlan.load(path)")
+        if not text.strip():
+            raise CheckpointError("structured pruning plan is empty; write it with PruningPlan.save")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise CheckpointError(f"structured pruning plan is not valid JSON: {exc}") from exc
+            raise CheckpointError(
+                f"structured pruning plan is not valid JSON ({exc}); truncated or not a plan? "
+                "write it with PruningPlan.save"
+            ) from None
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -283,10 +300,25 @@ class PruningPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PruningPlan:
+        """Read a plan written by :meth:`save` (JSON); a :class:`CheckpointError` naming the file otherwise."""
         p = Path(path)
+        if p.is_dir():
+            raise CheckpointError(f"plan file {str(p)!r} is a directory; pass the path of a .json plan")
         if not p.is_file():
             raise CheckpointError(f"plan file {str(p)!r} does not exist")
-        return cls.from_json(p.read_text(encoding="utf-8"))
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise CheckpointError(f"plan file {str(p)!r} cannot be read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise CheckpointError(
+                f"plan file {str(p)!r} is binary, not a JSON plan (a checkpoint? read its plan with "
+                "prunekit.checkpoint.read(path).plan)"
+            ) from None
+        try:
+            return cls.from_json(text)
+        except CheckpointError as exc:
+            raise CheckpointError(f"plan file {str(p)!r}: {exc}") from None
 
     # -- replay ----------------------------------------------------------------------------------
     def steps_applied(self, model: nn.Module) -> int:
