@@ -120,3 +120,25 @@ def test_thread_policy_falls_back_to_serial_when_parallel_calls_stall() -> None:
     policy.run(2, parallel, serial)  # quiet again: the probe is fast, parallel resumes
     policy.run(2, parallel, serial)
     assert calls == ["p", "p"] and policy.backoff == ThreadPolicy.BACKOFF0
+
+
+@needs_numba
+def test_first_deploy_in_a_fresh_process_picks_what_the_second_picks(tmp_path) -> None:
+    """Compilation is never timed: with an empty numba cache the first deploy chooses as the second does."""
+    code = (
+        "import torch\n"
+        "from torch import nn\n"
+        "from prunekit.sparse import deploy\n"
+        "torch.manual_seed(0); torch.set_num_threads(1)\n"
+        "model = nn.Sequential(nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 64)).eval()\n"
+        "with torch.no_grad():\n"
+        "    model[0].weight.mul_(torch.rand_like(model[0].weight) > 0.95)\n"
+        "x = torch.randn(1, 2048)\n"
+        "for _ in range(2):\n"
+        "    _, report = deploy(model, x, candidates=['numba_csr', 'torch_csr'], repeats=15)\n"
+        "    print(' '.join(c.kernel for c in report.layers))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}  # nothing compiled yet
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, check=True)
+    first, second = out.stdout.strip().splitlines()[-2:]
+    assert first == second and first.split()[0] == "numba_csr", out.stdout

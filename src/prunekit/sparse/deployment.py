@@ -39,6 +39,7 @@ from prunekit.sparse.modules import SparseConv2d, SparseLinear
 
 SPARSE_KERNELS: tuple[str, ...] = tuple(k for k in KERNELS if k != "dense")
 STATISTICS: tuple[str, ...] = ("median", "p10")
+WARM_CALLS = 4  # untimed calls of each candidate before timing (covers its thread policy's serial probes)
 
 
 @dataclass(frozen=True)
@@ -270,10 +271,12 @@ def _choose(name: str, layer: nn.Module, inp: torch.Tensor, kernels: list[str], 
                 except (ConfigError, UnsupportedError) as exc:
                     skipped[k] = str(exc)
                     continue
-                out = module(inp)
+                out = module(inp)  # the first call compiles (numba) and plans (direct conv) for this input
                 if not torch.allclose(out, ref, rtol=1e-4, atol=1e-5 * max(1.0, float(ref.abs().max()))):
                     skipped[k] = "output differs from dense"
                     continue
+                for _ in range(WARM_CALLS):  # warm every path before timing: compiled, cached, serial probes done
+                    module(inp)
                 built[k] = module
     # Each candidate is timed interleaved with dense alone: a very slow candidate (torch's BSR
     # at batch 1 takes ~100x dense) would otherwise evict the caches the others run in.
