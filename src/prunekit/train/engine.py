@@ -344,6 +344,10 @@ class Classification:
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         outputs, targets = forward_batch(model, batch)
+        return self.loss_from(outputs, targets)
+
+    def loss_from(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """The loss of model ``outputs`` against ``targets`` (for tasks that add terms, e.g. distillation)."""
         logits, targets = _logits(outputs), _targets(targets)
         if self.loss_fn is not None:
             return self.loss_fn(logits, targets)

@@ -1,0 +1,130 @@
+"""Loss terms for recovery: L1 / L2, group lasso over any granularity's groups, slimming, the pull
+toward a planned cut, and knowledge distillation from the dense teacher."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from prunekit import NM, Block, Channel, Element, Kernel, Uniform, Vector, select
+from prunekit.errors import ConfigError
+from prunekit.train import TrainConfig, fit
+from prunekit.train.distill import Distillation
+from prunekit.train.engine import Classification
+from prunekit.train.regularizers import L1, L2, GroupLasso, Slimming, Sum, TowardMasks
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def _data(n: int = 128, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()  # learnable labels
+    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("granularity", [Element(), Channel(0), Channel(1), Kernel(), Vector(1), Block(2, 1)],
+                         ids=lambda g: repr(g))
+def test_group_lasso_is_the_sum_of_the_granularity_groups_norms(granularity) -> None:
+    model = _net()
+    targets = select(model, types=(nn.Conv2d,))
+    reg = GroupLasso(targets, granularity, 0.1)
+    want = 0.0
+    for t in targets:
+        w = t.weight.detach()
+        keep_one = torch.zeros(granularity.group_scores(w.abs()).numel(), dtype=torch.bool)
+        for gi in range(keep_one.numel()):  # each group by expanding a one-hot group mask
+            one = keep_one.clone()
+            one[gi] = True
+            members = w[granularity.expand(one, w.shape)]
+            want += members.numel() ** 0.5 * float(members.norm())
+    assert float(reg(model).detach()) == pytest.approx(0.1 * want, rel=1e-5)
+    reg(model).backward()
+    assert all(t.weight.grad is not None and torch.isfinite(t.weight.grad).all() for t in targets)
+
+
+def test_group_lasso_drives_whole_filters_to_zero_and_l1_does_not() -> None:
+    def train(reg_for) -> nn.Module:
+        model = _net()
+        reg = reg_for(model)
+        fit(model, _data(), None, TrainConfig(epochs=60, lr=0.05, weight_decay=0.0, seed=0, progress=False),
+            regularizer=reg)
+        return model
+
+    def dead_filters(model: nn.Module) -> int:  # filters whose norm fell below 15 % of the largest one
+        norms = torch.cat([m.weight.detach().flatten(1).norm(dim=1) for m in model if isinstance(m, nn.Conv2d)])
+        return int((norms < 0.15 * norms.max()).sum())
+
+    lasso = train(lambda m: GroupLasso(select(m, types=(nn.Conv2d,)), Channel(0), 0.005))
+    l1 = train(lambda m: L1(select(m, types=(nn.Conv2d,)), 0.001))
+    assert dead_filters(lasso) >= 3 and dead_filters(l1) == 0
+
+
+def test_slimming_shrinks_gammas_and_toward_masks_shrinks_only_the_pruned() -> None:
+    base, slim = _net(), _net()
+    cfg = TrainConfig(epochs=10, lr=0.05, weight_decay=0.0, seed=0, progress=False)
+    fit(base, _data(), None, cfg)
+    fit(slim, _data(), None, cfg, regularizer=Slimming(slim, 0.05))
+    gammas = [lambda m: torch.cat([b.weight.detach().abs() for b in m if isinstance(b, nn.BatchNorm2d)])]
+    assert float(gammas[0](slim).mean()) < 0.8 * float(gammas[0](base).mean())
+
+    model = _net()
+    targets = select(model, types=(nn.Conv2d,))
+    keep = Uniform(0.5).allocate(targets, {t.name: t.weight.detach().abs() for t in targets}, Channel(0))
+    before = {t.name: t.weight.detach().clone() for t in targets}
+    fit(model, _data(), None, cfg, regularizer=TowardMasks(model, keep, 1.0))
+    for t in targets:
+        pruned, kept = ~keep[t.name], keep[t.name]
+        assert float(t.weight.detach()[pruned].norm()) < 0.3 * float(before[t.name][pruned].norm())
+        assert float(t.weight.detach()[kept].norm()) > 0.5 * float(before[t.name][kept].norm())
+
+
+def test_regularizer_arguments_are_checked() -> None:
+    model = _net()
+    ts = select(model)
+    with pytest.raises(ConfigError, match="strength"):
+        L1(ts, -1.0)
+    with pytest.raises(ConfigError, match="non-empty list of targets"):
+        L2([], 0.1)
+    with pytest.raises(ConfigError, match="selects inside groups"):
+        GroupLasso(ts, NM(2, 4), 0.1)
+    with pytest.raises(ConfigError, match="no affine BatchNorm"):
+        Slimming(nn.Linear(2, 2), 0.1)
+    total = Sum([L1(ts, 0.1), L2(ts, 0.1)])
+    assert torch.isclose(total(model), L1(ts, 0.1)(model) + L2(ts, 0.1)(model))
+
+
+def test_distillation_pulls_the_student_toward_the_teacher() -> None:
+    teacher = _net(0)
+    fit(teacher, _data(), None, TrainConfig(epochs=15, lr=0.05, seed=0, progress=False))
+    teacher.eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():  # a damaged copy, as after pruning
+        for m in student.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(torch.rand_like(m.weight) > 0.6)
+    x = torch.cat([b for b, _ in _data()])
+
+    def gap(model: nn.Module) -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(nn.functional.kl_div(model(x).log_softmax(1), teacher(x).log_softmax(1), log_target=True,
+                                              reduction="batchmean"))
+
+    before = gap(student)
+    teacher_weights = {k: v.clone() for k, v in teacher.state_dict().items()}
+    fit(student, _data(), None, TrainConfig(epochs=5, lr=0.01, seed=0, progress=False),
+        task=Distillation(teacher, temperature=4.0, alpha=1.0))
+    assert gap(student) < 0.5 * before
+    assert all(torch.equal(v, teacher_weights[k]) for k, v in teacher.state_dict().items())  # teacher untouched
+    with pytest.raises(ConfigError, match="alpha"):
+        Distillation(teacher, alpha=1.5)
+    assert isinstance(Distillation(teacher).base, Classification)
