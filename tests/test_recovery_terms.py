@@ -179,3 +179,27 @@ def test_admm_projects_onto_any_granularity_and_resumes() -> None:
         assert int(masks[name].reshape(-1, 4).sum(1).max()) == 2  # a valid 2:4 pattern
     with pytest.raises(ConfigError, match="every"):
         ADMM(model, select(model), Element(), Uniform(0.5), every=0)
+
+
+def test_lottery_rounds_prune_the_survivors_and_rewind_exactly() -> None:
+    from prunekit import Global, Magnitude, prune
+    from prunekit.train import evaluate
+    from prunekit.train.lottery import find_ticket, random_reinit_control
+
+    cfg = TrainConfig(epochs=2, lr=0.05, seed=0, progress=False)
+    rounds = find_ticket(_mlp(), _flat_data(), _flat_data(256, 3), cfg, rounds=3, rate=0.5, rewind_step=3)
+    assert [r.remaining for r in rounds] == pytest.approx([1.0, 0.5, 0.25, 0.125], abs=1e-3)
+    for a, b in zip(rounds[1:], rounds[2:]):  # monotone: a pruned weight never comes back
+        assert all(not bool((b.masks[n] & ~a.masks[n]).any()) for n in a.masks)
+    # rewinding to the last step restores the trained weights and the finished training state:
+    # round 1 then equals one-shot magnitude pruning of the trained model, without training
+    steps = 2 * len(_flat_data())
+    end = find_ticket(_mlp(), _flat_data(), _flat_data(256, 3), cfg, rounds=1, rate=0.5, rewind_step=steps)
+    trained = _mlp()
+    fit(trained, _flat_data(), None, cfg)
+    prune(trained, select(trained), Magnitude(), Element(), Global(0.5), enforce=False)
+    assert end[1].top1 == evaluate(trained, _flat_data(256, 3)).top1
+    control = random_reinit_control(_mlp, rounds[-1].masks, _flat_data(), _flat_data(256, 3), cfg, seed=5)
+    assert control.remaining == pytest.approx(0.125, abs=1e-3)
+    with pytest.raises(ConfigError, match="past the end of training"):
+        find_ticket(_mlp(), _flat_data(), _flat_data(), cfg, rounds=1, rewind_step=10_000)

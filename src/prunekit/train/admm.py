@@ -115,7 +115,7 @@ class ADMM:
     def hard_prune(self, enforce: bool = True) -> Masks:
         """Project once more and apply those masks to the model (enforced by default); returns them."""
         self._project()
-        masks = Masks({n: k for n, k in self.keep.items()}, {t.name: t.param_name for t in self.targets})
+        masks = Masks(dict(self.keep), {t.name: t.param_name for t in self.targets})
         return masks.apply(self.model, enforce=enforce)
 
     def state_dict(self) -> dict[str, Any]:
