@@ -203,3 +203,24 @@ def test_lottery_rounds_prune_the_survivors_and_rewind_exactly() -> None:
     assert control.remaining == pytest.approx(0.125, abs=1e-3)
     with pytest.raises(ConfigError, match="past the end of training"):
         find_ticket(_mlp(), _flat_data(), _flat_data(), cfg, rounds=1, rewind_step=10_000)
+
+
+def test_iterative_channel_pruning_rounds_make_one_plan_history() -> None:
+    from prunekit.checkpoint import load_pruned, save_pruned
+    from prunekit.metrics import count_macs
+    from prunekit.models import create
+    from prunekit.train.iterative import prune_channels_iteratively
+
+    model = create("resnet20").eval()
+    x = torch.zeros(1, 3, 32, 32)
+    tuned = []
+    small, plan, reports = prune_channels_iteratively(model, x, 0.5, rounds=2, target="macs",
+                                                      finetune=lambda m, k: tuned.append((k, count_macs(m, x))))
+    assert [k for k, _ in tuned] == [1, 2] and len(plan.steps) == 2
+    assert 0.5 <= 1 - count_macs(small, x) / count_macs(model, x) < 0.6
+    import tempfile
+    from pathlib import Path
+
+    path = save_pruned(Path(tempfile.mkdtemp()) / "r.pt", "resnet20", {}, plan, small)
+    again, _ = load_pruned(path)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), small.state_dict().values()))
