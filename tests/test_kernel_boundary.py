@@ -95,7 +95,7 @@ def test_thread_policy_falls_back_to_serial_when_parallel_calls_stall() -> None:
 
     def parallel() -> None:
         calls.append("p")
-        time.sleep(0.004 if slow["on"] else 0.0)
+        time.sleep(0.010 if slow["on"] else 0.0)  # a stalled worker: 10x the serial call
 
     def serial() -> None:
         calls.append("s")

@@ -202,7 +202,8 @@ class _SparseMatrixOp(nn.Module):
         self.__dict__.pop("_plans_cache", None)
 
     def __setattr__(self, name: str, value: object) -> None:
-        self._drop_arrays()
+        if name != "training":  # eval() / train() change no buffer: keep the views (and their thread policy)
+            self._drop_arrays()
         super().__setattr__(name, value)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]

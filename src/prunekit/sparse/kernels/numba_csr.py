@@ -168,17 +168,17 @@ def _threads(loops) -> int:
 
 
 class ThreadPolicy:
-    """Parallel or serial loop for one weight, decided by what its own calls measure.
+    """Parallel or serial loop for one weight, whichever its own recent calls measure faster.
 
     A multi-threaded call waits for every worker it wakes. When other processes hold the cores a
     worker may not run for a scheduler time slice: a 90 %-sparse 4096x4096 batch-1 product at 2
-    threads took 15.8 ms beside one busy process, against 0.3 ms quiet and 3.6 ms for dense. So each
-    parallel call is timed (``perf_counter``, well under 1 us) and compared with the fastest serial
-    call of the same weight (probed on the 3rd and 4th call and every ``PROBE_EVERY``-th after):
-    a parallel call slower than ``SLOW`` x that, or than ``SLOW`` x the fastest parallel call,
-    twice in a row, switches this weight to the serial loop for ``backoff`` calls; then one parallel
-    call probes again (the backoff doubles up to ``BACKOFF_MAX`` while the machine stays busy and
-    resets once a probe is fast). Quiet, it costs one serial call in ``PROBE_EVERY``.
+    threads was measured at 15.8 ms beside one busy process, against 0.3 ms quiet and 3.6 ms for
+    dense. So every parallel call is timed (``perf_counter``, well under 1 us) into a moving average,
+    and so is every serial call (the 3rd and 4th call, every ``PROBE_EVERY``-th, and all calls while
+    serial). When the parallel average exceeds ``SLOW`` x the serial one, this weight runs serially
+    for ``backoff`` calls, then one parallel call probes again: faster than the current serial
+    average, parallel resumes; slower, the backoff doubles (up to ``BACKOFF_MAX``). Quiet, it costs
+    one serial call in ``PROBE_EVERY``.
 
     >>> policy, calls = ThreadPolicy(), []
     >>> policy.run(2, lambda: calls.append("parallel"), lambda: calls.append("serial"))
@@ -187,22 +187,27 @@ class ThreadPolicy:
     ['parallel', 'serial']
     """
 
-    SLOW = 1.5
+    SLOW = 3.0  # a stalled parallel call is 10-30x slower; mild jitter must not flip the mode
+    ALPHA = 0.25  # weight of the newest call in the moving averages
     BACKOFF0 = 32
     BACKOFF_MAX = 4096
     PROBE_EVERY = 512
-    __slots__ = ("best_parallel", "best_serial", "strikes", "serial_left", "backoff", "calls", "probing")
+    __slots__ = ("parallel_s", "serial_s", "serial_left", "backoff", "calls", "probing")
 
     def __init__(self) -> None:
-        self.best_parallel = self.best_serial = float("inf")
-        self.strikes = self.serial_left = self.calls = 0
+        self.parallel_s: float | None = None  # moving averages of the call times, seconds
+        self.serial_s: float | None = None
+        self.serial_left = self.calls = 0
         self.backoff = self.BACKOFF0
         self.probing = False
 
     @property
     def serial_now(self) -> bool:
-        """True while this weight runs serially because parallel calls were found slow."""
+        """True while this weight runs serially because its parallel calls measured slower."""
         return self.serial_left > 0
+
+    def _average(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.ALPHA * (new - old)
 
     def run(self, threads: int, parallel, serial) -> None:
         """Call ``parallel()`` or ``serial()`` (the same product either way)."""
@@ -213,7 +218,7 @@ class ThreadPolicy:
         if self.serial_left > 0 or self.calls in (3, 4) or self.calls % self.PROBE_EVERY == 0:
             t0 = time.perf_counter()
             serial()
-            self.best_serial = min(self.best_serial, time.perf_counter() - t0)
+            self.serial_s = self._average(self.serial_s, time.perf_counter() - t0)
             if self.serial_left > 0:
                 self.serial_left -= 1
                 self.probing = self.serial_left == 0
@@ -221,16 +226,17 @@ class ThreadPolicy:
         t0 = time.perf_counter()
         parallel()
         dt = time.perf_counter() - t0
-        slow = dt > self.SLOW * self.best_serial or (self.calls > 2 and dt > 3 * self.SLOW * self.best_parallel)
-        self.best_parallel = min(self.best_parallel, dt)
-        if not slow:
-            self.strikes, self.probing, self.backoff = 0, False, self.BACKOFF0
-            return
-        self.strikes += 1
-        if self.probing or self.strikes >= 2:
-            if self.probing:
+        if self.probing:  # the first parallel call after a serial stretch
+            self.probing = False
+            if self.serial_s is not None and dt > self.SLOW * self.serial_s:
                 self.backoff = min(2 * self.backoff, self.BACKOFF_MAX)
-            self.serial_left, self.strikes, self.probing = self.backoff, 0, False
+                self.serial_left = self.backoff
+            else:
+                self.backoff, self.parallel_s = self.BACKOFF0, dt
+            return
+        self.parallel_s = self._average(self.parallel_s, dt)
+        if self.serial_s is not None and self.parallel_s > self.SLOW * self.serial_s:
+            self.serial_left, self.parallel_s = self.backoff, None
 
 
 class CSRArrays(NamedTuple):
