@@ -1,0 +1,207 @@
+"""Sensitivity analysis: prune one layer at a time, measure, and turn the curves into per-layer ratios.
+
+:func:`scan` prunes each target alone at each ratio (the others dense) and records
+``evaluate(model)`` (e.g. top-1 on a validation subset); the weights are restored bit-exactly after
+every probe (:meth:`prunekit.masks.Masks.applied`). :func:`ratios_for` then finds, by bisection
+over the tolerated drop ``T``, the largest per-layer ratios whose drops stay within ``T`` while the
+overall sparsity reaches the target -- the method of the lecture's VGG-11 figure, as in Distiller.
+The result is a :class:`~prunekit.allocation.PerLayer` any pruning call takes.
+
+>>> import torch
+>>> from torch import nn
+>>> from prunekit import Element, Magnitude, select
+>>> torch.manual_seed(0) and None
+>>> model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+>>> x = torch.randn(64, 8); ref = model(x).detach()
+>>> @torch.no_grad()
+... def fidelity(m):  # higher is better: negative output error against the dense model
+...     return -float((m(x) - ref).pow(2).mean())
+>>> curves = scan(model, select(model), Magnitude(), Element(), fidelity, ratios=(0.25, 0.5, 0.75))
+>>> curves.names, len(curves.values["0"])
+(['0', '2'], 3)
+>>> alloc = ratios_for(curves, 0.5)
+>>> sorted(alloc.ratios), abs(curves.overall_sparsity(alloc.ratios) - 0.5) < 0.2
+(['0', '2'], True)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from prunekit.allocation import PerLayer, Uniform
+from prunekit.errors import ConfigError
+from prunekit.granularity import Granularity, check_sparsity
+from prunekit.targets import Target
+
+__all__ = ["SensitivityCurves", "ratios_for", "scan"]
+
+DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class SensitivityCurves:
+    """``values[name][i]``: the metric with only ``name`` pruned at ``ratios[i]``; ``baseline``: unpruned."""
+
+    ratios: list[float]
+    baseline: float
+    values: dict[str, list[float]]
+    sizes: dict[str, int]  # prunable elements per target (weights the overall sparsity)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.values)
+
+    def drop(self, name: str) -> list[float]:
+        """``baseline - value`` at each ratio (how much pruning that layer alone costs)."""
+        return [self.baseline - v for v in self.values[name]]
+
+    def overall_sparsity(self, ratios: dict[str, float]) -> float:
+        total = sum(self.sizes.values())
+        return sum(self.sizes[n] * r for n, r in ratios.items()) / max(total, 1)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": "prunekit.sensitivity", "version": 1, "ratios": self.ratios,
+                           "baseline": self.baseline, "values": self.values, "sizes": self.sizes,
+                           "meta": self.meta}, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SensitivityCurves:
+        try:
+            d = json.loads(text)
+            if d.get("format") != "prunekit.sensitivity":
+                raise ValueError("not a prunekit sensitivity file")
+            return cls([float(r) for r in d["ratios"]], float(d["baseline"]),
+                       {str(k): [float(v) for v in vs] for k, vs in d["values"].items()},
+                       {str(k): int(v) for k, v in d["sizes"].items()}, dict(d.get("meta", {})))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"cannot read sensitivity curves: {exc}") from None
+
+    def to_csv(self) -> str:
+        """One row per layer: name, size, then the metric at each ratio."""
+        out = io.StringIO()
+        w = csv.writer(out)
+        w.writerow(["layer", "size", *[f"{r:g}" for r in self.ratios]])
+        w.writerow(["(dense)", sum(self.sizes.values()), *[f"{self.baseline:.6g}"] * len(self.ratios)])
+        for n, vs in self.values.items():
+            w.writerow([n, self.sizes[n], *[f"{v:.6g}" for v in vs]])
+        return out.getvalue()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``path`` (.json) and its ``.csv`` twin, atomically."""
+        from prunekit.io import atomic_write_text
+
+        p = Path(path)
+        atomic_write_text(p.with_suffix(".csv"), self.to_csv())
+        return atomic_write_text(p.with_suffix(".json"), self.to_json())
+
+    def plot(self, path: str | os.PathLike[str], ylabel: str = "metric") -> Path:
+        """A PNG with one line per layer (needs matplotlib: ``pip install matplotlib``)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ConfigError("plotting sensitivity curves needs matplotlib: pip install matplotlib") from exc
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        for n, vs in self.values.items():
+            ax.plot([0.0, *self.ratios], [self.baseline, *vs], marker="o", markersize=3, label=n)
+        ax.set_xlabel("pruning ratio of that layer alone")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        from prunekit.io import atomic_write
+
+        return atomic_write(path, buf.getvalue())
+
+
+def scan(
+    model: nn.Module,
+    targets: Sequence[Target],
+    importance,
+    granularity: Granularity,
+    evaluate: Callable[[nn.Module], float],
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    progress: Callable[[str, float, float], None] | None = None,
+) -> SensitivityCurves:
+    """Prune each target alone at each ratio (uniform allocation, the given granularity) and record
+    ``evaluate(model)`` (higher = better). The model is unchanged afterwards (bit-exact)."""
+    from prunekit.pruning import check_components, compute_scores
+
+    check_components(importance, granularity, Uniform(0.5))
+    ratios = [check_sparsity(r, "sensitivity ratio") for r in ratios]
+    if not ratios or ratios != sorted(ratios):
+        raise ConfigError(f"sensitivity ratios must be a non-empty increasing list, got {ratios}")
+    targets = list(targets)
+    if not targets:
+        raise ConfigError("sensitivity scan got no targets")
+    for t in targets:
+        granularity.check(t)
+    from prunekit.masks import Masks
+
+    baseline = float(evaluate(model))
+    scores = compute_scores(targets, importance)
+    values: dict[str, list[float]] = {}
+    for t in targets:
+        row = []
+        for r in ratios:
+            keep = Uniform(r).allocate([t], {t.name: scores[t.name]}, granularity)[t.name]
+            with Masks({t.name: keep}, {t.name: t.param_name}).applied(model):
+                v = float(evaluate(model))
+            if not math.isfinite(v):
+                raise ConfigError(f"evaluate returned {v} with layer {t.name!r} pruned at {r}")
+            row.append(v)
+            if progress is not None:
+                progress(t.name, r, v)
+        values[t.name] = row
+    return SensitivityCurves(ratios, baseline, values, {t.name: t.weight.numel() for t in targets},
+                             {"importance": repr(importance), "granularity": repr(granularity)})
+
+
+def _ratios_at(curves: SensitivityCurves, tolerance: float) -> dict[str, float]:
+    """Each layer's largest ratio whose drop is at most ``tolerance`` (0 when even the first is worse)."""
+    out = {}
+    for n in curves.names:
+        best = 0.0
+        for r, d in zip(curves.ratios, curves.drop(n)):
+            if d <= tolerance:
+                best = r
+            else:
+                break  # curves are read left to right: the first ratio over the tolerance stops the layer
+        out[n] = best
+    return out
+
+
+def ratios_for(curves: SensitivityCurves, target_sparsity: float, iterations: int = 50) -> PerLayer:
+    """The per-layer ratios reaching ``target_sparsity`` overall with the smallest tolerated drop ``T``
+    (bisection over ``T``); raises :class:`ConfigError` when even the scanned maximum falls short."""
+    target = check_sparsity(target_sparsity, "target sparsity")
+    if curves.overall_sparsity(_ratios_at(curves, math.inf)) + 1e-12 < target:
+        most = curves.overall_sparsity(_ratios_at(curves, math.inf))
+        raise ConfigError(
+            f"the scanned ratios reach at most {most:.3f} overall sparsity, below the target {target}; "
+            "scan larger ratios"
+        )
+    drops = [d for n in curves.names for d in curves.drop(n)]
+    lo, hi = min(0.0, min(drops)) - 1e-12, max(drops)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if curves.overall_sparsity(_ratios_at(curves, mid)) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return PerLayer(_ratios_at(curves, hi))
