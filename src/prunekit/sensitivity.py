@@ -126,7 +126,8 @@ class SensitivityCurves:
         plt.close(fig)
         from prunekit.io import atomic_write
 
-        return atomic_write(path, buf.getvalue())
+        data = buf.getvalue()
+        return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def scan(
