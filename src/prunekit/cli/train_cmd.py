@@ -109,14 +109,18 @@ def train_and_save(
     stops with :class:`~prunekit.train.TrainingDiverged` and leaves the last good file in place.
     """
     from prunekit.train import TrainState, fit, save_checkpoint
+    from prunekit.train.distributed import is_main, unwrap
 
     masks, plan = info.get("masks"), info.get("plan")
     if masks is not None:
-        masks.apply(model)  # enforced through every optimizer step
+        masks.apply(unwrap(model))  # enforced through every optimizer step (on the inner model under DDP)
     state = resume if resume is not None else TrainState()
 
     def save(record: Any, st: Any) -> None:
-        final = model.to(memory_format=torch.contiguous_format) if cfg.channels_last else model
+        if not is_main():  # under DDP only rank 0 writes (every rank holds the same weights and state)
+            return
+        final = unwrap(model)
+        final = final.to(memory_format=torch.contiguous_format) if cfg.channels_last else final
         meta = {**metadata, "history": [{"epoch": r.epoch, "train_loss": r.train_loss, "top1": r.test.top1}
                                          for r in history_so_far],
                 "top1": record.test.top1, "top5": record.test.top5, "loss": record.test.loss}
@@ -133,8 +137,8 @@ def train_and_save(
     finally:
         if masks is not None:
             masks.remove()
-    if not history:  # nothing to train (0 epochs, or a finished state): still write the file
-        save_checkpoint(out, model, name, info["config"], metadata, masks=masks, plan=plan,
+    if not history and is_main():  # nothing to train (0 epochs, or a finished state): still write the file
+        save_checkpoint(out, unwrap(model), name, info["config"], metadata, masks=masks, plan=plan,
                         train_state=state.state_dict())
     return history
 

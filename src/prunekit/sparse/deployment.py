@@ -206,15 +206,18 @@ class _Timer:
 
 
 def _check_candidates(candidates: Sequence[str] | None) -> list[str]:
+    from prunekit.sparse.kernels.impl import get_kernel, kernel_names
+
     here = available_kernels()
+    sparse = [k for k in kernel_names() if not get_kernel(k).dense_op]  # every registered sparse kernel
     if candidates is None:
-        return [k for k in SPARSE_KERNELS if k in here]
+        return [k for k in sparse if k in here]
     if isinstance(candidates, str):
         candidates = [c.strip() for c in candidates.split(",") if c.strip()]
     out = []
     for k in candidates:
-        if k not in SPARSE_KERNELS:
-            raise ConfigError(f"unknown deploy candidate {k!r}; choose from {', '.join(SPARSE_KERNELS)}")
+        if k not in sparse:
+            raise ConfigError(f"unknown deploy candidate {k!r}; choose from {', '.join(sparse)}")
         if k not in here:
             raise ConfigError(f"kernel {k!r} is not available on this machine (numba missing? "
                               "pip install numba); available: " + ", ".join(here))

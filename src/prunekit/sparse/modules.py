@@ -15,16 +15,15 @@ move between devices like any module; the torch sparse tensor is rebuilt (withou
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError, UnsupportedError
-from prunekit.sparse.formats import BSRMatrix, CSRMatrix, PacketCSRMatrix, check_nm, index_dtype
-from prunekit.sparse.kernels import KERNELS, NUMBA_KERNELS, numba_available, numba_csr
+from prunekit.sparse.formats import PacketCSRMatrix, check_nm, index_dtype
+from prunekit.sparse.kernels import numba_available, numba_csr
+from prunekit.sparse.kernels.impl import Kernel, _torch_sparse, get_kernel
 
 DEFAULT_BLOCK: tuple[int, int] = (4, 4)
 
@@ -53,9 +52,8 @@ def resolve_kernel(kernel: str) -> str:
     """
     if kernel == "auto":
         return "numba_csr" if numba_available() else "torch_csr"
-    if kernel not in KERNELS:
-        raise ConfigError(f"unknown kernel {kernel!r}; choose one of {', '.join(('auto',) + KERNELS)}")
-    if kernel in NUMBA_KERNELS and not numba_available():
+    impl = get_kernel(kernel)  # ConfigError listing every kernel for an unknown name
+    if not impl.available():
         raise ConfigError(f"kernel {kernel!r} needs numba: pip install numba (extra 'kernels'), "
                           "or use kernel='torch_csr'")
     return kernel
@@ -108,75 +106,40 @@ class _SparseMatrixOp(nn.Module):
         w = weight2d.detach().cpu()
         if block is None:
             block = fitting_block(int(w.shape[0]), int(w.shape[1]))
-        elif kernel == "torch_bsr" and block[0] != block[1]:
+        elif get_kernel(kernel).uses_blocks and block[0] != block[1]:
             raise UnsupportedError(f"torch's CPU BSR kernel needs square blocks, got {tuple(block)}")
         if kernel != "dense" and w.dtype != torch.float32:
             raise UnsupportedError(f"sparse kernel {kernel!r} runs fp32 weights, got {w.dtype}; "
                                    "call .float() on the layer first or use kernel='dense'")
         self.kernel = kernel
         self.matrix_shape = (int(w.shape[0]), int(w.shape[1]))
-        self.block = tuple(block) if kernel == "torch_bsr" else None
-        if kernel == "dense":
-            self.register_buffer("weight2d", w.clone().contiguous())
-            return
-        if kernel == "numba_packet":
-            packets = PacketCSRMatrix.pack(w) if packets is None else packets
-            self.register_buffer("values", packets.values.contiguous())
-            self.register_buffer("offsets", packets.offsets.contiguous())
-            self.register_buffer("bases", packets.bases.contiguous())
-            ptr_dtype = torch.int32 if packets.packets < 2**31 else torch.int64
-            self.register_buffer("packet_ptr", packets.packet_ptr.to(ptr_dtype).contiguous())
-            return
-        if kernel == "torch_bsr":
-            fmt = BSRMatrix.pack(w, block=tuple(block))
-        else:  # numba_csc stores W by columns: the CSR form of W.T (K, N)
-            fmt = CSRMatrix.pack(w.t().contiguous() if kernel == "numba_csc" else w)
-        nnz_like = fmt.values.shape[0]
-        ptr_dtype = torch.int32 if max(nnz_like, *w.shape) < 2**31 else torch.int64
-        # torch kernels need row pointers and columns of one dtype; numba reads any index dtype.
-        col_dtype = fmt.col_indices.dtype if kernel in NUMBA_KERNELS else ptr_dtype
-        self.register_buffer("values", fmt.values.contiguous())
-        self.register_buffer("col_indices", fmt.col_indices.to(col_dtype).contiguous())
-        self.register_buffer("row_ptr", fmt.row_ptr.to(ptr_dtype).contiguous())
+        self.block = tuple(block) if get_kernel(kernel).uses_blocks else None
+        get_kernel(kernel).pack(self, w, block, packets)
+
+    @property
+    def _impl(self) -> Kernel:
+        """The registered kernel object this module runs (looked up by its name)."""
+        return get_kernel(self.kernel)
 
     def _torch_sparse(self) -> torch.Tensor:
         """The weight as a torch sparse CSR/BSR tensor over this module's buffers (no copy)."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
-            make = torch.sparse_bsr_tensor if self.kernel == "torch_bsr" else torch.sparse_csr_tensor
-            index = self.col_indices.to(self.row_ptr.dtype)  # numba kernels keep narrower indices
-            if self.kernel == "numba_csc":  # stored as W.T (K, N) in CSR
-                n, k = self.matrix_shape
-                return make(self.row_ptr, index, self.values, size=(k, n), check_invariants=False).t()
-            return make(self.row_ptr, index, self.values, size=self.matrix_shape, check_invariants=False)
+        return _torch_sparse(self, self._impl)
 
     def dense_weight2d(self) -> torch.Tensor:
         """The (N, K) dense weight, rebuilt from the packed arrays."""
-        if self.kernel == "dense":
-            return self.weight2d.clone()
-        if self.kernel == "numba_packet":
-            return PacketCSRMatrix(self.values, self.offsets, self.bases, self.packet_ptr, self.matrix_shape).unpack()
-        return self._torch_sparse().to_dense()  # (N, K)
+        return self._impl.dense(self)
 
     @property
     def density(self) -> float:
         """Stored values / N*K (for BSR: stored block elements)."""
         n, k = self.matrix_shape
-        if self.kernel in ("dense", "numba_packet"):  # packets hold zero padding
-            stored = (self.weight2d if self.kernel == "dense" else self.values).count_nonzero()
-        else:
-            stored = self.values.numel()
-        return float(stored) / max(n * k, 1)
+        return float(self._impl.stored(self)) / max(n * k, 1)
 
     @property
     def index_dtype_name(self) -> str:
         """The column index dtype(s) read per stored value, e.g. ``int16``; packet CSR:
         ``uint8+int16`` (offsets + packet bases); dense: ``-``."""
-        if self.kernel == "dense":
-            return "-"
-        if self.kernel == "numba_packet":
-            return "uint8+" + str(self.bases.dtype).replace("torch.", "")
-        return str(self.col_indices.dtype).replace("torch.", "")
+        return self._impl.index_dtype(self)
 
     def packed_nbytes(self) -> int:
         """Bytes of the buffers this kernel reads (values + indices, or the dense weight)."""
@@ -190,10 +153,7 @@ class _SparseMatrixOp(nn.Module):
         """The packed buffers (and bias) as numpy views for the compiled loops."""
         arrays = self.__dict__.get("_arrays_cache")
         if arrays is None:
-            if self.kernel == "numba_packet":
-                arrays = numba_csr.as_arrays(self.packet_ptr, self.offsets, self.values, self.bias, self.bases)
-            else:
-                arrays = numba_csr.as_arrays(self.row_ptr, self.col_indices, self.values, self.bias)
+            arrays = self._impl.numba_arrays(self)
             self.__dict__["_arrays_cache"] = arrays
         return arrays
 
@@ -227,11 +187,7 @@ class _SparseMatrixOp(nn.Module):
 
     def matmul_t(self, xt: torch.Tensor) -> torch.Tensor:
         """Y (N, L) = W (N, K) @ X (K, L)."""
-        if self.kernel == "dense":
-            return self.weight2d @ xt
-        if self.kernel in ("numba_csr", "numba_packet"):
-            return numba_csr.matmul_t(self._numba_arrays(), xt.to(torch.float32))
-        return torch.sparse.mm(self._torch_sparse(), xt)
+        return self._impl.matmul_t(self, xt)
 
 
 class SparseLinear(_SparseMatrixOp):
@@ -267,7 +223,8 @@ class SparseLinear(_SparseMatrixOp):
         return cls(linear.weight, linear.bias, kernel=kernel, block=block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel in ("numba_csr", "numba_packet"):
+        impl = self._impl
+        if impl.batch1_loop:
             out = self._forward_batch1(x)  # needs no grad check: x.numpy() refuses a tensor that requires grad
             if out is not None:
                 return out
@@ -276,10 +233,10 @@ class SparseLinear(_SparseMatrixOp):
         self._check_input(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (B, K)
-        if self.kernel == "numba_csc":  # skips the weight columns whose input is zero; bias fused
+        if impl.skips_zero_inputs:  # reads only the weight columns whose input is nonzero; bias fused
             out = numba_csr.csc_matmul(self._numba_arrays(), x2.to(torch.float32), self.out_features)  # (B, N)
             return out.reshape(*lead, self.out_features)
-        if self.kernel == "dense":
+        if impl.dense_op:
             out = F.linear(x2, self.weight2d)  # (B, N)
         else:
             out = self.matmul_t(x2.t()).t()  # (B, N)
@@ -342,7 +299,7 @@ class SparseConv2d(_SparseMatrixOp):
         super().__init__()
         if not isinstance(conv, nn.Conv2d):
             raise ConfigError(f"SparseConv2d expects nn.Conv2d, got {type(conv).__name__}")
-        if kernel in ("numba_csc", "numba_packet"):
+        if kernel != "auto" and get_kernel(kernel).linear_only:
             raise UnsupportedError(f"kernel {kernel!r} runs Linear layers only; "
                                    "use numba_csr (direct sparse convolution) for convs")
         if conv.groups != 1:
@@ -392,10 +349,11 @@ class SparseConv2d(_SparseMatrixOp):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_shape(x)  # before any kernel: one message for all
         self._check_input(x)
-        if self.kernel == "dense":
+        impl = self._impl
+        if impl.dense_op:
             weight = self.weight2d.reshape(self.out_channels, self.in_channels, *self.kernel_size)
             return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
-        if self.kernel == "numba_csr":
+        if impl.direct_conv:
             return numba_csr.conv2d(self._numba_arrays(), self._conv_plan(x), x.to(torch.float32),
                                     self.out_channels)
         b, _, h, w = x.shape

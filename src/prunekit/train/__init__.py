@@ -1,5 +1,6 @@
 """Training engine: fit / fine-tune / evaluate for any task, resumable training state, checkpoints."""
 
+from prunekit.train import distributed
 from prunekit.train.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 from prunekit.train.engine import (
     Classification,
@@ -32,6 +33,7 @@ __all__ = [
     "TrainState",
     "TrainingDiverged",
     "build_from_checkpoint",
+    "distributed",
     "evaluate",
     "fit",
     "forward_batch",

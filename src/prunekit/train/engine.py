@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from prunekit.errors import CheckpointError, ConfigError, PrunekitError
 from prunekit.moduletools import model_device
+from prunekit.train import distributed
 from prunekit.train.state import TrainState, capture_rng, loader_generators, restore_rng
 
 StepHook = Callable[[nn.Module, int], None]
@@ -477,6 +478,7 @@ def _run_epoch(
     """Train the rest of one epoch, updating ``state`` (step counters, loss sum) in place."""
     model.train()
     device = model_device(model)
+    ddp = distributed.active(model)
     it = iter(_progress(loader, cfg.progress, "train", per_epoch))
     for done in range(skip):  # batches the interrupted run already trained on: fetched, not computed
         try:
@@ -500,6 +502,12 @@ def _run_epoch(
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise ConfigError(f"the task's loss must be a scalar tensor, got {shape}")
         value = float(loss.detach())
+        n = _batch_size(batch)
+        loss_sum, samples = value * n, n
+        if ddp:  # every rank reports (and checks) the loss over the global batch, so all stop together
+            loss_sum, total = distributed.all_reduce_sum([loss_sum, float(n)])
+            samples = int(round(total))
+            value = loss_sum / max(samples, 1)
         if not math.isfinite(value):
             raise _diverged(value, state, epoch, model, _current_lr(optimizer))
         optimizer.zero_grad(set_to_none=True)
@@ -509,11 +517,10 @@ def _run_epoch(
             scheduler.step()
         if pruner is not None:
             pruner.step()
-        n = _batch_size(batch)
         state.step += 1
         state.epoch_step += 1
-        state.epoch_loss_sum += value * n
-        state.epoch_samples += n
+        state.epoch_loss_sum += loss_sum
+        state.epoch_samples += samples
         if after_step is not None:
             after_step(model, state.step)
         if notify is not None:
@@ -594,6 +601,19 @@ def _check_resume(state: TrainState, per_epoch: int, cfg: TrainConfig, scheduler
         raise ConfigError("the training state holds a pruner's state: pass the pruner (fit(pruner=...))")
 
 
+def _check_sampler(state: TrainState, sampler: Any) -> None:
+    saved = (state.rng or {}).get("sampler")
+    if saved is None or sampler is None:
+        return
+    now = {"seed": int(sampler.seed), "num_replicas": int(sampler.num_replicas)}
+    for key, value in now.items():
+        if int(saved.get(key, value)) != value:
+            raise CheckpointError(
+                f"the training state was written with a DistributedSampler {key} of {saved[key]} but the train "
+                f"loader's is {value}; resume with the same seed and number of processes as the interrupted run"
+            )
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -633,6 +653,20 @@ def fit(
       bit-identical to an uninterrupted run (same loaders, config and single-process or
       non-persistent workers; callbacks must not draw random numbers). A resumed run is not reseeded.
     - ``cfg.seed``: when not ``None``, a fresh (not resumed) run calls :func:`seed_everything` first.
+    - A train loader drawing from a :class:`~torch.utils.data.DistributedSampler` gets
+      ``set_epoch(epoch)`` (0-based) before each epoch; its seed and replica count are recorded
+      in ``state.rng["sampler"]`` and a resume with others is refused.
+    - Distributed (``model`` is a ``DistributedDataParallel``, or a process group is initialised;
+      see :mod:`prunekit.train.distributed`): each step's loss is all-reduced, so the reported
+      train loss is the mean over the global batch and a non-finite loss stops every rank at the
+      same step; the ``TrainState`` is then identical on every rank except its RNG states, so
+      rank 0's saved copy resumes all (bit-identically when nothing draws per-rank random numbers,
+      e.g. dropout: after a resume every rank continues from rank 0's RNG states). Evaluation runs on the inner module
+      (no DDP collectives): when the test loader has a DistributedSampler each rank scores its
+      share and the results are summed over the ranks (:func:`~prunekit.train.distributed.all_reduce_eval`);
+      otherwise every rank scores the whole test set and no reduction is needed. Callbacks run
+      on every rank: write files only where ``is_main()``, and raise :class:`StopTraining` on
+      every rank at the same step or on none.
 
     A NaN / infinite loss raises :class:`TrainingDiverged` before that step's update (``state``
     then describes the last good step; its dropout RNG has moved on, so a resume from it is not
@@ -676,7 +710,20 @@ def fit(
         if state.pruner is not None:
             _load(pruner, state.pruner, "pruner")
     gens = loader_generators(train_loader)
+    sampler = distributed.distributed_sampler(train_loader)
+    if resuming:
+        _check_sampler(state, sampler)
+    ddp = distributed.active(model)
+    eval_model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    split_eval = ddp and test_loader is not None and distributed.distributed_sampler(test_loader) is not None
     history = [EpochRecord.from_dict(h) for h in state.history]
+
+    def fresh_rng() -> dict[str, Any]:
+        rng: dict[str, Any] = {"epoch_start": capture_rng(gens), "current": None}
+        if sampler is not None:  # its order is a function of (seed, epoch): recording these replays it
+            rng["sampler"] = {"seed": int(sampler.seed), "epoch": int(state.epoch),
+                              "num_replicas": int(sampler.num_replicas)}
+        return rng
 
     def refresh() -> None:
         state.optimizer = optimizer.state_dict()
@@ -694,13 +741,15 @@ def fit(
         while state.epoch < cfg.epochs:
             t0 = time.perf_counter()
             skip, resume_rng = 0, None
+            if sampler is not None:
+                sampler.set_epoch(state.epoch)
             if replay:
                 restore_rng(state.rng["epoch_start"], gens)
                 if state.epoch_step > 0:
                     skip, resume_rng = state.epoch_step, state.rng["current"]
                 replay = False
             else:
-                state.rng = {"epoch_start": capture_rng(gens), "current": None}
+                state.rng = fresh_rng()
             if state.epoch_step == 0:
                 state.epoch_loss_sum, state.epoch_samples = 0.0, 0
                 state.epoch_lr = (
@@ -725,7 +774,9 @@ def fit(
                 notify=notify if on_step is not None else None,
             )
             if test_loader is not None:
-                test = task.evaluate(model, test_loader, None)
+                test = task.evaluate(eval_model, test_loader, None)
+                if split_eval:  # each rank evaluated its DistributedSampler share
+                    test = distributed.all_reduce_eval(test)
             else:
                 test = EvalResult(math.nan, math.nan, math.nan, 0)
             train_loss = state.epoch_loss_sum / max(state.epoch_samples, 1)
@@ -735,7 +786,7 @@ def fit(
             state.history.append(record.as_dict())
             state.epoch += 1
             state.epoch_step, state.epoch_loss_sum, state.epoch_samples, state.epoch_lr = 0, 0.0, 0, None
-            state.rng = {"epoch_start": capture_rng(gens), "current": None}
+            state.rng = fresh_rng()
             refresh()
             if on_epoch is not None:
                 on_epoch(record)

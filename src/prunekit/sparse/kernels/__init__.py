@@ -1,6 +1,7 @@
 """Sparse x dense kernels and which of them this machine can run.
 
-Kernel names used across ``prunekit.sparse`` (``SparseLinear.from_dense(kernel=...)``, ``deploy``):
+The kernels are registered objects (:mod:`prunekit.sparse.kernels.impl`: what each stores, how it
+multiplies, which special paths it has). Kernel names used across ``prunekit.sparse`` (``SparseLinear.from_dense(kernel=...)``, ``deploy``):
 
 * ``dense``: the layer's own dense op (the baseline every sparse kernel must beat);
 * ``torch_csr``: ``torch.sparse.mm`` with a ``sparse_csr`` weight (always available);
@@ -30,8 +31,11 @@ def numba_available() -> bool:
 
 
 def available_kernels() -> tuple[str, ...]:
-    """The kernel names usable on this machine, in :data:`KERNELS` order."""
-    return tuple(k for k in KERNELS if k not in NUMBA_KERNELS or numba_available())
+    """The registered kernels usable on this machine (built-ins in :data:`KERNELS` order, then any
+    registered with :func:`prunekit.sparse.kernels.impl.register_kernel`)."""
+    from prunekit.sparse.kernels.impl import get_kernel, kernel_names
+
+    return tuple(k for k in kernel_names() if get_kernel(k).available())
 
 
 __all__ = ["KERNELS", "NUMBA_KERNELS", "available_kernels", "numba_available"]
