@@ -324,3 +324,31 @@ def test_torch_writer_failure_names_the_destination(tmp_path, monkeypatch) -> No
     with pytest.raises(DataError, match=re.escape(f"cannot write {tmp_path / 'm.pt'}: PytorchStreamWriter failed")):
         atomic_torch_save({"a": 1}, tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_structured_finetune_writes_checkpoint_and_plan_together(tmp_path, monkeypatch) -> None:
+    """With --finetune-epochs the checkpoint is rewritten every epoch; the plan file is written with it."""
+    import prunekit.structure.plan as plan_module
+    from prunekit.cli.main import main
+
+    out, plan = tmp_path / "s.pt", tmp_path / "s.plan.json"
+    real = plan_module.atomic_write_text
+    calls = {"n": 0}
+
+    def failing_plan_write(path, text):  # the plan write fails at the second epoch
+        calls["n"] += 1
+        if calls["n"] == 2:
+            from prunekit.errors import DataError
+
+            raise DataError(f"cannot write {path}: disk full")  # what prunekit.io raises for a failed write
+        return real(path, text)
+
+    monkeypatch.setattr(plan_module, "atomic_write_text", failing_plan_write)
+    code = main(["prune", "--structured", "--model", "digits_cnn", "--dataset", "digits", "--sparsity", "0.3",
+                 "--latency-repeats", "2", "--finetune-epochs", "2", "--out", str(out), "--plan-out", str(plan)])
+    assert code == 1
+    from prunekit.checkpoint import read
+
+    ckpt = read(out)  # the first epoch's pair stands, complete and consistent
+    assert len(ckpt.metadata["history"]) == 1 and plan.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.plan.json", "s.pt"]

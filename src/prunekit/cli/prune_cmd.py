@@ -205,8 +205,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def finetune(model: nn.Module, name: str, info: dict, args: argparse.Namespace, metadata: dict) -> None:
-    """Fine-tune after pruning (masks from ``info`` in force) and write ``args.out`` every epoch."""
+def finetune(model: nn.Module, name: str, info: dict, args: argparse.Namespace, metadata: dict,
+             also_write: Any = None) -> None:
+    """Fine-tune after pruning (masks from ``info`` in force) and write ``args.out`` every epoch
+    (with ``also_write()``, e.g. the plan file, in the same all-or-nothing write)."""
     from prunekit.cli.common import make_loaders_from_args
     from prunekit.cli.train_cmd import train_and_save
     from prunekit.train import TrainConfig
@@ -216,4 +218,4 @@ def finetune(model: nn.Module, name: str, info: dict, args: argparse.Namespace, 
     print(f"fine-tuning {args.finetune_epochs} epoch(s), lr {args.finetune_lr:g} (cosine)")
     metadata = {**metadata, "train": {"epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule, "seed": cfg.seed,
                                       "batch_size": args.batch_size}}
-    train_and_save(model, name, info, cfg, train, test, args.out, metadata)
+    train_and_save(model, name, info, cfg, train, test, args.out, metadata, also_write=also_write)

@@ -152,12 +152,11 @@ def run(args: argparse.Namespace) -> int:
         masks = Masks.from_zeros(small, [Target(n, small.get_submodule(n)) for n in names])
     from prunekit.io import write_together
 
-    if args.finetune_epochs:  # the checkpoint is rewritten every epoch; the plan follows the last one
+    if args.finetune_epochs:  # the checkpoint is rewritten every epoch, the plan file with it (both or neither)
         from prunekit.cli.prune_cmd import finetune
 
-        finetune(small, name, {**info, "masks": masks, "plan": plan}, args, metadata)
-        if args.plan_out:
-            plan.save(args.plan_out)
+        finetune(small, name, {**info, "masks": masks, "plan": plan}, args, metadata,
+                 also_write=(lambda: plan.save(args.plan_out)) if args.plan_out else None)
     else:
         from prunekit.checkpoint import save
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -100,14 +101,16 @@ def print_epoch(record: Any) -> None:
 
 def train_and_save(
     model: Any, name: str, info: dict[str, Any], cfg: Any, train_loader: Any, test_loader: Any, out: str,
-    metadata: dict[str, Any], resume: Any = None,
+    metadata: dict[str, Any], resume: Any = None, also_write: Callable[[], Any] | None = None,
 ) -> list[Any]:
     """Fit ``model`` with the checkpoint's masks in force, writing ``out`` after every epoch.
 
     The file always holds the last good epoch: model, masks, plan, metadata and the resumable
     training state (``prunekit train --checkpoint out --resume`` continues it). A diverging run
     stops with :class:`~prunekit.train.TrainingDiverged` and leaves the last good file in place.
+    ``also_write()`` (e.g. the plan file) is written together with every checkpoint: both or neither.
     """
+    from prunekit.io import write_together
     from prunekit.train import TrainState, fit, save_checkpoint
     from prunekit.train.distributed import is_main, unwrap
 
@@ -124,7 +127,11 @@ def train_and_save(
         meta = {**metadata, "history": [{"epoch": r.epoch, "train_loss": r.train_loss, "top1": r.test.top1}
                                          for r in history_so_far],
                 "top1": record.test.top1, "top5": record.test.top5, "loss": record.test.loss}
-        save_checkpoint(out, final, name, info["config"], meta, masks=masks, plan=plan, train_state=st.state_dict())
+        with write_together():
+            save_checkpoint(out, final, name, info["config"], meta, masks=masks, plan=plan,
+                            train_state=st.state_dict())
+            if also_write is not None:
+                also_write()
 
     history_so_far: list[Any] = []
 
@@ -138,8 +145,11 @@ def train_and_save(
         if masks is not None:
             masks.remove()
     if not history and is_main():  # nothing to train (0 epochs, or a finished state): still write the file
-        save_checkpoint(out, unwrap(model), name, info["config"], metadata, masks=masks, plan=plan,
-                        train_state=state.state_dict())
+        with write_together():
+            save_checkpoint(out, unwrap(model), name, info["config"], metadata, masks=masks, plan=plan,
+                            train_state=state.state_dict())
+            if also_write is not None:
+                also_write()
     return history
 
 

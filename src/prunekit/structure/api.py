@@ -357,7 +357,7 @@ def _pinned_summary(graph: DependencyGraph) -> str:
     for u in graph.units:
         if u.pinned:
             by_reason[u.pinned] = by_reason.get(u.pinned, 0) + 1
-    return "; ".join(f"{n} channels: {reason}" for reason, n in sorted(by_reason.items()))
+    return "; ".join(f"{n} channel{'s' if n != 1 else ''}: {reason}" for reason, n in sorted(by_reason.items()))
 
 
 def _ready_importance(
