@@ -29,20 +29,9 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.moduletools import eval_mode
-from prunekit.train.engine import Classification, EvalResult, forward_batch
+from prunekit.train.engine import Classification, EvalResult, _logits, forward_batch
 
 __all__ = ["Distillation"]
-
-
-def _logits(outputs: Any) -> torch.Tensor:
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    logits = getattr(outputs, "logits", None)
-    if logits is None and isinstance(outputs, dict):
-        logits = outputs.get("logits")
-    if not isinstance(logits, torch.Tensor):
-        raise ConfigError(f"Distillation needs logits; the model returned a {type(outputs).__name__}")
-    return logits
 
 
 class Distillation:
