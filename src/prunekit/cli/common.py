@@ -450,3 +450,21 @@ def evaluation_set(args: argparse.Namespace, test_loader: DataLoader) -> tuple[D
             notes.append(f"--max-batches {max_batches} x {batch} asks for {want:,}: "
                          f"the {'limited ' if limit else ''}test split has {len(dataset):,}, all used")
     return loader, describe_images(loader.dataset, subset) + "".join(f"; {n}" for n in notes)
+
+
+def calibrated_importance(spec: str, model: nn.Module, targets: list, args: argparse.Namespace, model_name: str,
+                          metadata: Mapping[str, Any]) -> Any:
+    """The criterion ``spec`` names, calibrated on ``--calib-batches`` shuffled training batches when it
+    needs data (a named error for an unknown criterion before any data is loaded); says what it used."""
+    from prunekit import criteria
+
+    criteria.make(spec)
+    loader = None
+    if criteria.needs_data(spec):
+        loader, _ = make_loaders_from_args(args, model_name, metadata)
+    imp = criteria.build(spec, model, targets, loader, args.calib_batches)
+    seen = getattr(imp, "batches_seen", None)
+    if loader is not None and seen:
+        print(f"calibration: {seen} batch(es) of up to {loader.batch_size} training images, shuffled with seed "
+              f"{int(getattr(args, 'seed', 0) or 0)} (all classes mixed)")
+    return imp

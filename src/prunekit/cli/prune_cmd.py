@@ -108,13 +108,9 @@ def _types(text: str) -> tuple[type[nn.Module], ...]:
 
 
 def _importance(name: str, model: nn.Module, targets: list, args: argparse.Namespace, info: dict) -> Any:
-    registry.make(name)  # a named error for an unknown criterion or parameter, before loading data
-    loader = None
-    if registry.needs_data(name):
-        from prunekit.cli.common import make_loaders_from_args
+    from prunekit.cli.common import calibrated_importance
 
-        loader, _ = make_loaders_from_args(args, info["name"], info["metadata"])
-    return registry.build(name, model, targets, loader, args.calib_batches)
+    return calibrated_importance(name, model, targets, args, info["name"], info["metadata"])
 
 
 def _allocation(args: argparse.Namespace, granularity: Any) -> Any:

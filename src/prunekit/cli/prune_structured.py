@@ -55,14 +55,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _importance(args: argparse.Namespace, model: Any, targets: list, name: str, info: dict) -> Any:
-    from prunekit import criteria as registry
+    from prunekit.cli.common import calibrated_importance
 
-    loader = None
-    if registry.needs_data(args.criterion):
-        from prunekit.cli.common import make_loaders_from_args
-
-        loader, _ = make_loaders_from_args(args, name, info["metadata"])
-    return registry.build(args.criterion, model, targets, loader, args.calib_batches)
+    return calibrated_importance(args.criterion, model, targets, args, name, info["metadata"])
 
 
 def _table(rows: list[tuple[str, str, str, str]]) -> str:
