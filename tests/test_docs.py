@@ -55,3 +55,26 @@ def test_docs_python_blocks_run(path: Path, tmp_path, monkeypatch) -> None:
     namespace = {"__name__": "docs"}
     for code in _python_blocks(path):
         exec(compile(code, str(path.name), "exec"), namespace)
+
+
+def test_readme_commands_run(tmp_path, monkeypatch, capsys, data_root) -> None:
+    """Every ``prunekit`` line of the README (not the two install-and-run commands), in order, from a folder
+    that sees ``checkpoints/`` and ``../shared/data`` as the repository root does."""
+    from prunekit.cli.main import main
+    from test_howto import commands
+
+    work = tmp_path / "main"
+    work.mkdir()
+    (work / "checkpoints").symlink_to(REPO / "checkpoints")
+    (tmp_path / "shared").symlink_to(data_root.parent)
+    monkeypatch.chdir(work)
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S) if "pip install" not in b]
+    readme = tmp_path / "readme_commands.md"
+    readme.write_text("".join(f"```bash\n{b}```\n" for b in blocks), encoding="utf-8")
+    cmds = commands(readme)
+    assert len(cmds) >= 7
+    for argv in cmds:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 0, f"prunekit {' '.join(argv)} -> {code}: {err}"
