@@ -1,4 +1,4 @@
-"""``prunekit demo``: the offline end-to-end tour, in about a minute on two CPU cores.
+"""``prunekit demo``: the offline end-to-end tour, in about 15 s on two idle CPU cores.
 
 It trains ``digits_cnn`` on scikit-learn's 8x8 digits (bundled with scikit-learn: nothing to
 download), evaluates it and prints the per-layer table; then prunes it two ways and fine-tunes
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from prunekit.cli.common import positive_int
 
-HELP = "train, evaluate and inspect a small CNN on the bundled digits data (offline, ~1 minute)"
+HELP = "train, evaluate and inspect a small CNN on the bundled digits data (offline, ~15 s)"
 MODEL = "digits_cnn"
 
 
