@@ -26,7 +26,7 @@ from prunekit import Element, Global, Magnitude, Uniform, prune, select
 from prunekit.checkpoint import build
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets
 from prunekit.io import atomic_write_text
-from prunekit.sensitivity import ratios_for, scan
+from prunekit.sensitivity import SensitivityCurves, ratios_for, scan
 from prunekit.train import evaluate
 
 OUT = Path(__file__).parent / "results" / "sensitivity_resnet20"
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.8)
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--curves", help="reuse the curves JSON of an earlier scan (same checkpoint) instead of scanning")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,10 +55,15 @@ def main() -> None:
     dense, _ = build(args.checkpoint)
     dense.eval()
     t0 = time.perf_counter()
-    curves = scan(dense, select(dense), Magnitude(), Element(), lambda m: evaluate(m, val).top1,
-                  progress=lambda n, r, v: print(f"  {n} @ {r:.1f}: {v:.4f}", flush=True))
-    scan_min = (time.perf_counter() - t0) / 60
     out = Path(args.out)
+    if args.curves:
+        curves = SensitivityCurves.from_json(Path(args.curves).read_text(encoding="utf-8"))
+        scan_min = float(json.loads(out.with_suffix(".json").read_text())["meta"]["scan_minutes"]) \
+            if out.with_suffix(".json").is_file() else float("nan")
+    else:
+        curves = scan(dense, select(dense), Magnitude(), Element(), lambda m: evaluate(m, val).top1,
+                      progress=lambda n, r, v: print(f"  {n} @ {r:.1f}: {v:.4f}", flush=True))
+        scan_min = (time.perf_counter() - t0) / 60
     curves.save(out.with_name(out.name + "_curves.json"))
     try:
         curves.plot(out.with_name(out.name + "_curves.png"), ylabel="top-1 on 2,000 training images")
@@ -73,13 +79,15 @@ def main() -> None:
                       "test_top1": evaluate(model, test).top1}
         print(name, rows[name], flush=True)
     dense_test = evaluate(dense, test).top1
-    meta = {"command": f"python benchmarks/sensitivity_resnet20.py --data {args.data} --sparsity {args.sparsity}",
+    reuse = f" --curves {args.curves}" if args.curves else ""
+    meta = {"command": f"python benchmarks/sensitivity_resnet20.py --data {args.data} --sparsity {args.sparsity}{reuse}",
             "started": started, "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
             "scan_minutes": scan_min, "dense_test_top1": dense_test, "ratios": searched.ratios}
     atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = ["# Fine-grained sensitivity, ResNet-20", "", f"`{meta['command']}` ({started}; {meta['machine']}). "
              f"Dense in the same run: {dense_test:.2%} (test). Scan: 20 layers x 9 ratios on 2,000 training "
-             f"images, {scan_min:.1f} min. No fine-tuning.", "",
+             f"images, {scan_min:.1f} min{' (the curves of an earlier run of this script, reused)' if args.curves else ''}. "
+             "No fine-tuning.", "",
              "| allocation | sparsity | top-1 on the scan images | top-1 test |", "| --- | ---: | ---: | ---: |"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['sparsity']:.1%} | {r['val_top1']:.2%} | **{r['test_top1']:.2%}** |")

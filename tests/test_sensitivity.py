@@ -45,6 +45,8 @@ def test_ratios_come_from_the_smallest_tolerated_drop() -> None:
     assert alloc.ratios == {"a": 0.6, "b": 0.4}  # T = 0.2: a drops 0.1 at 0.6, b 0.2 at 0.4
     assert curves.overall_sparsity(alloc.ratios) == pytest.approx(0.5)
     assert ratios_for(curves, 0.3).ratios == {"a": 0.4, "b": 0.2}  # no drop at all suffices
+    # steps overshoot: for 0.2 overall the bisection gives a 0.4 / b 0.2 (0.3); trimming steps back a
+    assert ratios_for(curves, 0.2).ratios == {"a": 0.2, "b": 0.2}
     with pytest.raises(ConfigError, match="reach at most 0.800"):
         ratios_for(curves, 0.85)
 

@@ -189,7 +189,8 @@ def _ratios_at(curves: SensitivityCurves, tolerance: float) -> dict[str, float]:
 
 def ratios_for(curves: SensitivityCurves, target_sparsity: float, iterations: int = 50) -> PerLayer:
     """The per-layer ratios reaching ``target_sparsity`` overall with the smallest tolerated drop ``T``
-    (bisection over ``T``); raises :class:`ConfigError` when even the scanned maximum falls short."""
+    (bisection over ``T``), then trimmed: while the target still holds, the layer whose last step cost
+    the most steps back. Raises :class:`ConfigError` when even the scanned maximum falls short."""
     target = check_sparsity(target_sparsity, "target sparsity")
     if curves.overall_sparsity(_ratios_at(curves, math.inf)) + 1e-12 < target:
         most = curves.overall_sparsity(_ratios_at(curves, math.inf))
@@ -205,4 +206,26 @@ def ratios_for(curves: SensitivityCurves, target_sparsity: float, iterations: in
             hi = mid
         else:
             lo = mid
-    return PerLayer(_ratios_at(curves, hi))
+    return PerLayer(_trim(curves, _ratios_at(curves, hi), target))
+
+
+def _trim(curves: SensitivityCurves, ratios: dict[str, float], target: float) -> dict[str, float]:
+    """Step back the layers whose last step costs the most while the target still holds: the
+    scanned ratios come in steps, so the bisection alone can overshoot the target."""
+    ratios = dict(ratios)
+    while True:
+        options = []
+        for n, r in ratios.items():
+            if r <= 0.0:
+                continue
+            i = curves.ratios.index(r)
+            lower = curves.ratios[i - 1] if i > 0 else 0.0
+            drop_here = curves.drop(n)[i]
+            drop_lower = curves.drop(n)[i - 1] if i > 0 else 0.0
+            trial = {**ratios, n: lower}
+            if curves.overall_sparsity(trial) >= target:
+                options.append((drop_here - drop_lower, r, n, lower))  # ties: the most-pruned layer first
+        if not options:
+            return ratios
+        _, _, n, lower = max(options)
+        ratios[n] = lower
