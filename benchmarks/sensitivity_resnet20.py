@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader, Subset
 
 from prunekit import Element, Global, Magnitude, Uniform, prune, select
 from prunekit.checkpoint import build
-from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets
+from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets, cifar10_loaders
 from prunekit.io import atomic_write_text
 from prunekit.sensitivity import SensitivityCurves, ratios_for, scan
-from prunekit.train import evaluate
+from prunekit.train import TrainConfig, evaluate, fit
 
 OUT = Path(__file__).parent / "results" / "sensitivity_resnet20"
 
@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.8)
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ft-steps", type=int, default=0,
+                    help="then fine-tune each pruned model this many steps (masks in force) and measure again")
     ap.add_argument("--curves", help="reuse the curves JSON of an earlier scan (same checkpoint) instead of scanning")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -74,12 +76,19 @@ def main() -> None:
     for name, alloc in (("uniform", Uniform(args.sparsity)), ("global", Global(args.sparsity)),
                         ("sensitivity", searched)):
         model = copy.deepcopy(dense)
-        masks = prune(model, select(model), Magnitude(), Element(), alloc, enforce=False)
+        masks = prune(model, select(model), Magnitude(), Element(), alloc, enforce=args.ft_steps > 0)
         rows[name] = {"sparsity": masks.sparsity(), "val_top1": evaluate(model, val).top1,
                       "test_top1": evaluate(model, test).top1}
+        if args.ft_steps:
+            train_aug, _ = cifar10_loaders(Path(args.data) / "cifar10-jpeg75.npz", 128, IMAGENET_MEAN, IMAGENET_STD)
+            cfg = TrainConfig(epochs=1, lr=0.01, weight_decay=5e-4, schedule="cosine", seed=0, progress=False,
+                              max_steps_per_epoch=args.ft_steps)
+            fit(model, train_aug, None, cfg)
+            masks.remove()
+            rows[name]["test_top1_ft"] = evaluate(model, test).top1
         print(name, rows[name], flush=True)
     dense_test = evaluate(dense, test).top1
-    reuse = f" --curves {args.curves}" if args.curves else ""
+    reuse = (f" --curves {args.curves}" if args.curves else "") + (f" --ft-steps {args.ft_steps}" if args.ft_steps else "")
     meta = {"command": f"python benchmarks/sensitivity_resnet20.py --data {args.data} --sparsity {args.sparsity}{reuse}",
             "started": started, "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
             "scan_minutes": scan_min, "dense_test_top1": dense_test, "ratios": searched.ratios}
@@ -88,9 +97,11 @@ def main() -> None:
              f"Dense in the same run: {dense_test:.2%} (test). Scan: 20 layers x 9 ratios on 2,000 training "
              f"images, {scan_min:.1f} min{' (the curves of an earlier run of this script, reused)' if args.curves else ''}. "
              "No fine-tuning.", "",
-             "| allocation | sparsity | top-1 on the scan images | top-1 test |", "| --- | ---: | ---: | ---: |"]
+             "| allocation | sparsity | top-1 on the scan images | top-1 test | top-1 test after fine-tune |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['sparsity']:.1%} | {r['val_top1']:.2%} | **{r['test_top1']:.2%}** |")
+        ft = f"**{r['test_top1_ft']:.2%}** ({args.ft_steps} steps)" if "test_top1_ft" in r else "-"
+        lines.append(f"| {name} | {r['sparsity']:.1%} | {r['val_top1']:.2%} | **{r['test_top1']:.2%}** | {ft} |")
     lines += ["", "Per-layer ratios found: " + ", ".join(f"{k} {v:.1f}" for k, v in searched.ratios.items())]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.md')}")
