@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import CheckpointError, ConfigError, PrunekitError
+from prunekit.metrics.macs import run_model
+from prunekit.moduletools import eval_mode
 
 # words of the errors a wrong example input causes (shape, size, dtype, arguments); others pass through
 _INPUT_MISMATCH = ("shape", "size", "channel", "dimension", "dim ", "mat1", "mat2", "multiplied", "unpack",
@@ -79,14 +81,6 @@ def expected_input(model: nn.Module) -> tuple[str, str] | None:
     return None
 
 
-def _call(model: nn.Module, example_input: Any) -> Any:
-    if isinstance(example_input, Mapping):
-        return model(**example_input)
-    if isinstance(example_input, (tuple, list)):
-        return model(*example_input)
-    return model(example_input)
-
-
 def check_example_input(model: nn.Module, example_input: Any, where: str) -> None:
     """Run ``model`` once on ``example_input`` (no grad, eval mode; every module's mode restored).
 
@@ -97,11 +91,9 @@ def check_example_input(model: nn.Module, example_input: Any, where: str) -> Non
     """
     if example_input is None:
         raise ConfigError(f"{where}: example_input is None; pass a tensor shaped like one batch of the model's input")
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        with torch.no_grad():
-            _call(model, example_input)
+        with eval_mode(model), torch.no_grad():  # every module's own train/eval flag comes back
+            run_model(model, example_input)
     except PrunekitError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
@@ -115,9 +107,6 @@ def check_example_input(model: nn.Module, example_input: Any, where: str) -> Non
             f"{where}: the example input {describe_input(example_input)} does not fit the model: {wants} "
             f"({type(exc).__name__}: {first}); pass an input shaped like one batch of the model's input"
         ) from exc
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _torch_file_problem(path: Path, exc: BaseException, what: str) -> str:
