@@ -31,22 +31,10 @@ from prunekit.structure import (
     prune_channels,
 )
 from prunekit.targets import select
+from test_structure_surgery import randomize_bn  # the same non-trivial BN statistics
 
 X0 = torch.zeros(1, 3, 32, 32)
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-    return model.eval()
 
 
 def same_state(a: nn.Module, b: nn.Module) -> bool:

@@ -83,6 +83,11 @@ def _pack_csr(op: nn.Module, fmt: CSRMatrix | BSRMatrix, w: torch.Tensor, keep_n
     op.register_buffer("row_ptr", fmt.row_ptr.to(ptr).contiguous())
 
 
+def _csr_arrays(op: nn.Module) -> numba_csr.CSRArrays:
+    """The numba views of ``op``'s CSR buffers (W for numba_csr, W.T for numba_csc) and its bias."""
+    return numba_csr.as_arrays(op.row_ptr, op.col_indices, op.values, op.bias)
+
+
 def _torch_sparse(op: nn.Module, kernel: Kernel) -> torch.Tensor:
     """The weight as a torch sparse CSR/BSR tensor over ``op``'s buffers (no copy)."""
     with warnings.catch_warnings():
@@ -148,7 +153,7 @@ class NumbaCSR(Kernel):
         _pack_csr(op, CSRMatrix.pack(w), w, keep_narrow_index=True)
 
     def numba_arrays(self, op) -> numba_csr.CSRArrays:
-        return numba_csr.as_arrays(op.row_ptr, op.col_indices, op.values, op.bias)
+        return _csr_arrays(op)
 
     def matmul_t(self, op, xt) -> torch.Tensor:
         return numba_csr.matmul_t(op._numba_arrays(), xt.to(torch.float32))
@@ -193,7 +198,7 @@ class NumbaCSC(Kernel):
         _pack_csr(op, CSRMatrix.pack(w.t().contiguous()), w, keep_narrow_index=True)  # CSR of W.T (K, N)
 
     def numba_arrays(self, op) -> numba_csr.CSRArrays:
-        return numba_csr.as_arrays(op.row_ptr, op.col_indices, op.values, op.bias)
+        return _csr_arrays(op)
 
 
 _KERNELS: dict[str, Kernel] = {}
