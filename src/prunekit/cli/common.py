@@ -27,13 +27,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from prunekit.cli.main import UsageError
+from prunekit.data.choose import (  # noqa: F401  (re-exported: the CLI's names for them)
+    DATASETS,
+    DEFAULT_FILES,
+    INPUT_SHAPES,
+    NORMALIZATIONS,
+    SUBSET_SEED,
+    balanced_subset,
+    data_root,
+    dataset_for_model,
+    dataset_labels,
+    describe_images,
+    example_input_for,
+    make_loaders,
+)
 from prunekit.errors import ConfigError
 from prunekit.moduletools import model_device
-
-DATASETS = ("cifar10", "mnist", "digits")
-NORMALIZATIONS = ("cifar", "imagenet")
-INPUT_SHAPES = {"cifar10": (3, 32, 32), "mnist": (1, 28, 28), "digits": (1, 8, 8)}
-DEFAULT_FILES = {"cifar10": "cifar10-jpeg75.npz", "mnist": "mnist"}
 
 
 def positive_int(text: str) -> int:
@@ -100,26 +109,6 @@ def apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(int(args.threads))
 
 
-def dataset_for_model(model_name: str | None) -> str:
-    """The data set a registered model's input fits: LeNets -> mnist, digits_cnn -> digits, else cifar10.
-
-    >>> dataset_for_model("lenet300_100"), dataset_for_model("digits_cnn"), dataset_for_model("vgg16_bn")
-    ('mnist', 'digits', 'cifar10')
-    """
-    name = model_name or ""
-    if name.startswith("lenet"):
-        return "mnist"
-    if name.startswith("digits"):
-        return "digits"
-    return "cifar10"
-
-
-def example_input_for(model_name_or_dataset: str, batch: int = 1) -> torch.Tensor:
-    """A zero input of the right shape for a data set name or a registered model name."""
-    dataset = model_name_or_dataset if model_name_or_dataset in DATASETS else dataset_for_model(model_name_or_dataset)
-    return torch.zeros(batch, *INPUT_SHAPES[dataset])
-
-
 def check_model_fits(model: nn.Module, model_name: str, dataset: str) -> None:
     """Raise :class:`ConfigError` when ``model`` cannot take ``dataset``'s input shape.
 
@@ -180,11 +169,6 @@ def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict
     return model, name, {"config": {}, "metadata": {}}
 
 
-def data_root() -> Path:
-    """``$PRUNEKIT_DATA`` if set, else ``../shared/data`` relative to the working directory."""
-    return Path(os.environ.get("PRUNEKIT_DATA", Path("..") / "shared" / "data"))
-
-
 def resolve_dataset(
     args: argparse.Namespace, model_name: str | None = None, metadata: Mapping[str, Any] | None = None
 ) -> str:
@@ -205,46 +189,20 @@ def make_loaders_from_args(
     ``model_name`` and a checkpoint's ``metadata`` fill in ``--dataset`` / ``--normalize`` when
     they were not given.
     """
-    from prunekit.data import (
-        CIFAR10_MEAN,
-        CIFAR10_STD,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        cifar10_loaders,
-        digits_loaders,
-        mnist_loaders,
-    )
-
     meta = metadata or {}
     dataset = resolve_dataset(args, model_name, meta)
-    batch_size = int(getattr(args, "batch_size", 128))
-    limit = getattr(args, "limit", None)
-    seed = int(getattr(args, "seed", 0) or 0)
     normalize = getattr(args, "normalize", None)
     if dataset != "cifar10" and normalize:
         raise UsageError(f"--normalize applies to cifar10 only; {dataset} uses its own statistics")
-    if dataset == "digits":
-        if getattr(args, "data", None):
-            raise UsageError("the digits data set ships with scikit-learn; drop --data")
-        train, test = digits_loaders(batch_size=batch_size, seed=seed)
-        return (_limited(train, limit, seed), _limited(test, limit, SUBSET_SEED)) if limit else (train, test)
-    path = Path(getattr(args, "data", None) or data_root() / DEFAULT_FILES[dataset])
-    if dataset == "mnist":
-        return mnist_loaders(path, batch_size=batch_size, limit=limit, seed=seed)
-    normalize = normalize or meta.get("normalize") or "cifar"
-    if normalize not in NORMALIZATIONS:
-        raise ConfigError(f"unknown normalisation {normalize!r} in the checkpoint; pass --normalize cifar|imagenet")
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalize == "imagenet" else (CIFAR10_MEAN, CIFAR10_STD)
-    return cifar10_loaders(path, batch_size=batch_size, mean=mean, std=std, limit=limit, seed=seed)
-
-
-def _limited(loader: DataLoader, limit: int, seed: int) -> DataLoader:
-    """The same loader over a class-balanced ``limit``-subset of its data set, drawn with ``seed``."""
-    subset = balanced_subset(loader.dataset, limit, seed)
-    shuffle = isinstance(loader.sampler, torch.utils.data.RandomSampler)
-    g = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(subset, loader.batch_size, shuffle=shuffle, generator=g)
-
+    if dataset == "digits" and getattr(args, "data", None):
+        raise UsageError("the digits data set ships with scikit-learn; drop --data")
+    if dataset == "cifar10":
+        normalize = normalize or meta.get("normalize") or "cifar"
+        if normalize not in NORMALIZATIONS:
+            raise ConfigError(f"unknown normalisation {normalize!r} in the checkpoint; pass --normalize cifar|imagenet")
+    return make_loaders(dataset, getattr(args, "data", None), batch_size=int(getattr(args, "batch_size", 128)),
+                        normalize=normalize, limit=getattr(args, "limit", None),
+                        seed=int(getattr(args, "seed", 0) or 0))
 
 def resolved_normalize(args: argparse.Namespace, dataset: str, metadata: Mapping[str, Any] | None = None) -> str | None:
     """The normalisation a cifar10 run uses (for recording in checkpoint metadata); None otherwise."""
@@ -344,82 +302,6 @@ def check_outputs(
 
 # --- subsets: class-balanced, never the first N of a class-ordered split ----------------------------
 
-SUBSET_SEED = 0  # every test-split subset is drawn with this seed, so runs score the same images
-
-
-def dataset_labels(dataset: Any) -> torch.Tensor | None:
-    """The labels of a data set when it exposes them (TensorDataset, ``.labels`` / ``.targets``, Subset).
-
-    >>> from torch.utils.data import Subset, TensorDataset
-    >>> dataset_labels(Subset(TensorDataset(torch.zeros(4, 2), torch.tensor([3, 1, 2, 0])), [1, 3])).tolist()
-    [1, 0]
-    """
-    if isinstance(dataset, torch.utils.data.Subset):
-        inner = dataset_labels(dataset.dataset)
-        return None if inner is None else inner[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
-    if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) >= 2:
-        labels = dataset.tensors[1]
-    else:
-        labels = getattr(dataset, "labels", None)
-        labels = getattr(dataset, "targets", None) if labels is None else labels
-    if labels is None:
-        return None
-    labels = torch.as_tensor(labels)
-    return labels if labels.dim() == 1 and not labels.is_floating_point() else None
-
-
-def balanced_subset(dataset: Any, n: int, seed: int = SUBSET_SEED) -> torch.utils.data.Subset:
-    """``n`` items of ``dataset``, equal counts per class as far as possible, in a seeded random order.
-
-    Items within a class are drawn at random with ``seed``; a data set without readable labels
-    gets a seeded shuffle instead.
-
-    >>> from torch.utils.data import TensorDataset
-    >>> ordered = TensorDataset(torch.zeros(30, 1), torch.arange(30) // 10)  # sorted by class
-    >>> sub = balanced_subset(ordered, 6)
-    >>> torch.bincount(dataset_labels(sub)).tolist(), len(sub)
-    ([2, 2, 2], 6)
-    """
-    import numpy as np
-
-    from prunekit.data.cifar10 import _balanced_indices
-
-    n = min(int(n), len(dataset))
-    labels = dataset_labels(dataset)
-    rng = np.random.default_rng(seed)
-    if labels is None:
-        chosen = rng.permutation(len(dataset))[:n]
-    else:
-        chosen = rng.permutation(_balanced_indices(labels.cpu().numpy(), n, seed))
-    return torch.utils.data.Subset(dataset, chosen.tolist())
-
-
-def describe_images(dataset: Any, subset: bool = False) -> str:
-    """How many images of how many classes ``dataset`` holds, for an evaluation's report.
-
-    >>> from torch.utils.data import TensorDataset
-    >>> ordered = TensorDataset(torch.zeros(30, 1), torch.arange(30) // 10)
-    >>> describe_images(balanced_subset(ordered, 6), subset=True)
-    '6 images (2 of each of 3 classes, seed 0)'
-    >>> describe_images(ordered)
-    '30 images (the whole test split: 10 of each of 3 classes)'
-    """
-    n = len(dataset)
-    labels = dataset_labels(dataset)
-    if labels is None or labels.numel() == 0:
-        return f"{n:,} images" + (f" (a seeded shuffle, seed {SUBSET_SEED})" if subset else "")
-    counts = torch.unique(labels, return_counts=True)[1]
-    lo, hi = int(counts.min()), int(counts.max())
-    each = f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
-    classes = f"{each} of each of {len(counts)} classes"
-    parent = getattr(dataset, "dataset", None)
-    if subset and parent is not None and (all_labels := dataset_labels(parent)) is not None:
-        total = len(torch.unique(all_labels))
-        if total > len(counts):
-            classes = f"{each} of each of {len(counts)} of the {total} classes"
-    if subset:
-        return f"{n:,} images ({classes}, seed {SUBSET_SEED})"
-    return f"{n:,} images (the whole test split: {classes})"
 
 
 def evaluation_set(args: argparse.Namespace, test_loader: DataLoader) -> tuple[DataLoader, str]:

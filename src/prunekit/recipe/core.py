@@ -1,0 +1,268 @@
+"""Reading a recipe: safe YAML with line numbers, the schema, then checks against the model and data.
+
+>>> r = loads("model: {name: digits_cnn}\\nprune: {allocation: {name: global, sparsity: 0.8}}")
+>>> r["prune"]["allocation"], r["recover"]["epochs"], r["data"]["batch_size"]
+({'name': 'global', 'sparsity': 0.8}, 0, 128)
+>>> loads("model: {name: digits_cnn}\\nprune:\\n  allocation: global:sparsity=0.8\\n  criterium: l1")
+Traceback (most recent call last):
+...
+prunekit.recipe.schema.RecipeError: <string>:4: prune.criterium: unknown key; prune takes: ...; did you mean: 'criterion'...
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunekit.errors import ConfigError, close_matches
+from prunekit.recipe.schema import SCHEMA, RecipeError, check_section
+
+DEFAULT_NAME = "default"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A checked recipe: ``data`` holds every key with its default filled in; ``lines`` maps key
+    paths (``"prune.allocation.sparsity"``) to their line in ``source``."""
+
+    data: dict[str, Any]
+    source: str = "<string>"
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    @property
+    def name(self) -> str:
+        """The recipe's file stem (``default`` for the embedded one)."""
+        return DEFAULT_NAME if self.source == "<default>" else Path(self.source).stem
+
+    def line(self, path: str) -> int | None:
+        """The line of ``path`` in the file, or of its nearest parent that has one."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path.rpartition(".")[0]
+        return None
+
+    def error(self, *problems: tuple[str, str]) -> RecipeError:
+        """A :class:`RecipeError` for ``(path, message)`` pairs, with their line numbers."""
+        return RecipeError(self.source, [(p, self.line(p), m) for p, m in problems])
+
+    def to_yaml(self) -> str:
+        """The resolved recipe (every default written out) as YAML; loading it gives the same recipe."""
+        import yaml
+
+        head = (f"# resolved from {self.source} by prunekit: every key, defaults filled in.\n"
+                "# `prunekit run THIS_FILE` repeats the run.\n")
+        return head + yaml.safe_dump(self.data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def _yaml() -> Any:
+    if importlib.util.find_spec("yaml") is None:
+        raise ConfigError("reading recipes needs PyYAML: pip install pyyaml (or pip install prunekit[run])")
+    import yaml
+
+    return yaml
+
+
+def parse(text: str, source: str = "<string>") -> tuple[Any, dict[str, int]]:
+    """Safe YAML -> (plain data, key path -> line). Duplicate keys and Python tags are errors."""
+    yaml = _yaml()
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        lines: dict[str, int] = {}
+        dupes: list[tuple[str, int | None, str]] = []
+        _walk(node, "", lines, dupes)
+        if dupes:
+            raise RecipeError(source, dupes)
+        return loader.construct_document(node), lines
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        text = str(exc.problem or exc)
+        if "constructor for the tag" in text:
+            text = (f"the tag in {text.split('tag ')[-1]} is not allowed: a recipe holds plain values only "
+                    "(nothing in it is ever run)")
+        else:
+            text = f"not valid YAML: {text}" + (f" ({exc.context})" if exc.context else "")
+        raise RecipeError(source, [("", line, text)]) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(source, [("", None, f"not valid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+
+
+def _walk(node: Any, path: str, lines: dict[str, int], dupes: list) -> None:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            where = f"{path}.{key}" if path else key
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                dupes.append((where, line, f"duplicate key (first given on line {seen[key]}); give each key once"))
+            seen[key] = line
+            lines[where] = line
+            _walk(value_node, where, lines, dupes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[f"{path}[{i}]"] = item.start_mark.line + 1
+            _walk(item, f"{path}[{i}]", lines, dupes)
+
+
+def loads(text: str, source: str = "<string>", check_files: bool = True) -> Recipe:
+    """Parse and check a recipe's text; every mistake is reported at once (:class:`RecipeError`).
+
+    ``check_files``: also check that the files it names exist and the dependencies it needs are
+    installed (the model-dependent checks are :func:`check_against_model`)."""
+    data, lines = parse(text, source)
+    problems: list[tuple[str, str]] = []
+    if data is None:
+        raise RecipeError(source, [("", None, "the recipe is empty; it needs at least model.name and "
+                                              "prune.allocation (see recipes/ for examples)")])
+    resolved = check_section(SCHEMA, data, "", problems)
+    recipe = Recipe(resolved, source, lines)
+    if not problems:
+        problems += _cross_checks(recipe, check_files)
+    if problems:
+        raise recipe.error(*problems)
+    return recipe
+
+
+def load(path: str | os.PathLike[str], check_files: bool = True) -> Recipe:
+    """Read and check the recipe file ``path``."""
+    p = Path(path)
+    if not p.is_file():
+        hint = "" if p.suffix in (".yaml", ".yml") else " (recipes are .yaml files)"
+        raise ConfigError(f"recipe {p} does not exist or is not a file{hint}; bundled recipes are in recipes/")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read recipe {p}: {exc}") from None
+    return loads(text, str(p), check_files)
+
+
+def default() -> Recipe:
+    """The embedded default recipe (``prunekit run`` with no file): digits CNN, offline, well under 2 minutes."""
+    from importlib.resources import files
+
+    return loads((files("prunekit.recipe") / "default.yaml").read_text(encoding="utf-8"), "<default>")
+
+
+def dataset_of(recipe: Recipe) -> str:
+    """The data set a recipe uses: ``data.dataset``, else the checkpoint's, else the model name's."""
+    from prunekit.data.choose import dataset_for_model
+
+    return recipe["data"]["dataset"] or dataset_for_model(recipe["model"]["name"])
+
+
+def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
+    """What one key alone cannot say: combinations, files, optional dependencies."""
+    from prunekit.data.choose import default_path
+
+    out: list[tuple[str, str]] = []
+    model, data, prune, recover = r["model"], r["data"], r["prune"], r["recover"]
+    if model["checkpoint"] and model["pretrained"]:
+        out.append(("model.pretrained", "give model.checkpoint or model.pretrained, not both"))
+    channels = prune["method"] == "channels"
+    if channels:
+        if prune["granularity"] not in ("element", None):
+            out.append(("prune.granularity", "applies to method masks; method channels removes whole channel "
+                                             "groups (drop the key)"))
+        if prune["search"] is not None:
+            out.append(("prune.search", "the sensitivity search probes masks; for channels give prune.layers "
+                                        "ratios instead (channel-group scans are not built yet)"))
+        if recover["schedule"] is not None:
+            out.append(("recover.schedule", "gradual schedules apply to method masks; channel pruning is one-shot"))
+        if prune["types"] != ["conv", "linear"]:
+            out.append(("prune.types", "applies to method masks; for channels use prune.exclude globs"))
+    elif prune["target"] != "params" or prune["min_keep"] or prune["round_to"] != 1:
+        key = next(k for k in ("target", "min_keep", "round_to") if prune[k] not in ("params", 0.0, 1))
+        out.append((f"prune.{key}", "applies to method channels only"))
+    if prune["search"] is not None and prune["layers"]:
+        out.append(("prune.layers", "give prune.search or prune.layers, not both"))
+    dataset = dataset_of(r)
+    if recover["schedule"] is not None and not recover["epochs"]:
+        out.append(("recover.schedule", "a schedule prunes while fine-tuning: set recover.epochs > 0"))
+    if recover["distill"] is not None and not recover["epochs"]:
+        out.append(("recover.distill", "distillation is a fine-tuning term: set recover.epochs > 0"))
+    if data["normalize"] and dataset != "cifar10":
+        out.append(("data.normalize", f"applies to cifar10 only; {dataset} uses its own statistics"))
+    if not check_files:
+        return out
+    for key in ("checkpoint", "pretrained"):
+        if model[key] and not Path(model[key]).is_file():
+            out.append((f"model.{key}", f"file {model[key]} does not exist (relative paths are read from the "
+                                        f"working directory {Path.cwd()})"))
+    if dataset == "digits":
+        if data["path"]:
+            out.append(("data.path", "the digits data set ships with scikit-learn; drop data.path"))
+        if importlib.util.find_spec("sklearn") is None:
+            out.append(("data.dataset", "digits needs scikit-learn: pip install scikit-learn (or prunekit[run])"))
+    else:
+        where = Path(data["path"]) if data["path"] else default_path(dataset)
+        if not where.exists():
+            key = "data.path" if data["path"] else "data.dataset"
+            fix = "" if data["path"] else "; set data.path or $PRUNEKIT_DATA"
+            out.append((key, f"{dataset} data not found at {where}{fix}"))
+    if r["outputs"]["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
+        out.append(("outputs.tensorboard", "needs the tensorboard package: pip install tensorboard "
+                                           "(or prunekit[tensorboard]), or set it to false"))
+    return out
+
+
+def check_against_model(recipe: Recipe, model: Any, example: Any) -> None:
+    """The checks that need the built model (cheap, before any training): the data fit the model,
+    every glob matches a layer, the granularity fits every layer it prunes."""
+    import torch
+
+    from prunekit import registry
+    from prunekit.moduletools import eval_mode
+    from prunekit.targets import select
+
+    problems: list[tuple[str, str]] = []
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(example)
+    except (RuntimeError, ValueError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise recipe.error(("data.dataset", f"model {recipe['model']['name']!r} does not accept "
+                                            f"{dataset_of(recipe)} inputs {tuple(example.shape[1:])} ({first})"))
+    prune = recipe["prune"]
+    names = [n for n, m in model.named_modules() if n and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    from fnmatch import fnmatchcase
+
+    for key in ("include", "exclude"):
+        for i, pattern in enumerate(prune[key] or []):
+            if not any(fnmatchcase(n, pattern) for n in names):
+                problems.append((f"prune.{key}[{i}]", f"{pattern!r} matches no conv / linear layer; layers: "
+                                 f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}; "
+                                 f"{close_matches(pattern, names)}"))
+    for pattern in prune["layers"] or {}:
+        if not any(fnmatchcase(n, pattern) for n in names):
+            problems.append((f"prune.layers.{pattern}", f"matches no conv / linear layer; "
+                                                        f"{close_matches(pattern, names)}"))
+    if prune["method"] == "masks" and not problems:
+        types = tuple({"conv": torch.nn.Conv2d, "linear": torch.nn.Linear}[t] for t in prune["types"])
+        targets = select(model, types=types, include=prune["include"], exclude=prune["exclude"])
+        if not targets:
+            problems.append(("prune.include", "selects no layer to prune"))
+        g = registry.build("granularity", prune["granularity"])
+        for t in targets:
+            try:
+                g.check(t)
+            except ConfigError as exc:
+                problems.append(("prune.granularity", f"does not fit layer {t.name}: {exc}; exclude the layer "
+                                                      "(prune.exclude) or choose another granularity"))
+                break
+    if problems:
+        raise recipe.error(*problems)

@@ -1,0 +1,637 @@
+"""``prunekit run``: one recipe in, one run folder out.
+
+The run is a list of small steps (:data:`STEPS`), each ``step(run) -> None`` reading and extending
+one :class:`Run`: set up -> model -> dense training -> dense measurements -> search -> prune ->
+recover -> verify -> deploy -> pruned measurements. The folder it writes::
+
+    model.pt      the pruned model (prunekit checkpoint: masks / plan / deploy kernels); rewritten
+                  after pruning and after every fine-tuning epoch, so a stop keeps the last good one
+    recipe.yaml   the resolved recipe (every default written out): `prunekit run recipe.yaml` repeats it
+    results.json  every measured number (the report is built from it alone)
+    log.txt       what the run printed
+    report.html   the report (self-contained) and report.md, its markdown twin (figures/ beside it)
+
+Ctrl-C or an error stops the run between two writes: results.json, the log and a partial report
+say where it stopped (``status``), and model.pt is the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError, PrunekitError
+from prunekit.recipe.core import Recipe, check_against_model, dataset_of
+
+RESULTS_FORMAT = "prunekit.run-results"
+
+
+@dataclass
+class Run:
+    """What the steps share: the recipe, the folder, the objects built so far and the results."""
+
+    recipe: Recipe
+    out: Path
+    progress: bool = False
+    echo: Callable[[str], None] = print
+    results: dict[str, Any] = field(default_factory=dict)
+    log_lines: list[str] = field(default_factory=list)
+    train_loader: Any = None
+    test_loader: Any = None
+    eval_loader: Any = None
+    example: torch.Tensor | None = None
+    model: nn.Module | None = None  # the model being pruned (masks applied, or the smaller model)
+    dense: nn.Module | None = None  # the dense model, kept for comparison and distillation
+    model_name: str = ""
+    model_config: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    masks: Any = None
+    plan: Any = None
+    allocation: Any = None
+    importance: Any = None
+    granularity: Any = None
+    targets: list = field(default_factory=list)
+    deployed: nn.Module | None = None
+    deploy_report: Any = None
+    writer: Any = None
+
+    def say(self, text: str) -> None:
+        """Print a line and keep it for log.txt."""
+        self.log_lines.append(text)
+        self.echo(text)
+
+    def section(self, title: str) -> None:
+        self.say(f"\n== {title} ==")
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def setup(run: Run) -> None:
+    """Threads, seed, data loaders and the evaluation subset."""
+    from prunekit.data.choose import balanced_subset, describe_images, example_input_for, make_loaders
+
+    r = run.recipe
+    torch.set_num_threads(r["threads"])
+    torch.manual_seed(r["seed"])
+    data = r["data"]
+    dataset = dataset_of(r)
+    run.train_loader, run.test_loader = make_loaders(
+        dataset, data["path"], batch_size=data["batch_size"], normalize=data["normalize"], limit=data["limit"],
+        seed=r["seed"])
+    test = run.test_loader
+    if data["eval_images"] and data["eval_images"] < len(test.dataset):
+        sub = balanced_subset(test.dataset, data["eval_images"])
+        run.eval_loader = torch.utils.data.DataLoader(sub, test.batch_size, shuffle=False)
+        used = describe_images(sub, subset=True)
+    else:
+        run.eval_loader, used = test, describe_images(test.dataset)
+    run.example = example_input_for(dataset)
+    run.results["eval"] = {"split": "test", "images": len(run.eval_loader.dataset), "described": used,
+                           "dataset": dataset}
+    run.section("data")
+    run.say(f"{dataset}: {len(run.train_loader.dataset):,} training images; evaluation on {used}")
+
+
+def build_model(run: Run) -> None:
+    """The model from its name, a prunekit checkpoint or a plain state dict; checked against the recipe."""
+    from prunekit import checkpoint as ckpt_format
+    from prunekit.models import available, create, load_pretrained
+
+    m = run.recipe["model"]
+    if m["checkpoint"]:
+        model, ckpt = ckpt_format.build(m["checkpoint"])
+        if ckpt.model_name and ckpt.model_name != m["name"]:
+            raise run.recipe.error(("model.name", f"{m['checkpoint']} holds a {ckpt.model_name!r}, not "
+                                                  f"{m['name']!r}; set model.name: {ckpt.model_name}"))
+        if ckpt.masks is not None:
+            ckpt.masks.make_permanent(model)
+        run.model_config, run.metadata, run.plan = dict(ckpt.model_config), dict(ckpt.metadata), ckpt.plan
+    else:
+        if m["name"] not in available():
+            from prunekit.errors import close_matches
+
+            raise run.recipe.error(("model.name", f"unknown model {m['name']!r}; choose one of: "
+                                                  f"{', '.join(available())}; {close_matches(m['name'], available())}"))
+        model = create(m["name"])
+        if m["pretrained"]:
+            model = load_pretrained(model, m["pretrained"])
+    run.model_name = m["name"]
+    check_against_model(run.recipe, model, run.example)
+    run.model = model
+    from prunekit.metrics import count_params
+
+    run.section("model")
+    source = m["checkpoint"] or m["pretrained"] or "freshly initialised"
+    run.say(f"{m['name']} ({source}): {count_params(model):,} parameters")
+
+
+def _fit(run: Run, model: nn.Module, epochs: int, lr: float, wd: float, optimizer: str, label: str, **kw: Any) -> list:
+    from prunekit.train import TrainConfig, fit
+
+    r = run.recipe
+    cfg = TrainConfig(epochs=epochs, lr=lr, weight_decay=wd, optimizer=optimizer, seed=r["seed"],
+                      progress=run.progress)
+    history: list[dict[str, Any]] = []
+    run.results.setdefault("training", {})[label] = history
+    save_each = kw.pop("save_each", None)
+    pruner = kw.get("pruner")
+
+    def on_epoch(rec: Any) -> None:
+        row = {"epoch": rec.epoch, "train_loss": rec.train_loss, "top1": rec.test.top1, "lr": rec.lr,
+               "seconds": rec.seconds}
+        if run.masks is not None or pruner is not None:
+            masks = pruner.masks if pruner is not None else run.masks
+            row["sparsity"] = float(masks.sparsity())
+        history.append(row)
+        run.say(f"{label} epoch {rec.epoch}/{epochs}: loss {rec.train_loss:.4f}, top-1 {100 * rec.test.top1:.2f}%, "
+                f"lr {rec.lr:.4g}, {rec.seconds:.1f}s" + (f", sparsity {100 * row['sparsity']:.1f}%"
+                                                          if "sparsity" in row else ""))
+        if run.writer is not None:
+            for key in ("train_loss", "top1", "lr") + (("sparsity",) if "sparsity" in row else ()):
+                run.writer.add_scalar(f"{label}/{key}", row[key], rec.epoch)
+            run.writer.flush()
+        if save_each is not None:
+            save_each()
+
+    fit(model, run.train_loader, run.eval_loader, cfg, on_epoch=on_epoch, **kw)
+    return history
+
+
+def train_dense(run: Run) -> None:
+    """Train the dense model first when the recipe asks (``train.epochs``)."""
+    t = run.recipe["train"]
+    if not t["epochs"]:
+        return
+    run.section(f"dense training ({t['epochs']} epochs)")
+    _fit(run, run.model, t["epochs"], t["lr"], t["weight_decay"], t["optimizer"], "dense")
+
+
+def _histogram(model: nn.Module, names: list[str], bins: int, edges: np.ndarray | None = None) -> dict[str, Any]:
+    values = [model.get_submodule(n).weight.detach().flatten() for n in names]
+    w = torch.cat(values).double().numpy() if values else np.zeros(0)
+    nonzero = w[w != 0]
+    if edges is None:
+        lo, hi = (float(nonzero.min()), float(nonzero.max())) if nonzero.size else (-1.0, 1.0)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    counts, _ = np.histogram(np.clip(nonzero, edges[0], edges[-1]), edges)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "zeros": int(w.size - nonzero.size),
+            "total": int(w.size)}
+
+
+def _prunable_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def measure_dense(run: Run) -> None:
+    """Accuracy, size and cost of the dense model (latency is measured later, interleaved with the pruned one)."""
+    from prunekit.metrics import count_macs, count_nonzeros, count_params
+    from prunekit.train import evaluate
+
+    run.dense = copy.deepcopy(run.model)
+    top1 = evaluate(run.dense, run.eval_loader).top1
+    params = count_params(run.dense)
+    run.results["summary"] = {"dense": {
+        "top1": top1, "params": params, "nonzeros": count_nonzeros(run.dense),
+        "macs": count_macs(run.dense, run.example), "bytes": 4 * params, "latency_ms": None}}
+    run.results["histograms"] = {"before": _histogram(run.dense, _prunable_names(run.dense),
+                                                      run.recipe["measure"]["histogram_bins"])}
+    run.section("dense model")
+    run.say(f"top-1 {100 * top1:.2f}% on {run.results['eval']['described']}; {params:,} parameters")
+
+
+def _components(run: Run) -> None:
+    from prunekit import criteria, registry
+    from prunekit.targets import select
+
+    p = run.recipe["prune"]
+    types = tuple({"conv": nn.Conv2d, "linear": nn.Linear}[t] for t in p["types"])
+    run.targets = select(run.model, types=types, include=p["include"], exclude=p["exclude"])
+    run.granularity = registry.build("granularity", p["granularity"])
+    from prunekit import granularity as gran
+
+    if isinstance(run.granularity, gran.Pattern):
+        run.granularity = gran.Pattern.from_weights([t.weight for t in run.targets])
+    run.allocation = registry.build("allocation", p["allocation"])
+    if p["layers"]:
+        from prunekit.allocation import WithOverrides
+
+        run.allocation = WithOverrides(run.allocation, dict(p["layers"]))
+    loader = run.train_loader if criteria.needs_data(p["criterion"]) else None
+    run.importance = criteria.build(p["criterion"], run.model, run.targets, loader, p["calibration_batches"])
+
+
+def search(run: Run) -> None:
+    """Sensitivity analysis (``prune.search``): each layer probed alone, then ratios by bisection."""
+    s = run.recipe["prune"]["search"]
+    if s is None:
+        return
+    from prunekit.data.choose import balanced_subset
+    from prunekit.sensitivity import ratios_for, scan
+    from prunekit.train import evaluate
+
+    _components(run)
+    val = torch.utils.data.DataLoader(balanced_subset(run.train_loader.dataset, s["images"], seed=1),
+                                      run.train_loader.batch_size, shuffle=False)
+    run.section(f"sensitivity scan: {len(run.targets)} layers x {len(s['ratios'])} ratios on {s['images']} "
+                "training images")
+    t0 = time.perf_counter()
+    curves = scan(run.model, run.targets, run.importance, run.granularity, lambda m: evaluate(m, val).top1,
+                  ratios=s["ratios"])
+    target = float(getattr(run.allocation, "sparsity", 0.0))
+    alloc = ratios_for(curves, target)
+    run.allocation = alloc
+    seconds = time.perf_counter() - t0
+    run.results["search"] = {"method": "sensitivity", "metric": "top1", "ratios_tested": list(curves.ratios),
+                             "baseline": curves.baseline, "curves": {k: list(v) for k, v in curves.values.items()},
+                             "ratios": {k: float(v) for k, v in alloc.ratios.items()}, "seconds": seconds,
+                             "target": target}
+    run.say(f"scan took {seconds:.1f}s; per-layer ratios for {100 * target:.0f}% overall: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in alloc.ratios.items()))
+
+
+def _save(run: Run, train_state: Any = None) -> None:
+    from prunekit import checkpoint as ckpt_format
+
+    meta = {**run.metadata, "dataset": dataset_of(run.recipe), "recipe": run.recipe.data}
+    if run.recipe["data"]["normalize"]:
+        meta["normalize"] = run.recipe["data"]["normalize"]
+    deploy = None
+    if run.deploy_report is not None and run.deploy_report.changed:
+        deploy = {"kernels": {c.name: c.kernel for c in run.deploy_report.layers if c.kernel != "dense"}}
+    ckpt_format.save(run.out / "model.pt", run.model, run.model_name, run.model_config, metadata=meta,
+                     masks=run.masks, plan=run.plan, deploy=deploy, train_state=train_state)
+
+
+def prune_step(run: Run) -> None:
+    """Masks (one-shot now, or gradually during recovery with ``recover.schedule``) or channel removal."""
+    p = run.recipe["prune"]
+    if p["method"] == "channels":
+        return _prune_channels(run)
+    from prunekit.pruning import prune
+
+    if run.allocation is None:
+        _components(run)
+    run.results["pruning"] = {"method": "masks", "granularity": repr(run.granularity),
+                              "criterion": repr(run.importance), "allocation": repr(run.allocation)}
+    if run.recipe["recover"]["schedule"] is not None:
+        run.section("pruning")
+        run.say(f"gradual: {run.recipe['recover']['schedule']} during recovery")
+        return
+    run.masks = prune(run.model, run.targets, run.importance, run.granularity, run.allocation)
+    run.results["pruning"]["sparsity"] = float(run.masks.sparsity())
+    run.section("pruning")
+    run.say(f"{run.importance!r} scores, {run.granularity!r}, {run.allocation!r}")
+    run.say(run.masks.format_report(run.model))
+    _save(run)
+
+
+def _prune_channels(run: Run) -> None:
+    from prunekit import criteria, registry
+    from prunekit.structure import (
+        ChannelConstraints,
+        ChannelScoring,
+        DependencyGraph,
+        match_modules,
+        prune_channels,
+        score_targets,
+    )
+
+    p = run.recipe["prune"]
+    model = run.model
+    model.eval()
+    graph = DependencyGraph.build(model, run.example)
+    modules = sorted({a.module for a in graph.axes})
+    exclude = match_modules(p["exclude"] or [], modules, "prune.exclude")
+    targets = score_targets(graph, "all", exclude=exclude)
+    loader = run.train_loader if criteria.needs_data(p["criterion"]) else None
+    importance = criteria.build(p["criterion"], model, targets, loader, p["calibration_batches"])
+    allocation = registry.build("allocation", p["allocation"])
+    if p["layers"]:
+        from prunekit.allocation import PerLayer
+
+        allocation = PerLayer(dict(p["layers"]), default=float(getattr(allocation, "sparsity", 0.0)))
+    small, plan, report = prune_channels(
+        model, run.example, allocation, importance, target=p["target"], exclude=exclude, graph=graph,
+        scoring=ChannelScoring(reduction="mean"), constraints=ChannelConstraints(min_keep=p["min_keep"],
+                                                                                 round_to=p["round_to"]))
+    run.plan = run.plan.then(plan) if run.plan is not None else plan
+    run.model = small
+    pinned = [n.split(": ", 1)[1] for n in report.notes if n.startswith("kept whole (pinned)")]
+    run.results["pinned"] = [{"module": x.strip(), "reason": "its channels cannot be followed (kept whole)"}
+                             for x in (pinned[0].split(";") if pinned else []) if x.strip()]
+    run.results["pruning"] = {"method": "channels", "criterion": repr(importance), "allocation": repr(allocation),
+                              "target": p["target"], "units_removed": report.units_removed,
+                              "units_prunable": report.units_prunable, "notes": list(report.notes)}
+    if report.verified is not None:  # prune_channels raises when the small model differs from the masked one
+        run.results["verify"] = {"small_equals_masked": True, "max_abs_diff": report.verified.max_abs_diff,
+                                 "inputs": report.verified.inputs}
+    run.section("channel pruning")
+    run.say(str(report))
+    _save(run)
+
+
+def recover(run: Run) -> None:
+    """Fine-tune with masks in force (or the smaller model), optionally distilling from the dense model."""
+    rc = run.recipe["recover"]
+    if not rc["epochs"]:
+        return
+    from prunekit.train import TrainState
+
+    kw: dict[str, Any] = {}
+    if rc["distill"] is not None:
+        from prunekit.train.distill import Distillation
+
+        kw["task"] = Distillation(run.dense, temperature=rc["distill"]["temperature"], alpha=rc["distill"]["alpha"])
+    if rc["schedule"] is not None:
+        kw["pruner"] = _pruner(run)
+        run.masks = kw["pruner"].masks
+    state = TrainState()
+    kw["state"] = state
+    if run.recipe["outputs"]["tensorboard"]:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run.writer = SummaryWriter(str(run.out / "tensorboard"))
+    run.section(f"recovery: {rc['epochs']} epochs, lr {rc['lr']:g} cosine"
+                + (", distilling from the dense model" if rc["distill"] is not None else ""))
+    try:
+        _fit(run, run.model, rc["epochs"], rc["lr"], rc["weight_decay"], "sgd", "recovery",
+             save_each=lambda: _save(run, state.state_dict()), **kw)
+    finally:
+        if run.writer is not None:
+            run.writer.close()
+            run.writer = None
+    if "pruner" in kw:
+        run.results["pruning"]["sparsity"] = float(run.masks.sparsity())
+
+
+def _pruner(run: Run) -> Any:
+    from prunekit import registry
+    from prunekit.schedule import Pruner
+
+    rc = run.recipe["recover"]
+    spec = rc["schedule"]
+    name, given = (spec.get("name"), dict(spec)) if isinstance(spec, dict) else registry.parse_spec(spec)
+    given.pop("name", None)
+    steps = rc["epochs"] * len(run.train_loader)
+    final = float(getattr(run.allocation, "sparsity", 0.0))
+    fill = {"agp": {"final": final, "end": max(1, 2 * steps // 3)}, "oneshot": {"sparsity": final},
+            "iterative": {"sparsity": final, "rounds": 3, "every": max(1, steps // 4)}}.get(name, {})
+    schedule = registry.build("schedule", {"name": name, **fill, **given})
+    return Pruner(run.model, run.targets, run.importance, run.granularity, run.allocation, schedule)
+
+
+def verify(run: Run) -> None:
+    """Masks: the zeros are where the masks say, and the sparsity is what was asked."""
+    if run.masks is None:
+        return
+    from prunekit.masks import COUPLED_SEP
+
+    bad = []
+    for key, keep in run.masks.items():
+        module, _, param = key.partition(COUPLED_SEP)
+        tensor = getattr(run.model.get_submodule(module), param or run.masks.param_names.get(key, "weight"))
+        if bool((tensor.detach()[~keep] != 0).any()):
+            bad.append(key)
+    sparsity = float(run.masks.sparsity())
+    run.results["verify"] = {"masked_weights_zero": not bad, "sparsity": sparsity, "layers_with_nonzero_masked": bad}
+    if bad:
+        raise PrunekitError(f"verification failed: masked weights are non-zero in {', '.join(bad)}")
+    run.say(f"verified: every masked weight is zero; sparsity {100 * sparsity:.2f}% of the pruned layers")
+
+
+def deploy_step(run: Run) -> None:
+    """Masks: choose the fastest measured kernel per layer (sparse or dense) at the deploy batch."""
+    d = run.recipe["deploy"]
+    if not d["enabled"] or run.masks is None:
+        if run.recipe["prune"]["method"] == "channels":
+            run.results["deploy"] = {"note": "channel-pruned: a smaller dense model, dense kernels"}
+        return
+    from prunekit.masks import clean_copy
+    from prunekit.sparse import deploy
+
+    plain = clean_copy(run.model)
+    run.masks.make_permanent(plain)
+    x = run.example.expand(d["batch_size"], *run.example.shape[1:]).contiguous()
+    run.section(f"deploy: kernels measured per layer at batch {d['batch_size']}")
+    run.deployed, rep = deploy(plain, x, repeats=d["repeats"], threads=run.recipe["threads"])
+    run.deploy_report = rep
+    run.results["deploy"] = {
+        "batch_size": d["batch_size"], "threads": rep.threads, "dense_ms": 1e3 * rep.model_dense_s,
+        "deployed_ms": 1e3 * rep.model_deployed_s, "reverted": rep.reverted,
+        "layers": [{"name": c.name, "kernel": c.kernel, "dense_ms": 1e3 * c.dense_s, "chosen_ms": 1e3 * c.chosen_s,
+                    "density": c.density, "dense_bytes": c.dense_bytes, "chosen_bytes": c.chosen_bytes,
+                    "candidates": {k: 1e3 * v for k, v in c.times_s.items()}} for c in rep.layers]}
+    run.say(rep.table())
+    _save(run)
+
+
+def measure_pruned(run: Run) -> None:
+    """Accuracy, size and cost of the pruned model, and latency dense vs pruned, interleaved in one run."""
+    from prunekit.masks import clean_copy
+    from prunekit.metrics import (
+        compare_latency,
+        count_macs,
+        count_nonzero_macs,
+        count_nonzeros,
+        count_params,
+        layer_table,
+    )
+    from prunekit.train import evaluate
+
+    run.results.setdefault("training", {})
+    model = run.model
+    top1 = evaluate(model, run.eval_loader).top1
+    plain = clean_copy(model)
+    if run.masks is not None:
+        run.masks.make_permanent(plain)
+    final = run.deployed if run.deployed is not None else plain
+    m = run.recipe["measure"]
+    x = run.example.expand(m["latency_batch"], *run.example.shape[1:]).contiguous()
+    lat = compare_latency({"dense": run.dense, "pruned": final}, x, warmup=3, repeats=m["latency_repeats"],
+                          threads=run.recipe["threads"])
+    chosen = {c.name: c for c in (run.deploy_report.layers if run.deploy_report is not None else [])
+              if not run.deploy_report.reverted}
+    layers = []
+    weighted = set(_prunable_names(plain))
+    for row in layer_table(plain, run.example):
+        if row.name not in weighted or row.weight_shape is None:
+            continue
+        c = chosen.get(row.name)
+        layers.append({
+            "name": row.name, "type": row.type, "shape": list(row.weight_shape),
+            "sparsity": 1.0 - row.nonzeros / row.params, "params": row.params, "nonzeros": row.nonzeros,
+            "macs": row.macs, "bytes": (c.chosen_bytes + 4 * (row.params - int(np.prod(row.weight_shape))))
+            if c is not None else 4 * row.params,
+            "latency_share": (c.chosen_s / run.deploy_report.model_deployed_s) if c is not None else None,
+            "kernel": c.kernel if c is not None else "dense"})
+    params = count_params(plain)
+    deployed_bytes = sum(x["bytes"] for x in layers) + 4 * (params - sum(x["params"] for x in layers))
+    run.results["layers"] = layers
+    run.results["summary"]["pruned"] = {
+        "top1": top1, "params": params, "nonzeros": count_nonzeros(plain),
+        "macs": count_macs(plain, run.example), "nonzero_macs": count_nonzero_macs(plain, run.example),
+        "bytes": deployed_bytes, "latency_ms": 1e3 * lat["pruned"].median_s}
+    run.results["summary"]["dense"]["latency_ms"] = 1e3 * lat["dense"].median_s
+    run.results["eval"].update(latency_batch=m["latency_batch"], latency_threads=lat["dense"].threads,
+                               latency_repeats=m["latency_repeats"])
+    run.results["histograms"]["after"] = _histogram(plain, _prunable_names(plain), 0,
+                                                    np.asarray(run.results["histograms"]["before"]["edges"]))
+    s = run.results["summary"]
+    run.section("summary (dense -> pruned)")
+    run.say(f"top-1 {100 * s['dense']['top1']:.2f}% -> {100 * top1:.2f}%; nonzero weights {s['dense']['nonzeros']:,}"
+            f" -> {s['pruned']['nonzeros']:,}; MACs {s['dense']['macs']:,} -> {s['pruned']['macs']:,}; bytes "
+            f"{s['dense']['bytes']:,} -> {deployed_bytes:,}; latency (batch {m['latency_batch']}, "
+            f"{m['latency_repeats']} interleaved repeats) {s['dense']['latency_ms']:.3f} -> "
+            f"{s['pruned']['latency_ms']:.3f} ms")
+
+
+STEPS: list[tuple[str, Callable[[Run], None]]] = [
+    ("setup", setup),
+    ("model", build_model),
+    ("train", train_dense),
+    ("measure dense", measure_dense),
+    ("search", search),
+    ("prune", prune_step),
+    ("recover", recover),
+    ("verify", verify),
+    ("deploy", deploy_step),
+    ("measure pruned", measure_pruned),
+]
+
+
+# ----------------------------------------------------------------------------------- the run folder
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _machine(threads: int) -> dict[str, Any]:
+    import os
+
+    from prunekit import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "prunekit": __version__,
+            "threads": threads, "platform": f"{platform.system()}-{platform.machine()}", "cpu_count": os.cpu_count()}
+
+
+def _title(recipe: Recipe) -> str:
+    if recipe["title"]:
+        return recipe["title"]
+    p = recipe["prune"]
+    return f"{recipe['model']['name']}: {p['method']}, {p['allocation']}"
+
+
+def prepare_folder(out: Path, force: bool = False) -> Path:
+    """Create the run folder; an existing one must be empty or (with ``force``) an earlier run folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"run folder {out} is a file; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "results.json").is_file():
+            raise ConfigError(f"run folder {out} exists and is not a prunekit run folder (no results.json); "
+                              "choose another --out")
+        if not force:
+            raise ConfigError(f"run folder {out} holds an earlier run; pass --force to replace it or choose "
+                              "another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def default_folder(recipe: Recipe, root: Path = Path("runs")) -> Path:
+    """``outputs.dir``, else ``runs/<recipe name>``, numbered (``-2``, ``-3``...) so no run is overwritten."""
+    if recipe["outputs"]["dir"]:
+        return Path(recipe["outputs"]["dir"])
+    base = root / recipe.name
+    out, i = base, 1
+    while out.exists() and any(out.iterdir()):
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def _finish(run: Run, status: str) -> None:
+    from prunekit.io import atomic_write_text
+
+    run.results["status"] = status
+    run.results["finished"] = _now()
+    run.results["artifacts"] = {k: v for k, v in {"checkpoint": "model.pt", "recipe": "recipe.yaml",
+                                                   "log": "log.txt"}.items() if (run.out / v).exists() or k != "checkpoint"}
+    atomic_write_text(run.out / "results.json", json.dumps(_jsonable(run.results), indent=1, allow_nan=True) + "\n")
+    atomic_write_text(run.out / "log.txt", "\n".join(run.log_lines).lstrip("\n") + "\n")
+    if run.recipe["outputs"]["report"]:
+        from prunekit.report import render
+
+        html, _ = render(run.out)
+        run.echo(f"report: {html}")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    return obj
+
+
+def run_recipe(recipe: Recipe, out: str | Path, *, force: bool = False, progress: bool | None = None,
+               echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``recipe`` into the folder ``out``; returns the results (also in ``out/results.json``).
+
+    ``progress``: progress bars (default: ``outputs.progress``, ``auto`` = on when stderr is a
+    terminal). An error or Ctrl-C still writes results.json, the log and a partial report whose
+    ``status`` says where the run stopped, then re-raises.
+    """
+    from prunekit.io import atomic_write_text
+
+    out = prepare_folder(Path(out), force)
+    mode = recipe["outputs"]["progress"]
+    if progress is None:
+        progress = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+    run = Run(recipe, out, progress=bool(progress), echo=echo)
+    run.results.update({"format": RESULTS_FORMAT, "version": 1, "title": _title(recipe), "recipe": "recipe.yaml",
+                        "source": recipe.source, "status": "running", "started": _now(),
+                        "machine": _machine(recipe["threads"]), "steps": []})
+    atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
+    threads = torch.get_num_threads()
+    status = "complete"
+    try:
+        for name, step in STEPS:
+            t0 = time.perf_counter()
+            entry = {"name": name, "seconds": 0.0, "status": "running"}
+            run.results["steps"].append(entry)
+            step(run)
+            entry.update(seconds=time.perf_counter() - t0, status="done")
+    except KeyboardInterrupt:
+        status = f"interrupted during step {name!r}"
+        entry.update(seconds=time.perf_counter() - t0, status="interrupted")
+        raise
+    except Exception as exc:
+        status = f"failed during step {name!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        entry.update(seconds=time.perf_counter() - t0, status="failed")
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        if status != "complete":
+            done = [s["name"] for s in run.results["steps"] if s["status"] == "done"]
+            run.say(f"\nrun stopped: {status}; steps done: {', '.join(done) or 'none'}; "
+                    + ("model.pt is the last good checkpoint" if (out / "model.pt").exists() else "no model written"))
+        _finish(run, status)
+    return run.results

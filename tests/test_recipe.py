@@ -1,0 +1,167 @@
+"""Recipes: complete validation with line numbers, safe loading, the resolved round trip."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from prunekit import recipe as rc
+from prunekit.recipe import RecipeError
+
+pytest.importorskip("yaml")
+
+GOOD = """\
+model:
+  name: digits_cnn
+data:
+  dataset: digits
+prune:
+  criterion: l1
+  allocation: {name: global, sparsity: 0.8}
+recover:
+  epochs: 1
+"""
+
+
+def _problems(text: str, tmp_path: Path | None = None) -> list[tuple[str, int | None, str]]:
+    with pytest.raises(RecipeError) as info:
+        rc.loads(textwrap.dedent(text), "r.yaml")
+    return info.value.problems
+
+
+# (what is wrong, the recipe, the key path the error names, its line, a fragment of the message)
+MISTAKES = [
+    ("unknown top-level key", GOOD + "prnue: {}\n", "prnue", 10, "did you mean: 'prune'"),
+    ("unknown nested key", GOOD.replace("criterion: l1", "criterium: l1"), "prune.criterium", 6,
+     "did you mean: 'criterion'"),
+    ("wrong type", GOOD.replace("epochs: 1", "epochs: three"), "recover.epochs", 9, "expected int"),
+    ("float where an int belongs", GOOD.replace("epochs: 1", "epochs: 1.5"), "recover.epochs", 9, "got a number 1.5"),
+    ("out-of-range ratio", GOOD.replace("sparsity: 0.8", "sparsity: 1.5"), "prune.allocation.sparsity", 7,
+     "sparsity"),
+    ("negative epochs", GOOD.replace("epochs: 1", "epochs: -2"), "recover.epochs", 9, "in [0"),
+    ("unknown criterion", GOOD.replace("criterion: l1", "criterion: magnitud"), "prune.criterion", 6,
+     "did you mean: 'magnitude'"),
+    ("unknown criterion parameter", GOOD.replace("criterion: l1", "criterion: {name: magnitude, q: 2}"),
+     "prune.criterion.q", 6, "has no parameter 'q'"),
+    ("unknown granularity", GOOD.replace("criterion: l1", "criterion: l1\n  granularity: blok"),
+     "prune.granularity", 7, "did you mean: 'block'"),
+    ("unknown allocation", GOOD.replace("name: global", "name: globl"), "prune.allocation", 7, "'global'"),
+    ("missing allocation", GOOD.replace("  allocation: {name: global, sparsity: 0.8}\n", ""), "prune.allocation",
+     5, "missing"),
+    ("missing model name", GOOD.replace("  name: digits_cnn\n", "  checkpoint: null\n"), "model.name", 1, "missing"),
+    ("bad choice", GOOD.replace("criterion: l1", "criterion: l1\n  method: prune"), "prune.method", 7,
+     "one of ['masks', 'channels']"),
+    ("unknown data set", GOOD.replace("dataset: digits", "dataset: imagenet"), "data.dataset", 4,
+     "one of ['cifar10', 'mnist', 'digits']"),
+    ("missing data path", GOOD.replace("dataset: digits", "dataset: cifar10\n  path: /nonexistent/c.npz"),
+     "data.path", 5, "not found at /nonexistent/c.npz"),
+    ("missing checkpoint", GOOD.replace("  name: digits_cnn\n", "  name: digits_cnn\n  checkpoint: nope.pt\n"),
+     "model.checkpoint", 3, "does not exist"),
+    ("section that is not a mapping", GOOD.replace("recover:\n  epochs: 1\n", "recover: 3\n"), "recover", 8,
+     "expected a mapping"),
+    ("duplicate key", GOOD + "recover:\n  epochs: 2\n", "recover", 10, "duplicate key (first given on line 8)"),
+    ("invalid YAML", GOOD.replace("  criterion: l1", "  criterion: [l1"), "", 7, "not valid YAML"),
+    ("Python tag", GOOD.replace("criterion: l1", "criterion: !!python/object/apply:os.system ['echo hi']"), "",
+     6, "is not allowed"),
+    ("method-specific key", GOOD.replace("criterion: l1", "criterion: l1\n  target: macs"), "prune.target", 7,
+     "method channels only"),
+    ("schedule without recovery", GOOD.replace("epochs: 1", "epochs: 0\n  schedule: agp"), "recover.schedule", 10,
+     "set recover.epochs > 0"),
+    ("unknown schedule parameter", GOOD.replace("epochs: 1", "epochs: 1\n  schedule: {name: agp, evry: 5}"),
+     "recover.schedule.evry", 10, "has no parameter 'evry'"),
+    ("ratio override out of range", GOOD.replace("criterion: l1", "criterion: l1\n  layers: {classifier: 1.0}"),
+     "prune.layers.classifier", 7, "ratio in [0, 1)"),
+    ("both checkpoint and pretrained", GOOD.replace("  name: digits_cnn\n",
+                                                    "  name: digits_cnn\n  checkpoint: a.pt\n  pretrained: b.pt\n"),
+     "model.pretrained", 4, "not both"),
+    ("unsupported version", "version: 2\n" + GOOD, "version", 1, "one of [1]"),
+    ("boolean given as a string", GOOD + "deploy: {enabled: maybe}\n", "deploy.enabled", 10, "expected bool"),
+]
+
+
+@pytest.mark.parametrize("what, text, path, line, fragment", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_each_mistake_is_named_with_its_key_line_and_fix(what, text, path, line, fragment) -> None:
+    problems = _problems(text)
+    assert (path, line) in [(p, ln) for p, ln, _ in problems], problems
+    message = next(m for p, ln, m in problems if (p, ln) == (path, line))
+    assert fragment in message, message
+
+
+def test_at_least_fifteen_kinds_of_mistake_are_covered() -> None:
+    assert len(MISTAKES) >= 15
+
+
+def test_every_mistake_is_reported_at_once_with_file_and_line() -> None:
+    text = GOOD.replace("criterion: l1", "criterium: l1").replace("epochs: 1", "epochs: x")
+    with pytest.raises(RecipeError) as info:
+        rc.loads(text, "my.yaml")
+    assert len(info.value.problems) == 2
+    assert "my.yaml:6: prune.criterium" in str(info.value) and "my.yaml:9: recover.epochs" in str(info.value)
+
+
+def test_an_empty_recipe_says_what_it_needs() -> None:
+    with pytest.raises(RecipeError, match="empty; it needs at least model.name"):
+        rc.loads("", "e.yaml")
+
+
+def test_a_python_tag_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    text = GOOD.replace("criterion: l1", f"criterion: !!python/object/apply:os.system ['touch {marker}']")
+    with pytest.raises(RecipeError):
+        rc.loads(text)
+    assert not marker.exists()
+
+
+def test_a_missing_recipe_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(rc.RecipeError.__mro__[1], match="does not exist"):
+        rc.load(tmp_path / "nope.yaml")
+
+
+def test_the_resolved_recipe_loads_back_to_the_same_recipe() -> None:
+    r = rc.loads(GOOD)
+    again = rc.loads(r.to_yaml())
+    assert again.data == r.data
+    assert again["data"]["batch_size"] == 128 and again["deploy"]["enabled"] is True
+
+
+def test_the_default_recipe_is_valid_and_offline() -> None:
+    r = rc.default()
+    assert r["model"]["name"] == "digits_cnn" and r["data"]["dataset"] == "digits"
+    assert r.name == "default"
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_bundled_recipe_is_valid(path: Path) -> None:
+    r = rc.load(path, check_files=False)  # the data may live elsewhere on this machine
+    assert r["model"]["name"]
+
+
+def test_granularity_that_does_not_fit_a_layer_is_named_before_any_work() -> None:
+    from prunekit.data.choose import example_input_for
+    from prunekit.models import create
+
+    r = rc.loads(GOOD.replace("criterion: l1", "criterion: l1\n  granularity: block:4x4"), "g.yaml")
+    with pytest.raises(RecipeError) as info:
+        rc.check_against_model(r, create("digits_cnn"), example_input_for("digits"))
+    assert "g.yaml:7: prune.granularity: does not fit layer" in str(info.value)
+
+
+def test_a_glob_matching_no_layer_is_named() -> None:
+    from prunekit.data.choose import example_input_for
+    from prunekit.models import create
+
+    r = rc.loads(GOOD.replace("criterion: l1", "criterion: l1\n  exclude: [clasifier]"), "x.yaml")
+    with pytest.raises(RecipeError, match=r"x.yaml:7: prune.exclude\[0\]: 'clasifier' matches no .*classifier"):
+        rc.check_against_model(r, create("digits_cnn"), example_input_for("digits"))
+
+
+def test_a_model_that_does_not_take_the_data_is_named() -> None:
+    from prunekit.data.choose import example_input_for
+    from prunekit.models import create
+
+    r = rc.loads(GOOD.replace("digits_cnn", "lenet5"), "m.yaml")
+    with pytest.raises(RecipeError, match="m.yaml:4: data.dataset: model 'lenet5' does not accept digits"):
+        rc.check_against_model(r, create("lenet5"), example_input_for("digits"))
