@@ -165,3 +165,16 @@ def test_a_model_that_does_not_take_the_data_is_named() -> None:
     r = rc.loads(GOOD.replace("digits_cnn", "lenet5"), "m.yaml")
     with pytest.raises(RecipeError, match="m.yaml:4: data.dataset: model 'lenet5' does not accept digits"):
         rc.check_against_model(r, create("lenet5"), example_input_for("digits"))
+
+
+def test_set_overrides_any_key_and_is_checked_like_the_file() -> None:
+    r = rc.loads(GOOD, "r.yaml", overrides=["prune.allocation.sparsity=0.5", "recover.distill={alpha: 0.5}"])
+    assert r["prune"]["allocation"] == {"name": "global", "sparsity": 0.5}
+    assert r["recover"]["distill"] == {"temperature": 4.0, "alpha": 0.5}
+    assert rc.loads(r.to_yaml()).data == r.data  # the run folder's recipe records the override
+    with pytest.raises(RecipeError) as info:
+        rc.loads(GOOD, "r.yaml", overrides=["prune.allocation.sparsity=1.2", "recover.epocs=3"])
+    text = str(info.value)
+    assert "r.yaml (--set): prune.allocation.sparsity" in text and "r.yaml (--set): recover.epocs" in text
+    with pytest.raises(RecipeError, match="expected KEY.PATH=VALUE"):
+        rc.loads(GOOD, overrides=["prune.allocation"])

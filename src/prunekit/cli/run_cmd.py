@@ -6,6 +6,7 @@ Without a recipe it runs the embedded default (digits CNN, offline, under 2 minu
     prunekit run recipes/resnet20_masks80.yaml --out runs/r20
     prunekit run runs/r20/recipe.yaml --out runs/r20-again   # a run folder's recipe repeats the run
     prunekit run recipes/resnet20_masks80.yaml --check        # check the recipe only, run nothing
+    prunekit run --set prune.allocation.sparsity=0.9          # any key overridden from the command line
 
 Every mistake in the recipe is reported at once, with its line, before any work starts.
 """
@@ -24,6 +25,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("recipe", nargs="?", metavar="RECIPE", help="recipe file (.yaml); default: the embedded one")
     p.add_argument("--out", metavar="DIR", help="run folder (default: outputs.dir, else runs/<recipe name>)")
     p.add_argument("--force", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a recipe key, e.g. --set prune.allocation.sparsity=0.9 (repeatable; the run "
+                   "folder's recipe.yaml records it)")
     p.add_argument("--check", action="store_true", help="check the recipe (and the model it names), run nothing")
     bars = p.add_mutually_exclusive_group()
     bars.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
@@ -37,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from prunekit import recipe as rc
 
-    recipe = rc.load(args.recipe) if args.recipe else rc.default()
+    recipe = rc.load(args.recipe, overrides=args.overrides) if args.recipe else rc.default(args.overrides)
     if args.check:
         from prunekit.data.choose import example_input_for
         from prunekit.models import available, create

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ class Recipe:
 
     data: dict[str, Any]
     source: str = "<string>"
-    lines: dict[str, int] = field(default_factory=dict)
+    lines: dict[str, int | str] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -40,7 +41,7 @@ class Recipe:
         """The recipe's file stem (``default`` for the embedded one)."""
         return DEFAULT_NAME if self.source == "<default>" else Path(self.source).stem
 
-    def line(self, path: str) -> int | None:
+    def line(self, path: str) -> int | str | None:
         """The line of ``path`` in the file, or of its nearest parent that has one."""
         while path:
             if path in self.lines:
@@ -119,12 +120,44 @@ def _walk(node: Any, path: str, lines: dict[str, int], dupes: list) -> None:
             _walk(item, f"{path}[{i}]", lines, dupes)
 
 
-def loads(text: str, source: str = "<string>", check_files: bool = True) -> Recipe:
+def apply_overrides(data: Any, overrides: Sequence[str], lines: dict[str, Any]) -> Any:
+    """``["prune.allocation.sparsity=0.5", ...]`` set into the parsed recipe (values read as YAML).
+
+    >>> apply_overrides({"prune": {"allocation": "uniform:sparsity=0.8"}}, ["prune.allocation={name: global, sparsity: 0.5}"], {})
+    {'prune': {'allocation': {'name': 'global', 'sparsity': 0.5}}}
+    """
+    data = dict(data or {})
+    for text in overrides:
+        path, eq, raw = text.partition("=")
+        path = path.strip()
+        if not eq or not path or any(not part for part in path.split(".")):
+            raise RecipeError("command line", [(path, "--set", f"expected KEY.PATH=VALUE (e.g. prune.allocation.sparsity=0.5), "
+                                                        f"got {text!r}")])
+        value, _ = parse(raw, f"--set {path}")
+        node = data
+        parts = path.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, Mapping):
+                child = {}
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+        for key in [k for k in lines if k == path or k.startswith(path + ".") or k.startswith(path + "[")]:
+            lines[key] = "--set"
+        lines[path] = "--set"
+    return data
+
+
+def loads(text: str, source: str = "<string>", check_files: bool = True, overrides: Sequence[str] = ()) -> Recipe:
     """Parse and check a recipe's text; every mistake is reported at once (:class:`RecipeError`).
 
     ``check_files``: also check that the files it names exist and the dependencies it needs are
-    installed (the model-dependent checks are :func:`check_against_model`)."""
+    installed (the model-dependent checks are :func:`check_against_model`). ``overrides``:
+    ``KEY.PATH=VALUE`` strings applied before the checks (the CLI's ``--set``)."""
     data, lines = parse(text, source)
+    if overrides:
+        data = apply_overrides(data, overrides, lines)
     problems: list[tuple[str, str]] = []
     if data is None:
         raise RecipeError(source, [("", None, "the recipe is empty; it needs at least model.name and "
@@ -138,7 +171,7 @@ def loads(text: str, source: str = "<string>", check_files: bool = True) -> Reci
     return recipe
 
 
-def load(path: str | os.PathLike[str], check_files: bool = True) -> Recipe:
+def load(path: str | os.PathLike[str], check_files: bool = True, overrides: Sequence[str] = ()) -> Recipe:
     """Read and check the recipe file ``path``."""
     p = Path(path)
     if not p.is_file():
@@ -148,14 +181,14 @@ def load(path: str | os.PathLike[str], check_files: bool = True) -> Recipe:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read recipe {p}: {exc}") from None
-    return loads(text, str(p), check_files)
+    return loads(text, str(p), check_files, overrides)
 
 
-def default() -> Recipe:
+def default(overrides: Sequence[str] = ()) -> Recipe:
     """The embedded default recipe (``prunekit run`` with no file): digits CNN, offline, well under 2 minutes."""
     from importlib.resources import files
 
-    return loads((files("prunekit.recipe") / "default.yaml").read_text(encoding="utf-8"), "<default>")
+    return loads((files("prunekit.recipe") / "default.yaml").read_text(encoding="utf-8"), "<default>", overrides=overrides)
 
 
 def dataset_of(recipe: Recipe) -> str:
@@ -236,7 +269,7 @@ def check_against_model(recipe: Recipe, model: Any, example: Any) -> None:
     except (RuntimeError, ValueError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise recipe.error(("data.dataset", f"model {recipe['model']['name']!r} does not accept "
-                                            f"{dataset_of(recipe)} inputs {tuple(example.shape[1:])} ({first})"))
+                                            f"{dataset_of(recipe)} inputs {tuple(example.shape[1:])} ({first})")) from None
     prune = recipe["prune"]
     names = [n for n, m in model.named_modules() if n and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     from fnmatch import fnmatchcase

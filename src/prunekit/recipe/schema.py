@@ -24,10 +24,11 @@ from prunekit.errors import ConfigError, close_matches
 class RecipeError(ConfigError):
     """A recipe is wrong; ``problems`` lists ``(path, line, message)`` for each mistake found."""
 
-    def __init__(self, source: str, problems: list[tuple[str, int | None, str]]) -> None:
+    def __init__(self, source: str, problems: list[tuple[str, int | str | None, str]]) -> None:
         self.source = source
-        self.problems = sorted(problems, key=lambda p: (p[1] is None, p[1] or 0))
-        lines = [f"{source}:{line or '?'}: {path or '(top level)'}: {msg}" for path, line, msg in self.problems]
+        self.problems = sorted(problems, key=lambda p: (not isinstance(p[1], int), p[1] if isinstance(p[1], int) else 0))
+        lines = [f"{f'{source} ({line})' if isinstance(line, str) else f'{source}:{line or chr(63)}'}: {path or '(top level)'}: {msg}"
+                 for path, line, msg in self.problems]
         head = f"recipe {source} has {len(lines)} problem{'s' if len(lines) > 1 else ''}"
         super().__init__(head + ":\n  " + "\n  ".join(lines) if len(lines) > 1 else lines[0])
 

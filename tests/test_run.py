@@ -1,0 +1,219 @@
+"""``prunekit run``: a recipe in, a run folder out; every output read back and checked."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunekit import checkpoint
+from prunekit import recipe as rc
+from prunekit.cli.main import main
+
+pytest.importorskip("yaml")
+pytest.importorskip("sklearn")
+
+FAST = """\
+title: {title}
+model: {{name: digits_cnn}}
+data: {{dataset: digits, batch_size: 64}}
+train: {{epochs: 2, lr: 0.05}}
+prune:
+{prune}
+recover:
+{recover}
+deploy: {{enabled: {deploy}, repeats: 2}}
+measure: {{latency_repeats: 3}}
+outputs: {{progress: "off"}}
+"""
+
+
+def _recipe(tmp_path: Path, name: str = "r", title: str = "fast", deploy: str = "true",
+            prune: str = "  allocation: {name: global, sparsity: 0.8}",
+            recover: str = "  epochs: 1\n  lr: 0.01") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(FAST.format(title=title, prune=prune, recover=recover, deploy=deploy))
+    return path
+
+
+def _results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def masked_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("masked")
+    out = tmp / "run"
+    assert main(["run", str(_recipe(tmp)), "--out", str(out)]) == 0
+    return out
+
+
+def test_the_run_folder_holds_every_output(masked_run: Path) -> None:
+    for name in ("model.pt", "recipe.yaml", "results.json", "log.txt", "report.html", "report.md"):
+        assert (masked_run / name).is_file(), name
+    res = _results(masked_run)
+    assert res["status"] == "complete" and res["format"] == "prunekit.run-results"
+    assert [s["name"] for s in res["steps"]] == [name for name, _ in rc.STEPS]
+    assert "== recovery: 1 epochs" in (masked_run / "log.txt").read_text()
+
+
+def test_results_match_the_saved_model(masked_run: Path) -> None:
+    from prunekit.metrics import count_nonzeros
+
+    res = _results(masked_run)
+    model, ckpt = checkpoint.build(masked_run / "model.pt")
+    assert ckpt.masks is not None and ckpt.metadata["recipe"]["prune"]["allocation"]["sparsity"] == 0.8
+    assert abs(ckpt.masks.sparsity() - 0.8) < 1e-3  # global 80 %, exact up to rounding to whole weights
+    assert res["verify"]["masked_weights_zero"] is True
+    assert res["summary"]["pruned"]["nonzeros"] == count_nonzeros(model)
+    assert res["summary"]["dense"]["nonzeros"] > 4 * res["summary"]["pruned"]["nonzeros"]
+    assert len(res["training"]["dense"]) == 2 and len(res["training"]["recovery"]) == 1
+    names = [layer["name"] for layer in res["layers"]]
+    assert names == ["features.0", "features.3", "features.7", "features.10", "classifier"]
+    assert sum(layer["nonzeros"] for layer in res["layers"]) <= res["summary"]["pruned"]["nonzeros"]
+    before, after = res["histograms"]["before"], res["histograms"]["after"]
+    assert sum(before["counts"]) == before["total"] and after["zeros"] == before["total"] - sum(after["counts"])
+
+
+def test_every_prunekit_command_reads_the_run_checkpoint(masked_run: Path, capsys) -> None:
+    assert main(["eval", "--checkpoint", str(masked_run / "model.pt")]) == 0
+    assert main(["info", "--checkpoint", str(masked_run / "model.pt")]) == 0
+
+
+def test_the_folders_recipe_repeats_the_run(masked_run: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    assert main(["run", str(masked_run / "recipe.yaml"), "--out", str(again)]) == 0
+    a, b = _results(masked_run), _results(again)
+    for key in ("top1", "nonzeros", "params", "macs"):
+        assert a["summary"]["pruned"][key] == b["summary"]["pruned"][key], key
+    sa = checkpoint.read(masked_run / "model.pt").state_dict
+    sb = checkpoint.read(again / "model.pt").state_dict
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_an_existing_run_is_never_overwritten_without_force(masked_run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["run", str(masked_run / "recipe.yaml"), "--out", str(masked_run)]) == 1
+    assert "holds an earlier run; pass --force" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["run", str(masked_run / "recipe.yaml"), "--out", str(other), "--force"]) == 1
+    assert "not a prunekit run folder" in capsys.readouterr().err and (other / "notes.txt").read_text() == "mine"
+
+
+def test_default_folders_are_numbered_not_overwritten(tmp_path: Path) -> None:
+    r = rc.loads("model: {name: digits_cnn}\nprune: {allocation: uniform:sparsity=0.5}", "x.yaml")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "results.json").write_text("{}")
+    assert rc.default_folder(r, tmp_path) == tmp_path / "x-2"
+
+
+def test_channel_pruning_writes_a_smaller_model_with_its_plan(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, prune="  method: channels\n  target: macs\n  allocation: {name: uniform, sparsity: 0.5}",
+                   recover="  epochs: 1", deploy="false")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    res = _results(out)
+    model, ckpt = checkpoint.build(out / "model.pt")
+    assert ckpt.plan is not None and ckpt.masks is None
+    assert res["summary"]["pruned"]["params"] == sum(p.numel() for p in model.parameters())
+    assert res["summary"]["pruned"]["macs"] <= 0.55 * res["summary"]["dense"]["macs"]
+    assert res["verify"]["small_equals_masked"] is True
+
+
+def test_gradual_pruning_with_distillation_reaches_the_target(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, prune="  allocation: {name: uniform, sparsity: 0.7}",
+                   recover="  epochs: 2\n  schedule: {name: agp, every: 5}\n  distill: {temperature: 2, alpha: 0.5}",
+                   deploy="false")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    res = _results(out)
+    sparsities = [row["sparsity"] for row in res["training"]["recovery"]]
+    assert sparsities == sorted(sparsities) and abs(sparsities[-1] - 0.7) < 0.01
+    assert abs(checkpoint.read(out / "model.pt").masks.sparsity() - 0.7) < 0.01
+
+
+def test_a_sensitivity_search_puts_curves_and_ratios_in_the_report(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, prune="  allocation: {name: global, sparsity: 0.6}\n"
+                                   "  search: {ratios: [0.3, 0.6, 0.9], images: 100}", recover="  epochs: 0",
+                   deploy="false")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    res = _results(out)
+    assert set(res["search"]["curves"]) == set(res["search"]["ratios"]) and len(res["search"]["ratios"]) == 5
+    html = (out / "report.html").read_text()
+    assert 'data-figure="sensitivity"' in html and 'data-figure="ratios"' in html
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_a_partial_report(tmp_path: Path, monkeypatch, capsys) -> None:
+    from prunekit.recipe import pipeline
+
+    def interrupted(run) -> None:
+        raise KeyboardInterrupt
+
+    steps = [(name, interrupted if name == "deploy" else step) for name, step in pipeline.STEPS]
+    monkeypatch.setattr(pipeline, "STEPS", steps)
+    out = tmp_path / "run"
+    assert main(["run", str(_recipe(tmp_path)), "--out", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    res = _results(out)
+    assert res["status"] == "interrupted during step 'deploy'"
+    assert [s["status"] for s in res["steps"]][-2:] == ["done", "interrupted"]
+    assert "Run stopped" in (out / "report.html").read_text()
+    assert "run stopped: interrupted during step 'deploy'" in (out / "log.txt").read_text()
+    _, ckpt = checkpoint.build(out / "model.pt")  # the last good checkpoint: pruned and fine-tuned
+    assert abs(ckpt.masks.sparsity() - 0.8) < 1e-3
+
+
+def test_tensorboard_logs_the_fine_tuning(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    path = _recipe(tmp_path, recover="  epochs: 1", deploy="false")
+    path.write_text(path.read_text().replace('progress: "off"', 'progress: "off", tensorboard: true'))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_report_rebuilds_and_compares_run_folders(masked_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(masked_run, other)
+    res = _results(other)
+    res["title"] = "the second run"
+    (other / "results.json").write_text(json.dumps(res))
+    (other / "report.html").unlink()
+    assert main(["report", str(other), str(masked_run)]) == 0
+    html = (other / "report.html").read_text()
+    assert "the second run" in html and _results(masked_run)["title"] in html
+
+
+def test_check_only_runs_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(_recipe(tmp_path)), "--check"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok") and not (tmp_path / "runs").exists()
+
+
+def test_a_bad_recipe_fails_before_any_work(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent("""\
+        model: {name: digits_cnn}
+        prune: {allocation: {name: global, sparsity: 2}}
+        """))
+    assert main(["run", str(bad)]) == 1
+    assert "bad.yaml:2: prune.allocation.sparsity" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_newcomers_prunekit_run_writes_the_default_run_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run"]) == 0
+    out = tmp_path / "runs" / "default"
+    res = _results(out)
+    assert res["status"] == "complete" and (out / "report.html").is_file()
+    assert res["summary"]["pruned"]["top1"] > 0.9  # the digits CNN keeps its accuracy at 80 % sparsity
+    assert sum(s["seconds"] for s in res["steps"]) < 120
