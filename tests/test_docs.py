@@ -66,6 +66,7 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys, data_root) -> None:
     work = tmp_path / "main"
     work.mkdir()
     (work / "checkpoints").symlink_to(REPO / "checkpoints")
+    (work / "recipes").symlink_to(REPO / "recipes")
     (tmp_path / "shared").symlink_to(data_root.parent)
     monkeypatch.chdir(work)
     text = (REPO / "README.md").read_text(encoding="utf-8")

@@ -52,7 +52,7 @@ MISTAKES = [
      5, "missing"),
     ("missing model name", GOOD.replace("  name: digits_cnn\n", "  checkpoint: null\n"), "model.name", 1, "missing"),
     ("bad choice", GOOD.replace("criterion: l1", "criterion: l1\n  method: prune"), "prune.method", 7,
-     "one of ['masks', 'channels']"),
+     "one of ['masks', 'channels', 'none']"),
     ("unknown data set", GOOD.replace("dataset: digits", "dataset: imagenet"), "data.dataset", 4,
      "one of ['cifar10', 'mnist', 'digits']"),
     ("missing data path", GOOD.replace("dataset: digits", "dataset: cifar10\n  path: /nonexistent/c.npz"),

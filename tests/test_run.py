@@ -217,3 +217,38 @@ def test_a_newcomers_prunekit_run_writes_the_default_run_folder(tmp_path: Path, 
     assert res["status"] == "complete" and (out / "report.html").is_file()
     assert res["summary"]["pruned"]["top1"] > 0.9  # the digits CNN keeps its accuracy at 80 % sparsity
     assert sum(s["seconds"] for s in res["steps"]) < 120
+
+
+def test_docs_recipes_lists_every_key() -> None:
+    from prunekit.recipe.schema import SCHEMA
+
+    def paths(keys, prefix=""):
+        for name, key in keys.items():
+            path = f"{prefix}.{name}" if prefix else name
+            yield path
+            if key.type == "section":
+                yield from paths(key.keys, path)
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    missing = [p for p in paths(SCHEMA) if f"`{p}`" not in text]
+    assert not missing, f"docs/recipes.md does not describe: {missing}"
+
+
+def test_docs_recipes_commands_run_in_order(tmp_path: Path, monkeypatch, capsys, data_root) -> None:
+    from test_howto import commands
+
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path / "main"
+    work.mkdir()
+    for name in ("checkpoints", "recipes"):
+        (work / name).symlink_to(repo / name)
+    (tmp_path / "shared").symlink_to(data_root.parent)
+    monkeypatch.chdir(work)
+    cmds = commands(repo / "docs" / "recipes.md")
+    assert len(cmds) >= 5
+    for argv in cmds:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 0, f"prunekit {' '.join(argv)} -> {code}: {err}"
+    html = (work / "runs" / "quick-again" / "report.html").read_text()
+    assert "Comparison" in html or "comparison" in html

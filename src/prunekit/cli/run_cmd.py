@@ -47,9 +47,17 @@ def run(args: argparse.Namespace) -> int:
         from prunekit.models import available, create
         from prunekit.recipe.core import dataset_of
 
-        name = recipe["model"]["name"]
-        if not recipe["model"]["checkpoint"] and name in available():
-            rc.check_against_model(recipe, create(name), example_input_for(dataset_of(recipe)))
+        name, source = recipe["model"]["name"], recipe["model"]["checkpoint"]
+        if source:
+            from prunekit import checkpoint
+
+            model, _ = checkpoint.build(source)
+        elif name in available():
+            model = create(name)
+        else:
+            model = None
+        if model is not None:
+            rc.check_against_model(recipe, model, example_input_for(dataset_of(recipe)))
         print(f"{recipe.source}: ok")
         return 0
     out = Path(args.out) if args.out else rc.default_folder(recipe)

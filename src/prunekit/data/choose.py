@@ -151,12 +151,14 @@ def make_loaders(
     normalize: str | None = None,
     limit: int | None = None,
     seed: int = 0,
+    augment: bool = True,
 ) -> tuple[DataLoader, DataLoader]:
     """Train (shuffled with ``seed``) and test loaders of ``dataset``.
 
     ``path``: the cifar10 ``.npz`` / batches folder or the MNIST IDX folder (default under
     :func:`data_root`); ``normalize`` (cifar10 only): ``"cifar"`` (default) or ``"imagenet"``
-    statistics; ``limit``: class-balanced subsets of that many images of each split.
+    statistics; ``limit``: class-balanced subsets of that many images of each split; ``augment``:
+    random crop + flip of cifar10 training images (the other data sets are never augmented).
     """
     from prunekit.data.cifar10 import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, cifar10_loaders
     from prunekit.data.digits import digits_loaders
@@ -178,4 +180,5 @@ def make_loaders(
     if normalize not in NORMALIZATIONS:
         raise ConfigError(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalize == "imagenet" else (CIFAR10_MEAN, CIFAR10_STD)
-    return cifar10_loaders(where, batch_size=batch_size, mean=mean, std=std, limit=limit, seed=seed)
+    return cifar10_loaders(where, batch_size=batch_size, mean=mean, std=std, augment=augment, limit=limit,
+                           seed=seed)

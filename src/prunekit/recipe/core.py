@@ -192,7 +192,7 @@ def default(overrides: Sequence[str] = ()) -> Recipe:
 
 
 def dataset_of(recipe: Recipe) -> str:
-    """The data set a recipe uses: ``data.dataset``, else the checkpoint's, else the model name's."""
+    """The data set a recipe uses: ``data.dataset``, else the one the model name implies."""
     from prunekit.data.choose import dataset_for_model
 
     return recipe["data"]["dataset"] or dataset_for_model(recipe["model"]["name"])
@@ -207,6 +207,11 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
     if model["checkpoint"] and model["pretrained"]:
         out.append(("model.pretrained", "give model.checkpoint or model.pretrained, not both"))
     channels = prune["method"] == "channels"
+    if prune["method"] != "none" and prune["allocation"] is None:
+        out.append(("prune.allocation", "missing; expected how much to prune where, e.g. {name: global, sparsity: "
+                                        "0.8} (or prune.method: none for a dense baseline)"))
+    if prune["method"] == "none" and (prune["search"] is not None or recover["schedule"] is not None):
+        out.append(("prune.method", "none prunes nothing: drop prune.search and recover.schedule"))
     if channels:
         if prune["granularity"] not in ("element", None):
             out.append(("prune.granularity", "applies to method masks; method channels removes whole channel "
@@ -218,7 +223,7 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
             out.append(("recover.schedule", "gradual schedules apply to method masks; channel pruning is one-shot"))
         if prune["types"] != ["conv", "linear"]:
             out.append(("prune.types", "applies to method masks; for channels use prune.exclude globs"))
-    elif prune["target"] != "params" or prune["min_keep"] or prune["round_to"] != 1:
+    elif prune["method"] == "masks" and prune["target"] != "params" or prune["min_keep"] or prune["round_to"] != 1:
         key = next(k for k in ("target", "min_keep", "round_to") if prune[k] not in ("params", 0.0, 1))
         out.append((f"prune.{key}", "applies to method channels only"))
     if prune["search"] is not None and prune["layers"]:
@@ -271,20 +276,23 @@ def check_against_model(recipe: Recipe, model: Any, example: Any) -> None:
         raise recipe.error(("data.dataset", f"model {recipe['model']['name']!r} does not accept "
                                             f"{dataset_of(recipe)} inputs {tuple(example.shape[1:])} ({first})")) from None
     prune = recipe["prune"]
-    names = [n for n, m in model.named_modules() if n and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    channels = prune["method"] == "channels"  # channel excludes may name any module (a BN on the residual stream)
+    names = [n for n, m in model.named_modules()
+             if n and (channels or isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))]
+    kind = "module" if channels else "conv / linear layer"
     from fnmatch import fnmatchcase
 
     for key in ("include", "exclude"):
         for i, pattern in enumerate(prune[key] or []):
             if not any(fnmatchcase(n, pattern) for n in names):
-                problems.append((f"prune.{key}[{i}]", f"{pattern!r} matches no conv / linear layer; layers: "
+                problems.append((f"prune.{key}[{i}]", f"{pattern!r} matches no {kind}; layers: "
                                  f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}; "
                                  f"{close_matches(pattern, names)}"))
     for pattern in prune["layers"] or {}:
         if not any(fnmatchcase(n, pattern) for n in names):
-            problems.append((f"prune.layers.{pattern}", f"matches no conv / linear layer; "
+            problems.append((f"prune.layers.{pattern}", f"matches no {kind}; "
                                                         f"{close_matches(pattern, names)}"))
-    if prune["method"] == "masks" and not problems:
+    if prune["method"] == "masks" and not problems:  # (none and channels have no granularity)
         types = tuple({"conv": torch.nn.Conv2d, "linear": torch.nn.Linear}[t] for t in prune["types"])
         targets = select(model, types=types, include=prune["include"], exclude=prune["exclude"])
         if not targets:

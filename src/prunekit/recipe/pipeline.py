@@ -66,6 +66,7 @@ class Run:
     deployed: nn.Module | None = None
     deploy_report: Any = None
     writer: Any = None
+    normalize: str | None = None
 
     def say(self, text: str) -> None:
         """Print a line and keep it for log.txt."""
@@ -88,8 +89,14 @@ def setup(run: Run) -> None:
     torch.manual_seed(r["seed"])
     data = r["data"]
     dataset = dataset_of(r)
+    normalize = data["normalize"]
+    if r["model"]["checkpoint"] and dataset == "cifar10" and not normalize:  # the statistics it was trained with
+        from prunekit import checkpoint as ckpt_format
+
+        normalize = ckpt_format.read(r["model"]["checkpoint"]).metadata.get("normalize")
+    run.normalize = normalize
     run.train_loader, run.test_loader = make_loaders(
-        dataset, data["path"], batch_size=data["batch_size"], normalize=data["normalize"], limit=data["limit"],
+        dataset, data["path"], batch_size=data["batch_size"], normalize=normalize, limit=data["limit"],
         seed=r["seed"])
     test = run.test_loader
     if data["eval_images"] and data["eval_images"] < len(test.dataset):
@@ -138,12 +145,14 @@ def build_model(run: Run) -> None:
     run.say(f"{m['name']} ({source}): {count_params(model):,} parameters")
 
 
-def _fit(run: Run, model: nn.Module, epochs: int, lr: float, wd: float, optimizer: str, label: str, **kw: Any) -> list:
+def _fit(run: Run, model: nn.Module, section: dict[str, Any], label: str, **kw: Any) -> list:
     from prunekit.train import TrainConfig, fit
 
     r = run.recipe
-    cfg = TrainConfig(epochs=epochs, lr=lr, weight_decay=wd, optimizer=optimizer, seed=r["seed"],
-                      progress=run.progress)
+    epochs = section["epochs"]
+    cfg = TrainConfig(epochs=epochs, lr=section["lr"], weight_decay=section["weight_decay"],
+                      optimizer=section["optimizer"], seed=r["seed"], progress=run.progress,
+                      max_steps_per_epoch=section["steps_per_epoch"])
     history: list[dict[str, Any]] = []
     run.results.setdefault("training", {})[label] = history
     save_each = kw.pop("save_each", None)
@@ -176,7 +185,7 @@ def train_dense(run: Run) -> None:
     if not t["epochs"]:
         return
     run.section(f"dense training ({t['epochs']} epochs)")
-    _fit(run, run.model, t["epochs"], t["lr"], t["weight_decay"], t["optimizer"], "dense")
+    _fit(run, run.model, t, "dense")
 
 
 def _histogram(model: nn.Module, names: list[str], bins: int, edges: np.ndarray | None = None) -> dict[str, Any]:
@@ -238,13 +247,15 @@ def search(run: Run) -> None:
     s = run.recipe["prune"]["search"]
     if s is None:
         return
-    from prunekit.data.choose import balanced_subset
+    from prunekit.data.choose import balanced_subset, make_loaders
     from prunekit.sensitivity import ratios_for, scan
     from prunekit.train import evaluate
 
     _components(run)
-    val = torch.utils.data.DataLoader(balanced_subset(run.train_loader.dataset, s["images"], seed=1),
-                                      run.train_loader.batch_size, shuffle=False)
+    data = run.recipe["data"]  # probes score un-augmented training images (the test split stays unseen)
+    plain, _ = make_loaders(dataset_of(run.recipe), data["path"], batch_size=data["batch_size"],
+                            normalize=run.normalize, limit=data["limit"], seed=run.recipe["seed"], augment=False)
+    val = torch.utils.data.DataLoader(balanced_subset(plain.dataset, s["images"]), data["batch_size"], shuffle=False)
     run.section(f"sensitivity scan: {len(run.targets)} layers x {len(s['ratios'])} ratios on {s['images']} "
                 "training images")
     t0 = time.perf_counter()
@@ -266,8 +277,8 @@ def _save(run: Run, train_state: Any = None) -> None:
     from prunekit import checkpoint as ckpt_format
 
     meta = {**run.metadata, "dataset": dataset_of(run.recipe), "recipe": run.recipe.data}
-    if run.recipe["data"]["normalize"]:
-        meta["normalize"] = run.recipe["data"]["normalize"]
+    if run.normalize:
+        meta["normalize"] = run.normalize
     deploy = None
     if run.deploy_report is not None and run.deploy_report.changed:
         deploy = {"kernels": {c.name: c.kernel for c in run.deploy_report.layers if c.kernel != "dense"}}
@@ -280,6 +291,9 @@ def prune_step(run: Run) -> None:
     p = run.recipe["prune"]
     if p["method"] == "channels":
         return _prune_channels(run)
+    if p["method"] == "none":
+        run.results["pruning"] = {"method": "none"}
+        return _save(run)
     from prunekit.pruning import prune
 
     if run.allocation is None:
@@ -315,7 +329,7 @@ def _prune_channels(run: Run) -> None:
     graph = DependencyGraph.build(model, run.example)
     modules = sorted({a.module for a in graph.axes})
     exclude = match_modules(p["exclude"] or [], modules, "prune.exclude")
-    targets = score_targets(graph, "all", exclude=exclude)
+    targets = score_targets(graph, "out", exclude=exclude)
     loader = run.train_loader if criteria.needs_data(p["criterion"]) else None
     importance = criteria.build(p["criterion"], model, targets, loader, p["calibration_batches"])
     allocation = registry.build("allocation", p["allocation"])
@@ -367,7 +381,7 @@ def recover(run: Run) -> None:
     run.section(f"recovery: {rc['epochs']} epochs, lr {rc['lr']:g} cosine"
                 + (", distilling from the dense model" if rc["distill"] is not None else ""))
     try:
-        _fit(run, run.model, rc["epochs"], rc["lr"], rc["weight_decay"], "sgd", "recovery",
+        _fit(run, run.model, rc, "recovery",
              save_each=lambda: _save(run, state.state_dict()), **kw)
     finally:
         if run.writer is not None:
@@ -385,7 +399,8 @@ def _pruner(run: Run) -> Any:
     spec = rc["schedule"]
     name, given = (spec.get("name"), dict(spec)) if isinstance(spec, dict) else registry.parse_spec(spec)
     given.pop("name", None)
-    steps = rc["epochs"] * len(run.train_loader)
+    per_epoch = len(run.train_loader)
+    steps = rc["epochs"] * min(per_epoch, rc["steps_per_epoch"] or per_epoch)
     final = float(getattr(run.allocation, "sparsity", 0.0))
     fill = {"agp": {"final": final, "end": max(1, 2 * steps // 3)}, "oneshot": {"sparsity": final},
             "iterative": {"sparsity": final, "rounds": 3, "every": max(1, steps // 4)}}.get(name, {})

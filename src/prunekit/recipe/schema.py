@@ -97,18 +97,21 @@ SCHEMA: dict[str, Key] = {
         "lr": Key("float", 0.05, "peak learning rate (cosine decay)", low=0.0),
         "weight_decay": Key("float", 5e-4, low=0.0),
         "optimizer": Key("str", "sgd", choices=("sgd", "adamw")),
+        "steps_per_epoch": Key("int", None, "stop each epoch after this many steps (default: the whole split)",
+                               low=1),
     }, "dense training before pruning"),
     "prune": _section({
-        "method": Key("str", "masks", "masks (zeros kept in force) or channels (a physically smaller model)",
-                      choices=("masks", "channels")),
+        "method": Key("str", "masks", "masks (zeros kept in force), channels (a physically smaller model) or "
+                      "none (a dense baseline: train / fine-tune and measure only)", choices=("masks", "channels", "none")),
         "granularity": Key("component:granularity", "element", "masks: element, vector, kernel, channel, "
                            "block, nm, pattern, lb"),
         "criterion": Key("component:criterion", "l1", "how weights are scored"),
-        "allocation": Key("component:allocation", None, "how much where, e.g. {name: global, sparsity: 0.8}",
-                          optional=False),
+        "allocation": Key("component:allocation", None, "how much where, e.g. {name: global, sparsity: 0.8} "
+                          "(required unless method is none)"),
         "layers": Key("ratios", None, "per-layer ratios (glob -> ratio) that override the allocation"),
         "include": Key("list", None, "prune only layers matching these globs"),
-        "exclude": Key("list", None, "never prune layers matching these globs"),
+        "exclude": Key("list", None, "never prune layers matching these globs (channels: any module, e.g. a "
+                       "BatchNorm whose channels must stay)"),
         "types": Key("list", ["conv", "linear"], "module types to prune (masks)", choices=("conv", "linear")),
         "target": Key("str", "params", "channels: what the ratio removes", choices=("params", "macs", "channels")),
         "min_keep": Key("float", 0.0, "channels: keep at least this fraction of every group", **RATIO),
@@ -125,6 +128,9 @@ SCHEMA: dict[str, Key] = {
         "epochs": Key("int", 0, "fine-tuning epochs after pruning (masks in force / the smaller model)", low=0),
         "lr": Key("float", 0.005, "peak fine-tuning learning rate (cosine decay)", low=0.0),
         "weight_decay": Key("float", 5e-4, low=0.0),
+        "optimizer": Key("str", "sgd", choices=("sgd", "adamw")),
+        "steps_per_epoch": Key("int", None, "stop each epoch after this many steps (default: the whole split)",
+                               low=1),
         "schedule": Key("component:schedule", None, "masks: prune gradually while fine-tuning, e.g. "
                         "{name: agp, every: 10} (final and end default to the allocation's sparsity and 2/3 of "
                         "the steps)"),
