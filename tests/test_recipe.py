@@ -77,6 +77,8 @@ MISTAKES = [
                                                     "  name: digits_cnn\n  checkpoint: a.pt\n  pretrained: b.pt\n"),
      "model.pretrained", 4, "not both"),
     ("unsupported version", "version: 2\n" + GOOD, "version", 1, "one of [1]"),
+    ("unknown search method", GOOD.replace("criterion: l1", "criterion: l1\n  search: {method: amk}"),
+     "prune.search.method", 7, "unknown search 'amk'; choose one of: sensitivity"),
     ("boolean given as a string", GOOD + "deploy: {enabled: maybe}\n", "deploy.enabled", 10, "expected bool"),
 ]
 

@@ -212,6 +212,12 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
                                         "0.8} (or prune.method: none for a dense baseline)"))
     if prune["method"] == "none" and (prune["search"] is not None or recover["schedule"] is not None):
         out.append(("prune.method", "none prunes nothing: drop prune.search and recover.schedule"))
+    if prune["search"] is not None:
+        from prunekit.recipe.pipeline import SEARCHES
+
+        if prune["search"]["method"] not in SEARCHES:
+            out.append(("prune.search.method", f"unknown search {prune['search']['method']!r}; choose one of: "
+                                               f"{', '.join(SEARCHES)}; {close_matches(prune['search']['method'], list(SEARCHES))}"))
     if channels:
         if prune["granularity"] not in ("element", None):
             out.append(("prune.granularity", "applies to method masks; method channels removes whole channel "

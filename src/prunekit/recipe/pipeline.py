@@ -207,10 +207,9 @@ def _prunable_names(model: nn.Module) -> list[str]:
 def measure_dense(run: Run) -> None:
     """Accuracy, size and cost of the dense model (latency is measured later, interleaved with the pruned one)."""
     from prunekit.metrics import count_macs, count_nonzeros, count_params
-    from prunekit.train import evaluate
 
     run.dense = copy.deepcopy(run.model)
-    top1 = evaluate(run.dense, run.eval_loader).top1
+    top1 = _evaluate(run, run.dense)
     params = count_params(run.dense)
     run.results["summary"] = {"dense": {
         "top1": top1, "params": params, "nonzeros": count_nonzeros(run.dense),
@@ -243,10 +242,16 @@ def _components(run: Run) -> None:
 
 
 def search(run: Run) -> None:
-    """Sensitivity analysis (``prune.search``): each layer probed alone, then ratios by bisection."""
+    """``prune.search``: the registered search method (:data:`SEARCHES`) sets ``run.allocation``."""
     s = run.recipe["prune"]["search"]
     if s is None:
         return
+    SEARCHES[s["method"]](run)
+
+
+def sensitivity_search(run: Run) -> None:
+    """Sensitivity analysis: each layer probed alone on training images, then ratios by bisection."""
+    s = run.recipe["prune"]["search"]
     from prunekit.data.choose import balanced_subset, make_loaders
     from prunekit.sensitivity import ratios_for, scan
     from prunekit.train import evaluate
@@ -259,8 +264,9 @@ def search(run: Run) -> None:
     run.section(f"sensitivity scan: {len(run.targets)} layers x {len(s['ratios'])} ratios on {s['images']} "
                 "training images")
     t0 = time.perf_counter()
-    curves = scan(run.model, run.targets, run.importance, run.granularity, lambda m: evaluate(m, val).top1,
-                  ratios=s["ratios"])
+    with _bar(run, len(run.targets) * len(s["ratios"]), "sensitivity probes") as bar:
+        curves = scan(run.model, run.targets, run.importance, run.granularity, lambda m: evaluate(m, val).top1,
+                      ratios=s["ratios"], progress=lambda name, ratio, value: bar.update(1))
     target = float(getattr(run.allocation, "sparsity", 0.0))
     alloc = ratios_for(curves, target)
     run.allocation = alloc
@@ -271,6 +277,34 @@ def search(run: Run) -> None:
                              "target": target}
     run.say(f"scan took {seconds:.1f}s; per-layer ratios for {100 * target:.0f}% overall: "
             + ", ".join(f"{k} {v:.2f}" for k, v in alloc.ratios.items()))
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+
+def _bar(run: Run, total: int, desc: str) -> Any:
+    """A tqdm progress bar when the run shows progress (and tqdm is installed), else a no-op."""
+    if not run.progress:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _evaluate(run: Run, model: nn.Module) -> float:
+    from prunekit.train import evaluate
+
+    return evaluate(model, run.eval_loader, progress=run.progress).top1
 
 
 def _save(run: Run, train_state: Any = None) -> None:
@@ -464,11 +498,10 @@ def measure_pruned(run: Run) -> None:
         count_params,
         layer_table,
     )
-    from prunekit.train import evaluate
 
     run.results.setdefault("training", {})
     model = run.model
-    top1 = evaluate(model, run.eval_loader).top1
+    top1 = _evaluate(run, model)
     plain = clean_copy(model)
     if run.masks is not None:
         run.masks.make_permanent(plain)
@@ -511,6 +544,16 @@ def measure_pruned(run: Run) -> None:
             f"{s['dense']['bytes']:,} -> {deployed_bytes:,}; latency (batch {m['latency_batch']}, "
             f"{m['latency_repeats']} interleaved repeats) {s['dense']['latency_ms']:.3f} -> "
             f"{s['pruned']['latency_ms']:.3f} ms")
+
+
+# search methods by name: each takes the Run (model, components, data) and sets run.allocation (and
+# run.results["search"] for the report). A new method (AMC, NetAdapt) plugs in with register_search.
+SEARCHES: dict[str, Callable[[Run], None]] = {"sensitivity": sensitivity_search}
+
+
+def register_search(name: str, method: Callable[[Run], None]) -> None:
+    """Make ``prune.search.method: NAME`` run ``method(run)``."""
+    SEARCHES[name] = method
 
 
 STEPS: list[tuple[str, Callable[[Run], None]]] = [

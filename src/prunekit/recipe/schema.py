@@ -118,7 +118,8 @@ SCHEMA: dict[str, Key] = {
         "round_to": Key("int", 1, "channels: kept channels a multiple of this", low=1),
         "calibration_batches": Key("int", 8, "training batches for data-driven criteria", low=1),
         "search": _section({
-            "method": Key("str", "sensitivity", choices=("sensitivity",), optional=False),
+            "method": Key("str", "sensitivity", "a registered search (prunekit.recipe.pipeline.SEARCHES)",
+                          optional=False),
             "ratios": Key("list", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "ratios each layer is probed at",
                           item="float"),
             "images": Key("int", 500, "validation images (from the training split) per probe", low=1),
