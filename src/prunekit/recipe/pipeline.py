@@ -220,6 +220,18 @@ def measure_dense(run: Run) -> None:
     run.say(f"top-1 {100 * top1:.2f}% on {run.results['eval']['described']}; {params:,} parameters")
 
 
+def _plain_train_loader(run: Run, shuffle: bool = True) -> Any:
+    """The training split without augmentation (calibration and search probes see the images as they are)."""
+    from prunekit.data.choose import make_loaders
+
+    data = run.recipe["data"]
+    plain, _ = make_loaders(dataset_of(run.recipe), data["path"], batch_size=data["batch_size"],
+                            normalize=run.normalize, limit=data["limit"], seed=run.recipe["seed"], augment=False)
+    if shuffle:
+        return plain
+    return torch.utils.data.DataLoader(plain.dataset, data["batch_size"], shuffle=False)
+
+
 def _components(run: Run) -> None:
     from prunekit import criteria, registry
     from prunekit.targets import select
@@ -237,7 +249,7 @@ def _components(run: Run) -> None:
         from prunekit.allocation import WithOverrides
 
         run.allocation = WithOverrides(run.allocation, dict(p["layers"]))
-    loader = run.train_loader if criteria.needs_data(p["criterion"]) else None
+    loader = _plain_train_loader(run) if criteria.needs_data(p["criterion"]) else None
     run.importance = criteria.build(p["criterion"], run.model, run.targets, loader, p["calibration_batches"])
 
 
@@ -252,15 +264,13 @@ def search(run: Run) -> None:
 def sensitivity_search(run: Run) -> None:
     """Sensitivity analysis: each layer probed alone on training images, then ratios by bisection."""
     s = run.recipe["prune"]["search"]
-    from prunekit.data.choose import balanced_subset, make_loaders
+    from prunekit.data.choose import balanced_subset
     from prunekit.sensitivity import ratios_for, scan
     from prunekit.train import evaluate
 
     _components(run)
-    data = run.recipe["data"]  # probes score un-augmented training images (the test split stays unseen)
-    plain, _ = make_loaders(dataset_of(run.recipe), data["path"], batch_size=data["batch_size"],
-                            normalize=run.normalize, limit=data["limit"], seed=run.recipe["seed"], augment=False)
-    val = torch.utils.data.DataLoader(balanced_subset(plain.dataset, s["images"]), data["batch_size"], shuffle=False)
+    plain = _plain_train_loader(run)  # probes score un-augmented training images (the test split stays unseen)
+    val = torch.utils.data.DataLoader(balanced_subset(plain.dataset, s["images"]), plain.batch_size, shuffle=False)
     run.section(f"sensitivity scan: {len(run.targets)} layers x {len(s['ratios'])} ratios on {s['images']} "
                 "training images")
     t0 = time.perf_counter()
@@ -364,7 +374,7 @@ def _prune_channels(run: Run) -> None:
     modules = sorted({a.module for a in graph.axes})
     exclude = match_modules(p["exclude"] or [], modules, "prune.exclude")
     targets = score_targets(graph, "out", exclude=exclude)
-    loader = run.train_loader if criteria.needs_data(p["criterion"]) else None
+    loader = _plain_train_loader(run) if criteria.needs_data(p["criterion"]) else None
     importance = criteria.build(p["criterion"], model, targets, loader, p["calibration_batches"])
     allocation = registry.build("allocation", p["allocation"])
     if p["layers"]:
