@@ -1,0 +1,166 @@
+"""Per-group channel ratios: prune named channel groups, scan their sensitivity, meet a MACs target.
+
+The dependency graph's coupled channel groups are named by their first module axis
+(``"layer1.0.conv1:out"``). :func:`prune_groups` removes a given fraction of each named group's
+lowest-scored channels (one plan step); :func:`scan_channels` prunes each group alone at each
+ratio and records ``evaluate(model)`` (:class:`~prunekit.sensitivity.SensitivityCurves`, sizes =
+the MACs each group's layers run); :func:`ratios_for_macs` turns the curves into per-group ratios
+whose pruned model keeps ``macs_ratio`` of the dense MACs (measured, not modelled).
+
+>>> import torch
+>>> from torch import nn
+>>> torch.manual_seed(0) and None
+>>> model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 1))
+>>> x = torch.randn(2, 3, 12, 12)
+>>> names(model, x)
+['0:out', '2:out']
+>>> small, plan = prune_groups(model, x, {"0:out": 0.5})
+>>> small[0].out_channels, small[2].in_channels, small[2].out_channels
+(8, 8, 16)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from prunekit.errors import ConfigError, close_matches
+
+__all__ = ["group_label", "names", "prune_groups", "ratios_for_macs", "scan_channels"]
+
+DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def group_label(group: Any) -> str:
+    """A group's name: its first module axis (stable for the same model and input)."""
+    return str(group.axes[0])
+
+
+def _groups(graph: Any, importance: Any, exclude: Sequence[str]) -> dict[str, list[int]]:
+    """label -> the group's prunable unit indices, lowest score first (groups with none left out)."""
+    from prunekit.structure.api import match_modules
+    from prunekit.structure.ranking import unit_scores
+
+    excl = match_modules(list(exclude), sorted({a.module for a in graph.axes}), "exclude") if exclude else []
+    scores = unit_scores(graph, importance, exclude=excl)
+    out = {}
+    for g in graph.groups:
+        units = sorted((u for u in g.units if not math.isnan(scores[u])), key=lambda u: (scores[u], u))
+        if units:
+            out[group_label(g)] = units
+    return out
+
+
+def names(model: nn.Module, example_input: Any, exclude: Sequence[str] = ()) -> list[str]:
+    """The prunable channel groups of ``model`` (not touching ``exclude`` globs), by name."""
+    from prunekit.structure import DependencyGraph
+
+    return list(_groups(DependencyGraph.build(model, example_input), None, exclude))
+
+
+def prune_groups(model: nn.Module, example_input: Any, ratios: Mapping[str, float], importance: Any = None,
+                 exclude: Sequence[str] = (), graph: Any = None) -> tuple[nn.Module, Any]:
+    """A copy of ``model`` with ``round(ratio * n)`` of each named group's ``n`` channels removed
+    (the lowest-scored; at least one kept), and the one-step plan that does it."""
+    from prunekit.masks import clean_copy
+    from prunekit.structure import DependencyGraph
+    from prunekit.structure.api import make_plan
+
+    graph = graph if graph is not None else DependencyGraph.build(model, example_input)
+    groups = _groups(graph, importance, exclude)
+    removed: list[int] = []
+    for label, r in ratios.items():
+        if label not in groups:
+            raise ConfigError(f"no prunable channel group {label!r}; groups: {', '.join(groups)}; "
+                              f"{close_matches(label, list(groups))}")
+        if not 0.0 <= float(r) < 1.0:
+            raise ConfigError(f"ratio of group {label!r} must be in [0, 1), got {r!r}")
+        units = groups[label]
+        removed += units[: min(len(units) - 1, int(round(float(r) * len(units))))]
+    plan = make_plan(graph, sorted(removed), {"ratios": {k: float(v) for k, v in ratios.items()}})
+    return plan.apply(clean_copy(model)), plan
+
+
+def _group_macs(graph: Any, example_input: Any) -> dict[str, int]:
+    from prunekit.metrics import macs_by_layer
+
+    macs = macs_by_layer(graph.model, example_input)
+    return {group_label(g): int(sum(macs.get(m, 0) for m in {a.module for a in g.axes})) for g in graph.groups}
+
+
+def scan_channels(model: nn.Module, example_input: Any, evaluate: Callable[[nn.Module], float],
+                  ratios: Sequence[float] = DEFAULT_RATIOS, importance: Any = None, exclude: Sequence[str] = (),
+                  progress: Callable[[str, float, float], None] | None = None) -> Any:
+    """Each prunable channel group removed alone at each ratio: ``evaluate`` of the smaller model.
+    ``sizes`` are the MACs of each group's layers (what :func:`ratios_for_macs` weighs by)."""
+    from prunekit.sensitivity import SensitivityCurves
+    from prunekit.structure import DependencyGraph
+
+    ratios = [float(r) for r in ratios]
+    if not ratios or ratios != sorted(ratios) or not all(0.0 < r < 1.0 for r in ratios):
+        raise ConfigError(f"ratios must be an increasing list in (0, 1), got {ratios}")
+    was = model.training
+    model.eval()
+    try:
+        graph = DependencyGraph.build(model, example_input)
+        groups = _groups(graph, importance, exclude)
+        if not groups:
+            raise ConfigError("no prunable channel group to scan (everything pinned or excluded)")
+        sizes = _group_macs(graph, example_input)
+        baseline = float(evaluate(model))
+        values: dict[str, list[float]] = {}
+        for label in groups:
+            row = []
+            for r in ratios:
+                small, _ = prune_groups(model, example_input, {label: r}, importance, exclude, graph)
+                v = float(evaluate(small.eval()))
+                if not math.isfinite(v):
+                    raise ConfigError(f"evaluate returned {v} with group {label!r} pruned at {r}")
+                row.append(v)
+                if progress is not None:
+                    progress(label, r, v)
+            values[label] = row
+    finally:
+        model.train(was)
+    return SensitivityCurves(ratios, baseline, values, {k: sizes[k] for k in values},
+                             {"kind": "channel groups", "importance": repr(importance)})
+
+
+def ratios_for_macs(curves: Any, model: nn.Module, example_input: Any, macs_ratio: float, importance: Any = None,
+                    exclude: Sequence[str] = (), iterations: int = 14) -> tuple[dict[str, float], nn.Module, Any, float]:
+    """Per-group ratios from ``curves`` whose pruned model keeps at most ``macs_ratio`` of the MACs.
+
+    Bisects the overall target handed to :func:`prunekit.sensitivity.ratios_for` (which weighs
+    groups by their MACs, a linear model) until the *measured* MACs of the pruned model meet
+    ``macs_ratio``. Returns ``(ratios, small model, plan, measured MACs ratio)``."""
+    from prunekit.metrics import count_macs
+    from prunekit.sensitivity import _ratios_at, ratios_for
+    from prunekit.structure import DependencyGraph
+
+    if not 0.0 < macs_ratio < 1.0:
+        raise ConfigError(f"macs_ratio (the fraction of MACs kept) must be in (0, 1), got {macs_ratio!r}")
+    dense = count_macs(model, example_input)
+    graph = DependencyGraph.build(model, example_input)
+    top = curves.overall_sparsity(_ratios_at(curves, math.inf))
+
+    def attempt(t: float) -> tuple[dict[str, float], nn.Module, Any, float]:
+        ratios = ratios_for(curves, t).ratios if t > 0 else {}
+        small, plan = prune_groups(model, example_input, ratios, importance, exclude, graph)
+        return ratios, small, plan, count_macs(small, example_input) / dense
+
+    best = attempt(top)
+    if best[3] > macs_ratio + 1e-9:
+        raise ConfigError(f"pruning every group at its largest scanned ratio keeps {best[3]:.3f} of the MACs, "
+                          f"above {macs_ratio}; scan larger ratios or exclude fewer layers")
+    lo, hi = 0.0, top
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        trial = attempt(mid)
+        if trial[3] <= macs_ratio + 1e-9:
+            hi, best = mid, trial
+        else:
+            lo = mid
+    return best
