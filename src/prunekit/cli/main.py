@@ -21,6 +21,7 @@ from prunekit.errors import PrunekitError
 COMMANDS: tuple[str, ...] = (
     "prunekit.cli.run_cmd",
     "prunekit.cli.report_cmd",
+    "prunekit.cli.search_cmd",
     "prunekit.cli.info_cmd",
     "prunekit.cli.train_cmd",
     "prunekit.cli.eval_cmd",

@@ -163,8 +163,13 @@ class NetAdaptResult:
         """Measured latency / dense latency after the last iteration (1.0 when nothing was pruned)."""
         return self.iterations[-1].latency_ratio if self.iterations else 1.0
 
+    @property
+    def reached(self) -> bool:
+        """Whether the measured latency met the target (False: every group hit its minimum first)."""
+        return self.latency_ratio <= self.target_ratio
+
     def to_json(self) -> str:
-        return json.dumps({"target_ratio": self.target_ratio, "dense_s": self.dense_s,
+        return json.dumps({"target_ratio": self.target_ratio, "reached": self.reached, "dense_s": self.dense_s,
                            "iterations": [{**asdict(r), "latency_ratio": r.latency_ratio} for r in self.iterations]},
                           indent=1)
 
@@ -241,6 +246,7 @@ def netadapt(
     sizes0 = _sizes(DependencyGraph.build(dense, example_input), [], table.shapes)
     floor = {n: max(1, math.ceil(min_keep * c)) for n, (_, c) in sizes0.items()}
     cut = step * table.estimate(sizes0) * step_decay ** len(records)  # in the table's own units
+    min_cut = cut / 64
     measured_s = records[-1].measured_s if records else dense_s
     dense_s_run = records[-1].dense_s if records else dense_s
     while measured_s > latency_ratio * dense_s_run and len(records) < max_iterations:
@@ -272,7 +278,10 @@ def netadapt(
             label = ", ".join(str(a) for a in g.axes[:3]) + (" ..." if len(g.axes) > 3 else "")
             candidates.append((acc, -k, label, k, step_plan, cand, table.estimate(_sizes(graph, removed, table.shapes))))
         if not candidates:
-            break  # every group is at its floor
+            if cut > min_cut:  # no group can cut that much any more: ask for less
+                cut /= 2
+                continue
+            break  # every group is at its floor, or none can lower the estimate at all
         candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
         acc, _, label, k, step_plan, cand, est = candidates[0]
         plan = step_plan if plan is None else plan.then(step_plan)

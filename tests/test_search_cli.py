@@ -1,0 +1,71 @@
+"""``prunekit sensitivity`` and ``prunekit search`` on the offline digits data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prunekit import checkpoint
+from prunekit.cli.main import main
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("d") / "d.pt"
+    assert main(["train", "--model", "digits_cnn", "--dataset", "digits", "--epochs", "3", "--out", str(path)]) == 0
+    return path
+
+
+def test_sensitivity_masks_writes_curves_and_the_pruned_model(trained: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "s.json"
+    assert main(["sensitivity", "--checkpoint", str(trained), "--val-images", "200", "--ratios", "0.3,0.6,0.9",
+                 "--sparsity", "0.7", "--out", str(out), "--prune-out", str(tmp_path / "s.pt")]) == 0
+    assert "per-layer ratios for 70% overall" in capsys.readouterr().out
+    for suffix in (".json", ".csv", ".png"):
+        assert out.with_suffix(suffix).is_file()
+    ckpt = checkpoint.read(tmp_path / "s.pt")
+    assert ckpt.masks is not None and abs(ckpt.masks.sparsity() - 0.7) < 0.08  # scanned ratios come in steps
+    # reuse the curves: no scan, same ratios
+    assert main(["sensitivity", "--checkpoint", str(trained), "--curves", str(out), "--sparsity", "0.7",
+                 "--out", str(tmp_path / "again.json")]) == 0
+
+
+def test_sensitivity_channels_meets_the_macs_target(trained: Path, tmp_path: Path) -> None:
+    from prunekit.data.choose import example_input_for
+    from prunekit.metrics import count_macs
+
+    assert main(["sensitivity", "--checkpoint", str(trained), "--val-images", "200", "--channels", "--ratios",
+                 "0.3,0.6", "--macs-ratio", "0.6", "--out", str(tmp_path / "c.json"),
+                 "--prune-out", str(tmp_path / "c.pt")]) == 0
+    small, ckpt = checkpoint.build(tmp_path / "c.pt")
+    dense, _ = checkpoint.build(trained)
+    x = example_input_for("digits")
+    assert ckpt.plan is not None and count_macs(small, x) <= 0.6 * count_macs(dense, x)
+
+
+def test_netadapt_search_writes_a_plan_checkpoint_and_resumes(trained: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "n.pt"
+    args = ["search", "--method", "netadapt", "--checkpoint", str(trained), "--val-images", "100",
+            "--latency-ratio", "0.9", "--step", "0.2", "--out", str(out), "--threads", "1"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "n.pt.json").read_text())
+    assert record["iterations"] and "reached" in record
+    small, ckpt = checkpoint.build(out)
+    assert ckpt.kind == "channel-pruned" and len(ckpt.plan.steps) == len(record["iterations"])
+    capsys.readouterr()
+    assert main(args + ["--force"]) == 0  # the state is there: it continues, it does not start over
+    assert "resuming from" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--macs-ratio", "0.5"], "--macs-ratio applies with --channels"),
+    (["--channels", "--sparsity", "0.5"], "--sparsity applies to weight masks"),
+    (["--prune-out", "x.pt"], "--prune-out needs a target"),
+])
+def test_sensitivity_usage_errors(trained: Path, tmp_path: Path, capsys, argv, match) -> None:
+    assert main(["sensitivity", "--checkpoint", str(trained), "--out", str(tmp_path / "s.json"), *argv]) == 2
+    assert match in capsys.readouterr().err
