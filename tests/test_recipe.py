@@ -79,6 +79,8 @@ MISTAKES = [
     ("unsupported version", "version: 2\n" + GOOD, "version", 1, "one of [1]"),
     ("unknown search method", GOOD.replace("criterion: l1", "criterion: l1\n  search: {method: amk}"),
      "prune.search.method", 7, "unknown search 'amk'; choose one of: sensitivity"),
+    ("channel search with masks", GOOD.replace("criterion: l1", "criterion: l1\n  search: {method: netadapt}"),
+     "prune.search.method", 7, "netadapt removes channels: set prune.method: channels"),
     ("boolean given as a string", GOOD + "deploy: {enabled: maybe}\n", "deploy.enabled", 10, "expected bool"),
 ]
 

@@ -252,3 +252,23 @@ def test_docs_recipes_commands_run_in_order(tmp_path: Path, monkeypatch, capsys,
         assert code == 0, f"prunekit {' '.join(argv)} -> {code}: {err}"
     html = (work / "runs" / "quick-again" / "report.html").read_text()
     assert "Comparison" in html or "comparison" in html
+
+
+@pytest.mark.parametrize("search", [
+    "{method: sensitivity, ratios: [0.3, 0.6], images: 100}",
+    "{method: netadapt, latency_ratio: 0.9, step: 0.2, images: 100}",
+])
+def test_channel_searches_make_the_smaller_model_of_the_run(tmp_path: Path, search: str) -> None:
+    path = _recipe(tmp_path, prune="  method: channels\n  target: macs\n  allocation: {name: uniform, sparsity: 0.4}\n"
+                                   f"  search: {search}", recover="  epochs: 0", deploy="false")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    res = _results(out)
+    model, ckpt = checkpoint.build(out / "model.pt")
+    assert ckpt.plan is not None and res["pruning"]["search"] == res["search"]["method"]
+    assert res["summary"]["pruned"]["params"] == sum(p.numel() for p in model.parameters())
+    if res["search"]["method"] == "sensitivity":
+        assert res["summary"]["pruned"]["macs"] <= 0.6 * res["summary"]["dense"]["macs"]
+        assert 'data-figure="sensitivity"' in (out / "report.html").read_text()
+    else:
+        assert res["search"]["iterations"] and len(ckpt.plan.steps) == len(res["search"]["iterations"])

@@ -213,8 +213,11 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
     if prune["method"] == "none" and (prune["search"] is not None or recover["schedule"] is not None):
         out.append(("prune.method", "none prunes nothing: drop prune.search and recover.schedule"))
     if prune["search"] is not None:
-        from prunekit.recipe.pipeline import SEARCHES
+        from prunekit.recipe.pipeline import CHANNEL_ONLY, SEARCHES
 
+        if prune["search"]["method"] in CHANNEL_ONLY and prune["method"] != "channels":
+            out.append(("prune.search.method", f"{prune['search']['method']} removes channels: set prune.method: "
+                                               "channels"))
         if prune["search"]["method"] not in SEARCHES:
             out.append(("prune.search.method", f"unknown search {prune['search']['method']!r}; choose one of: "
                                                f"{', '.join(SEARCHES)}; {close_matches(prune['search']['method'], list(SEARCHES))}"))
@@ -222,9 +225,8 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
         if prune["granularity"] not in ("element", None):
             out.append(("prune.granularity", "applies to method masks; method channels removes whole channel "
                                              "groups (drop the key)"))
-        if prune["search"] is not None:
-            out.append(("prune.search", "the sensitivity search probes masks; for channels give prune.layers "
-                                        "ratios instead (channel-group scans are not built yet)"))
+        if prune["search"] is not None and prune["target"] != "macs":
+            out.append(("prune.target", "a channel search meets a MACs budget: set prune.target: macs"))
         if recover["schedule"] is not None:
             out.append(("recover.schedule", "gradual schedules apply to method masks; channel pruning is one-shot"))
         if prune["types"] != ["conv", "linear"]:

@@ -67,6 +67,7 @@ class Run:
     deploy_report: Any = None
     writer: Any = None
     normalize: str | None = None
+    searched: tuple[nn.Module, Any] | None = None  # (smaller model, plan) a channel search produced
 
     def say(self, text: str) -> None:
         """Print a line and keep it for log.txt."""
@@ -261,16 +262,42 @@ def search(run: Run) -> None:
     SEARCHES[s["method"]](run)
 
 
-def sensitivity_search(run: Run) -> None:
-    """Sensitivity analysis: each layer probed alone on training images, then ratios by bisection."""
-    s = run.recipe["prune"]["search"]
+def _validation(run: Run) -> Any:
+    """``prune.search.images`` class-balanced training images, un-augmented (the test split stays unseen)."""
     from prunekit.data.choose import balanced_subset
+
+    plain = _plain_train_loader(run)
+    n = run.recipe["prune"]["search"]["images"]
+    return torch.utils.data.DataLoader(balanced_subset(plain.dataset, n), plain.batch_size, shuffle=False)
+
+
+def _macs_kept(run: Run) -> float:
+    """Channel searches: the fraction of MACs kept, from the allocation's sparsity (the share removed)."""
+    return 1.0 - float(getattr(_allocation_of(run), "sparsity", 0.0))
+
+
+def _allocation_of(run: Run) -> Any:
+    from prunekit import registry
+
+    return registry.build("allocation", run.recipe["prune"]["allocation"])
+
+
+def _channel_exclude(run: Run) -> list[str]:
+    return list(run.recipe["prune"]["exclude"] or [])
+
+
+def sensitivity_search(run: Run) -> None:
+    """Sensitivity analysis: each layer (masks) or channel group (channels) probed alone on training
+    images, then per-layer ratios (by bisection over the tolerated drop; channels: until the measured
+    MACs meet the target)."""
+    s = run.recipe["prune"]["search"]
     from prunekit.sensitivity import ratios_for, scan
     from prunekit.train import evaluate
 
+    val = _validation(run)
+    if run.recipe["prune"]["method"] == "channels":
+        return _channel_sensitivity(run, val)
     _components(run)
-    plain = _plain_train_loader(run)  # probes score un-augmented training images (the test split stays unseen)
-    val = torch.utils.data.DataLoader(balanced_subset(plain.dataset, s["images"]), plain.batch_size, shuffle=False)
     run.section(f"sensitivity scan: {len(run.targets)} layers x {len(s['ratios'])} ratios on {s['images']} "
                 "training images")
     t0 = time.perf_counter()
@@ -368,6 +395,15 @@ def _prune_channels(run: Run) -> None:
     )
 
     p = run.recipe["prune"]
+    if run.searched is not None:  # the search already made the smaller model
+        small, plan = run.searched
+        run.plan = run.plan.then(plan) if run.plan is not None else plan
+        run.model = small
+        run.results["pruning"] = {"method": "channels", "search": p["search"]["method"],
+                                  "allocation": repr(registry.build("allocation", p["allocation"]))}
+        run.section("channel pruning (from the search)")
+        run.say(f"{sum(x.numel() for x in small.parameters()):,} parameters left")
+        return _save(run)
     model = run.model
     model.eval()
     graph = DependencyGraph.build(model, run.example)
@@ -556,9 +592,90 @@ def measure_pruned(run: Run) -> None:
             f"{s['pruned']['latency_ms']:.3f} ms")
 
 
+def _channel_sensitivity(run: Run, val: Any) -> None:
+    from prunekit.search.channels import ratios_for_macs, scan_channels
+    from prunekit.train import evaluate
+
+    s = run.recipe["prune"]["search"]
+    t0 = time.perf_counter()
+    run.model.eval()
+    run.section(f"channel sensitivity scan: each group x {len(s['ratios'])} ratios on {s['images']} training images")
+    curves = scan_channels(run.model, run.example, lambda m: evaluate(m, val).top1, s["ratios"],
+                           exclude=_channel_exclude(run))
+    target = _macs_kept(run)
+    ratios, small, plan, reached = ratios_for_macs(curves, run.model, run.example, target,
+                                                   exclude=_channel_exclude(run))
+    run.searched = (small, plan)
+    seconds = time.perf_counter() - t0
+    run.results["search"] = {"method": "sensitivity", "metric": "top1", "ratios_tested": list(curves.ratios),
+                             "baseline": curves.baseline, "curves": {k: list(v) for k, v in curves.values.items()},
+                             "ratios": ratios, "seconds": seconds, "macs_kept": reached, "target": target}
+    run.say(f"scan took {seconds:.1f}s; per-group ratios keeping {reached:.3f} of the MACs: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+
+
+def netadapt_search(run: Run) -> None:
+    """NetAdapt: latency-driven channel removal to ``prune.search.latency_ratio`` (measured)."""
+    from prunekit.search.netadapt import netadapt
+    from prunekit.train import TrainConfig, evaluate, fit
+
+    s = run.recipe["prune"]["search"]
+    val = _validation(run)
+    short = None
+    if s["ft_steps"]:
+        cfg = TrainConfig(epochs=1, lr=run.recipe["recover"]["lr"], seed=run.recipe["seed"], progress=False,
+                          max_steps_per_epoch=s["ft_steps"])
+
+        def short(m: nn.Module) -> None:
+            fit(m, run.train_loader, None, cfg)
+            m.eval()
+
+    run.section(f"NetAdapt: to {s['latency_ratio']:.2f} of the dense latency (batch {run.example.shape[0]}, measured)")
+    t0 = time.perf_counter()
+    res = netadapt(run.model.eval(), run.example, lambda m: evaluate(m, val).top1, latency_ratio=s["latency_ratio"],
+                   step=s["step"], short_term=short, exclude=_channel_exclude(run), threads=run.recipe["threads"],
+                   state_path=run.out / "netadapt.state",
+                   progress=lambda r: run.say(f"iteration {r.iteration}: {r.group} -{r.removed}, latency "
+                                              f"{r.latency_ratio:.3f} of dense, val top-1 {100 * r.accuracy:.2f}%"))
+    if res.plan is None:
+        raise PrunekitError("NetAdapt removed nothing: every channel group is at its minimum or excluded")
+    run.searched = (res.model, res.plan)
+    run.results["search"] = {"method": "netadapt", "metric": "top1", "seconds": time.perf_counter() - t0,
+                             "target": s["latency_ratio"], "reached": res.reached,
+                             "latency_ratio": res.latency_ratio,
+                             "iterations": json.loads(res.to_json())["iterations"]}
+    run.say(f"NetAdapt: {len(res.iterations)} iterations, measured latency {res.latency_ratio:.3f} of dense"
+            + ("" if res.reached else " (target NOT reached: every group at its minimum)"))
+
+
+def amc_search_step(run: Run) -> None:
+    """AMC: DDPG over per-layer channel ratios under the MACs budget (accuracy without fine-tuning)."""
+    from prunekit.search.amc import amc_search
+    from prunekit.structure import prune_channels
+    from prunekit.train import evaluate
+
+    s = run.recipe["prune"]["search"]
+    val = _validation(run)
+    target = _macs_kept(run)
+    run.section(f"AMC: {s['episodes']} episodes ({s['warmup']} warm-up), keep {target:.2f} of the MACs")
+    t0 = time.perf_counter()
+    res = amc_search(run.model.eval(), run.example, lambda m: evaluate(m, val).top1, macs_ratio=target,
+                     exclude=_channel_exclude(run), episodes=s["episodes"], warmup=s["warmup"],
+                     seed=run.recipe["seed"], checkpoint_path=run.out / "amc.state")
+    small, plan, _ = prune_channels(run.model, run.example, res.allocation(), target="channels",
+                                    exclude=_channel_exclude(run), verify=False)
+    run.searched = (small, plan)
+    run.results["search"] = {"method": "amc", "metric": "top1", "seconds": time.perf_counter() - t0,
+                             "ratios": {k: float(v) for k, v in res.ratios.items()}, "macs_kept": res.macs_ratio,
+                             "target": target, "best_val_top1": res.accuracy}
+    run.say(f"AMC: best policy keeps {res.macs_ratio:.3f} of the MACs, val top-1 {100 * res.accuracy:.2f}%")
+
+
 # search methods by name: each takes the Run (model, components, data) and sets run.allocation (and
 # run.results["search"] for the report). A new method (AMC, NetAdapt) plugs in with register_search.
-SEARCHES: dict[str, Callable[[Run], None]] = {"sensitivity": sensitivity_search}
+SEARCHES: dict[str, Callable[[Run], None]] = {"sensitivity": sensitivity_search, "netadapt": netadapt_search,
+                                              "amc": amc_search_step}
+CHANNEL_ONLY = {"netadapt", "amc"}  # searches that remove channels (need prune.method: channels)
 
 
 def register_search(name: str, method: Callable[[Run], None]) -> None:

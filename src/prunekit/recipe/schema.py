@@ -123,7 +123,15 @@ SCHEMA: dict[str, Key] = {
             "ratios": Key("list", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "ratios each layer is probed at",
                           item="float"),
             "images": Key("int", 500, "validation images (from the training split) per probe", low=1),
-        }, "search per-layer ratios (masks), then prune with them", optional=True),
+            "latency_ratio": Key("float", 0.7, "netadapt: measured latency / dense latency to reach", low=0.01,
+                                 high=1.0, high_open=True),
+            "step": Key("float", 0.05, "netadapt: latency cut asked of each iteration (fraction)", low=0.001,
+                        high=1.0, high_open=True),
+            "ft_steps": Key("int", 0, "netadapt: short-term fine-tune steps per candidate", low=0),
+            "episodes": Key("int", 120, "amc: episodes", low=1),
+            "warmup": Key("int", 40, "amc: random warm-up episodes", low=0),
+        }, "search per-layer ratios, then prune with them (channels: the allocation's sparsity is the share of "
+           "MACs removed)", optional=True),
     }, "how to prune"),
     "recover": _section({
         "epochs": Key("int", 0, "fine-tuning epochs after pruning (masks in force / the smaller model)", low=0),
