@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--latency-ratio", type=float, default=0.7, help="NetAdapt's target: measured latency / dense")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit-test", type=int, default=None, help="smoke runs only")
+    ap.add_argument("--tag", default="", help="suffix of the output files (runs of different methods side by side)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -152,7 +153,7 @@ def main() -> None:
 
 def _write(args: argparse.Namespace, rows: list[dict], notes: list[str], started: str) -> None:
     OUT.mkdir(exist_ok=True)
-    name = f"search_{args.model}"
+    name = f"search_{args.model}{args.tag}"
     meta = {"started": started, "command": "python benchmarks/search_resnet.py " + " ".join(
         f"{a}" for a in __import__("sys").argv[1:]), "machine": f"{platform.machine()}, torch {torch.__version__}, "
             f"{args.threads} threads", "macs_ratio": args.macs_ratio, "val_images": args.val_images,
