@@ -272,3 +272,16 @@ def test_channel_searches_make_the_smaller_model_of_the_run(tmp_path: Path, sear
         assert 'data-figure="sensitivity"' in (out / "report.html").read_text()
     else:
         assert res["search"]["iterations"] and len(ckpt.plan.steps) == len(res["search"]["iterations"])
+
+
+def test_an_amc_search_in_a_recipe(tmp_path: Path) -> None:
+    pytest.importorskip("stable_baselines3")
+    path = _recipe(tmp_path, prune="  method: channels\n  target: macs\n  allocation: {name: uniform, sparsity: 0.4}\n"
+                                   "  search: {method: amc, episodes: 4, warmup: 2, images: 100}",
+                   recover="  epochs: 0", deploy="false")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    res = _results(out)
+    assert res["search"]["method"] == "amc" and res["search"]["ratios"]
+    assert res["summary"]["pruned"]["macs"] <= 0.61 * res["summary"]["dense"]["macs"]
+    assert 'data-figure="ratios"' in (out / "report.html").read_text()

@@ -69,3 +69,18 @@ def test_netadapt_search_writes_a_plan_checkpoint_and_resumes(trained: Path, tmp
 def test_sensitivity_usage_errors(trained: Path, tmp_path: Path, capsys, argv, match) -> None:
     assert main(["sensitivity", "--checkpoint", str(trained), "--out", str(tmp_path / "s.json"), *argv]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_amc_search_writes_a_checkpoint_within_the_budget(trained: Path, tmp_path: Path) -> None:
+    pytest.importorskip("stable_baselines3")
+    from prunekit.data.choose import example_input_for
+    from prunekit.metrics import count_macs
+
+    out = tmp_path / "a.pt"
+    assert main(["search", "--method", "amc", "--checkpoint", str(trained), "--val-images", "100", "--macs-ratio",
+                 "0.6", "--episodes", "4", "--warmup", "2", "--out", str(out), "--threads", "1"]) == 0
+    small, ckpt = checkpoint.build(out)
+    dense, _ = checkpoint.build(trained)
+    x = example_input_for("digits")
+    assert ckpt.plan is not None and count_macs(small, x) <= 0.61 * count_macs(dense, x)
+    assert json.loads((tmp_path / "a.pt.json").read_text())["ratios"]
