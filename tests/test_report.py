@@ -503,3 +503,15 @@ def test_the_source_results_are_not_modified(tmp_path) -> None:
     before = copy.deepcopy(results)
     render_html(results, [full_results()])
     assert results == before
+
+
+def test_a_searchs_iterations_are_in_both_reports() -> None:
+    from prunekit.report import render_html, render_markdown
+
+    r = {"title": "t", "status": "complete",
+         "search": {"method": "netadapt", "seconds": 12.0, "target": 0.7, "reached": False,
+                    "iterations": [{"iteration": 1, "group": "a:out", "removed": 3, "latency_ratio": 0.9,
+                                    "accuracy": 0.8}]}}
+    html, md = render_html(r), render_markdown(r)
+    for text in (html, md):
+        assert "target NOT reached" in text and "0.900" in text and "80.00%" in text and "a:out" in text

@@ -425,6 +425,32 @@ def _deploy(results: dict) -> list[_Block]:
     return blocks
 
 
+def _search(results: dict) -> list[_Block]:
+    """What the search did: its method, cost and target, and NetAdapt's iterations (latency, accuracy)."""
+    search = _dict(results.get("search"))
+    if not search:
+        return []
+    blocks = [_Block("h2", ("Search",), "search")]
+    parts = [f"method {_text(search.get('method'))}"]
+    if _is_num(search.get("seconds")):
+        parts.append(f"took {_fmt_seconds(search['seconds'])}")
+    if _is_num(search.get("target")):
+        parts.append(f"target {_text(search['target'])}")
+    if search.get("reached") is not None:
+        parts.append("target reached" if search["reached"] is True else "target NOT reached")
+    blocks.append(_p("p", ", ".join(parts) + "."))
+    rows = []
+    for r in (r for r in _list(search.get("iterations")) if isinstance(r, dict)):
+        rows.append((_Cell(_text(r.get("iteration")), num=True), _Cell(_text(r.get("group"))),
+                     _Cell(_text(r.get("removed")), num=True),
+                     _Cell(f"{r['latency_ratio']:.3f}" if _is_num(r.get("latency_ratio")) else _DASH, num=True),
+                     _cell(r.get("accuracy"), "top1")))
+    if rows:
+        blocks.append(_table("search-iterations", ("Iteration", "Channel group", "Removed",
+                                                   "Latency / dense (measured)", "Accuracy (search set)"), rows))
+    return blocks
+
+
 def _steps(results: dict) -> list[_Block]:
     steps = [s for s in _list(results.get("steps")) if isinstance(s, dict)]
     if not steps:
@@ -455,7 +481,8 @@ def _document(results: dict, others: Sequence[dict], figs: list[DrawnFigure] | N
     blocks = _header(results) + _summary(results)
     if others:
         blocks += _comparison(results, others)
-    return blocks + _layers(results) + _figure_blocks(results, figs) + _deploy(results) + _steps(results) \
+    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _deploy(results) \
+        + _steps(results) \
         + _artifacts(results)
 
 
