@@ -234,7 +234,7 @@ def test_sections_come_in_order(rendered) -> None:
     marks = Page(html_text).marks
     assert marks[0] == ("h1", "digits_cnn: 80 % global magnitude")
     headings = [text for kind, text in marks if kind == "h2"]
-    assert headings == ["Summary", "Layers", "Figures", "Deployment", "Steps", "Artifacts"]
+    assert headings == ["Summary", "Layers", "Figures", "Search", "Deployment", "Steps", "Artifacts"]
     assert "banner" not in [kind for kind, _ in marks]  # a complete run has no banner
     assert "took 1 min 10 s" in html_text
     assert "Python 3.11.7 · torch 2.13.0+cpu · prunekit 0.1.0" in html_text
@@ -372,7 +372,7 @@ def test_every_other_part_may_be_missing_or_null() -> None:
     text = render_html(results)
     page = Page(text)
     assert {a["data-figure"] for a in page.figures()} == {"accuracy", "histograms", "ratios", "layers"}
-    assert [h for kind, h in page.marks if kind == "h2"] == ["Summary", "Layers", "Figures"]
+    assert [h for kind, h in page.marks if kind == "h2"] == ["Summary", "Layers", "Figures", "Search"]
     cells = {a["data-key"]: t for row in page.tables["summary"] for t, a in row if "data-key" in a}
     assert cells == {k: v for k, v in EXPECTED_SUMMARY.items() if k.startswith("dense.")}
     assert page.body("summary")[0] == ["Top-1 accuracy", "97.20%", "—", "—"]
