@@ -52,7 +52,7 @@ def test_data_driven_criterion_uses_calibration_batches(tmp_path, capsys) -> Non
     pytest.importorskip("prunekit.criteria")
     code, out, err = _run(
         capsys, "--criterion", "taylor", "--calib-batches", "2", "--granularity", "channel",
-        "--sparsity", "0.25", "--out", str(tmp_path / "t.pt"),
+        "--sparsity", "0.25", "--scope", "uniform", "--out", str(tmp_path / "t.pt"),
     )
     assert code == 0, err
     model, _ = build_from_checkpoint(tmp_path / "t.pt")
@@ -101,3 +101,16 @@ def test_structured_flag_delegates(tmp_path, capsys) -> None:
     )
     assert code == 0, err
     assert (tmp_path / "s.pt").is_file() and "params" in out
+
+
+def test_the_default_scope_is_the_measured_best(tmp_path, capsys) -> None:
+    """Masks default to one global ranking (RESULTS.md sections 2 and 4); fixed-ratio granularities to uniform."""
+    code, out, err = _run(capsys, "--sparsity", "0.6", "--out", str(tmp_path / "g.pt"))
+    assert code == 0, err
+    assert "Global(0.6" in out
+    from prunekit import checkpoint
+
+    assert checkpoint.read(tmp_path / "g.pt").metadata["pruning"]["scope"] == "global"
+    code, out, err = _run(capsys, "--granularity", "nm:2:4", "--exclude", "features.0", "--out", str(tmp_path / "n.pt"))
+    assert code == 0, err
+    assert checkpoint.read(tmp_path / "n.pt").metadata["pruning"]["scope"] == "uniform"

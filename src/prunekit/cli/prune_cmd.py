@@ -65,7 +65,9 @@ def register(subparsers: Any) -> None:
         "--sparsity", type=float, metavar="S",
         help="fraction of weights to remove, in [0, 1) (default: the ratio nm/pattern imply)",
     )
-    p.add_argument("--scope", choices=("global", "uniform"), default="uniform", help="default uniform")
+    p.add_argument("--scope", choices=("global", "uniform"), default=None,
+                   help="one ranking over all layers, or the same ratio in each (default: global for masks, uniform "
+                        "for --structured and for N:M / pattern; chosen by benchmarks/RESULTS.md sections 2, 4 and 4b)")
     p.add_argument(
         "--score-norm", choices=("lamp", "max", "l2"), help="per-layer score normalisation for --scope global"
     )
@@ -122,6 +124,9 @@ def _allocation(args: argparse.Namespace, granularity: Any) -> Any:
         if implied is None:
             raise UsageError(f"--sparsity is required with --granularity {args.granularity}")
         s = implied
+    if args.scope is None:  # measured: global beats uniform for element masks (RESULTS.md sections 2 and 4)
+        fixed = getattr(granularity, "fixed_sparsity", getattr(granularity, "min_sparsity", None)) is not None
+        args.scope = "uniform" if fixed else "global"
     base = Global(s, min_keep=args.min_keep, normalize=args.score_norm) if args.scope == "global" else Uniform(s)
     if args.scope != "global" and (args.score_norm or args.min_keep):
         raise UsageError("--score-norm and --min-keep apply to --scope global only")

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         args, model, score_targets(graph, args.members, exclude=exclude), name, {**info, "name": name}
     )
     before_top1, _ = _top1(model, args, name, info) if args.eval else (None, "")
+    args.scope = args.scope or "uniform"  # measured: uniform leads after fine-tuning (RESULTS.md section 4b)
     allocation = Global(args.sparsity) if args.scope == "global" else Uniform(args.sparsity)
     small, plan, report = prune_channels(
         model, example, allocation, importance, target=args.target, exclude=exclude, graph=graph,
