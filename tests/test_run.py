@@ -256,7 +256,7 @@ def test_docs_recipes_commands_run_in_order(tmp_path: Path, monkeypatch, capsys,
 
 @pytest.mark.parametrize("search", [
     "{method: sensitivity, ratios: [0.3, 0.6], images: 100}",
-    "{method: netadapt, latency_ratio: 0.9, step: 0.2, images: 100}",
+    "{method: netadapt, latency_ratio: 0.95, step: 0.3, images: 100}",
 ])
 def test_channel_searches_make_the_smaller_model_of_the_run(tmp_path: Path, search: str) -> None:
     path = _recipe(tmp_path, prune="  method: channels\n  target: macs\n  allocation: {name: uniform, sparsity: 0.4}\n"
