@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -89,17 +88,27 @@ def test_a_failing_fast_path_warns_and_runs_the_reference() -> None:
     assert out.stdout.split() == ["True", "reference", "True"], out.stderr[-2000:]
 
 
-def test_thread_policy_falls_back_to_serial_when_parallel_calls_stall() -> None:
+def test_thread_policy_falls_back_to_serial_when_parallel_calls_stall(monkeypatch) -> None:
+    from prunekit.sparse.kernels import numba_csr
+
+    class Clock:  # a fake perf_counter: the calls below advance it, so no sleep jitter can flip the policy
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(numba_csr, "time", clock)
     calls: list[str] = []
     slow = {"on": False}
 
     def parallel() -> None:
         calls.append("p")
-        time.sleep(0.010 if slow["on"] else 0.0)  # a stalled worker: 10x the serial call
+        clock.now += 0.010 if slow["on"] else 0.00001  # a stalled worker: 10x the serial call
 
     def serial() -> None:
         calls.append("s")
-        time.sleep(0.001)
+        clock.now += 0.001
 
     policy = ThreadPolicy()
     for _ in range(10):  # quiet: parallel, with the serial probes on calls 3 and 4
