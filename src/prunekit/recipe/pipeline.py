@@ -473,18 +473,14 @@ def recover(run: Run) -> None:
 
 def _pruner(run: Run) -> Any:
     from prunekit import registry
+    from prunekit.recipe.schema import complete_schedule
     from prunekit.schedule import Pruner
 
     rc = run.recipe["recover"]
-    spec = rc["schedule"]
-    name, given = (spec.get("name"), dict(spec)) if isinstance(spec, dict) else registry.parse_spec(spec)
-    given.pop("name", None)
     per_epoch = len(run.train_loader)
     steps = rc["epochs"] * min(per_epoch, rc["steps_per_epoch"] or per_epoch)
     final = float(getattr(run.allocation, "sparsity", 0.0))
-    fill = {"agp": {"final": final, "end": max(1, 2 * steps // 3)}, "oneshot": {"sparsity": final},
-            "iterative": {"sparsity": final, "rounds": 3, "every": max(1, steps // 4)}}.get(name, {})
-    schedule = registry.build("schedule", {"name": name, **fill, **given})
+    schedule = registry.build("schedule", complete_schedule(rc["schedule"], final, steps))
     return Pruner(run.model, run.targets, run.importance, run.granularity, run.allocation, schedule)
 
 

@@ -226,7 +226,7 @@ def _component(kind: str, value: Any, path: str, problems: Problems) -> Any:
                                f"got {_type_name(value)} {value!r}"))
         return None
     try:
-        registry.build(kind, _complete_schedule(value) if kind == "schedule" else value)
+        registry.build(kind, complete_schedule(value) if kind == "schedule" else value)
     except ConfigError as exc:
         where = path
         if isinstance(value, Mapping):  # point at the parameter the message names, when it does
@@ -239,13 +239,15 @@ def _component(kind: str, value: Any, path: str, problems: Problems) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
-def _complete_schedule(value: Any) -> Any:
-    """A schedule checked on load: the run fills ``final`` / ``end`` / ``sparsity`` / ``rounds`` / ``every``."""
+def complete_schedule(value: Any, final: float = 0.5, steps: int = 150) -> dict[str, Any]:
+    """A recipe's schedule spec as a mapping, with what the run fills in: ``final`` / ``sparsity`` (the
+    allocation's sparsity), ``end`` (two thirds of the ``steps``), ``rounds`` / ``every``. Given keys win.
+    Loading checks the spec with placeholder values; the run builds it with the real ones."""
     from prunekit import registry
 
     name, given = (value.get("name"), dict(value)) if isinstance(value, Mapping) else registry.parse_spec(value)
-    filled = {"agp": {"final": 0.5, "end": 100}, "oneshot": {"sparsity": 0.5},
-              "iterative": {"sparsity": 0.5, "rounds": 2, "every": 10}}.get(str(name), {})
+    filled = {"agp": {"final": final, "end": max(1, 2 * steps // 3)}, "oneshot": {"sparsity": final},
+              "iterative": {"sparsity": final, "rounds": 3, "every": max(1, steps // 4)}}.get(str(name), {})
     return {**filled, **{k: v for k, v in given.items() if k != "name"}, "name": name}
 
 

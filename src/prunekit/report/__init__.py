@@ -36,7 +36,7 @@ from urllib.parse import quote
 from prunekit.errors import ConfigError
 from prunekit.io import atomic_write_many
 from prunekit.report import figures as _figures
-from prunekit.report.figures import INSTALL_HINT, DrawnFigure
+from prunekit.report.figures import INSTALL_HINT, DrawnFigure, _dict, _list
 
 __all__ = ["FORMAT", "RESULTS", "VERSION", "load_results", "render", "render_html", "render_markdown"]
 
@@ -103,14 +103,6 @@ def load_results(run_dir: str | os.PathLike[str]) -> dict:
 
 
 # ---------------------------------------------------------------- reading values defensively
-
-
-def _dict(x: Any) -> dict:
-    return x if isinstance(x, dict) else {}
-
-
-def _list(x: Any) -> list:
-    return x if isinstance(x, list) else []
 
 
 def _is_num(x: Any) -> bool:
