@@ -81,6 +81,11 @@ MISTAKES = [
      "prune.search.method", 7, "unknown search 'amk'; choose one of: sensitivity"),
     ("channel search with masks", GOOD.replace("criterion: l1", "criterion: l1\n  search: {method: netadapt}"),
      "prune.search.method", 7, "netadapt removes channels: set prune.method: channels"),
+    ("unknown worker pool", GOOD.replace("criterion: l1", "criterion: l1\n  search: {method: sensitivity, pool: rey}"),
+     "prune.search.pool", 7, "unknown pool 'rey'; choose one of: process, ray"),
+    ("latency budget without a search", GOOD.replace("criterion: l1", "criterion: l1\n  method: channels\n  "
+                                                                       "target: latency"),
+     "prune.target", 8, "add prune.search (method: sensitivity)"),
     ("boolean given as a string", GOOD + "deploy: {enabled: maybe}\n", "deploy.enabled", 10, "expected bool"),
 ]
 

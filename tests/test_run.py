@@ -254,20 +254,25 @@ def test_docs_recipes_commands_run_in_order(tmp_path: Path, monkeypatch, capsys,
     assert "Comparison" in html or "comparison" in html
 
 
-@pytest.mark.parametrize("search", [
-    "{method: sensitivity, ratios: [0.3, 0.6], images: 100}",
-    "{method: netadapt, latency_ratio: 0.95, step: 0.3, images: 100}",
+@pytest.mark.parametrize("search, budget", [
+    ("{method: sensitivity, ratios: [0.3, 0.6], images: 100}", "macs"),
+    ("{method: sensitivity, ratios: [0.3, 0.6], images: 100, workers: 2}", "latency"),
+    ("{method: netadapt, latency_ratio: 0.95, step: 0.3, images: 100}", "macs"),
 ])
-def test_channel_searches_make_the_smaller_model_of_the_run(tmp_path: Path, search: str) -> None:
-    path = _recipe(tmp_path, prune="  method: channels\n  target: macs\n  allocation: {name: uniform, sparsity: 0.4}\n"
-                                   f"  search: {search}", recover="  epochs: 0", deploy="false")
+def test_channel_searches_make_the_smaller_model_of_the_run(tmp_path: Path, search: str, budget: str) -> None:
+    cut = 0.1 if budget == "latency" else 0.4  # a tiny model's batch-1 latency is mostly fixed overhead
+    path = _recipe(tmp_path, prune=f"  method: channels\n  target: {budget}\n  allocation: {{name: uniform, "
+                                   f"sparsity: {cut}}}\n  search: {search}", recover="  epochs: 0", deploy="false")
     out = tmp_path / "run"
     assert main(["run", str(path), "--out", str(out)]) == 0
     res = _results(out)
     model, ckpt = checkpoint.build(out / "model.pt")
     assert ckpt.plan is not None and res["pruning"]["search"] == res["search"]["method"]
     assert res["summary"]["pruned"]["params"] == sum(p.numel() for p in model.parameters())
-    if res["search"]["method"] == "sensitivity":
+    if budget == "latency":  # the search's own interleaved measurement met the budget
+        assert res["search"]["latency_kept"] <= 0.9 and res["search"]["budget"] == "latency"
+        assert "of the measured latency kept" in (out / "report.md").read_text()
+    elif res["search"]["method"] == "sensitivity":
         assert res["summary"]["pruned"]["macs"] <= 0.6 * res["summary"]["dense"]["macs"]
         assert 'data-figure="sensitivity"' in (out / "report.html").read_text()
     else:

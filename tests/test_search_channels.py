@@ -7,8 +7,15 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.metrics import count_macs
-from prunekit.search.channels import names, prune_groups, ratios_for_macs, scan_channels
+from prunekit.metrics import count_macs, count_params
+from prunekit.search.channels import (
+    names,
+    prune_groups,
+    ratios_for_cost,
+    ratios_for_latency,
+    ratios_for_macs,
+    scan_channels,
+)
 
 
 def _model() -> nn.Module:
@@ -67,3 +74,34 @@ def test_ratios_for_macs_meets_the_measured_target() -> None:
     assert set(ratios) <= set(curves.names)
     with pytest.raises(ConfigError, match="above 0.01"):
         ratios_for_macs(curves, model, X, 0.01)
+
+
+def test_ratios_for_cost_meets_any_measured_budget() -> None:
+    model = _model()
+    curves = scan_channels(model, X, _fidelity(model), ratios=(0.2, 0.4, 0.6, 0.8))
+    dense = count_params(model)
+    ratios, small, _, reached = ratios_for_cost(curves, model, X, lambda m: count_params(m) / dense, 0.6, "params")
+    assert reached == count_params(small) / dense and 0.4 < reached <= 0.6
+    with pytest.raises(ConfigError, match="params ratio"):
+        ratios_for_cost(curves, model, X, lambda m: 1.0, 1.5, "params")
+
+
+def test_ratios_for_latency_reaches_the_measured_target() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(64, 10, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.randn(8, 3, 32, 32)
+    curves = scan_channels(model, x, _fidelity_on(model, x), ratios=(0.25, 0.5, 0.75))
+    ratios, small, _, reached = ratios_for_latency(curves, model, x, 0.7, repeats=5, threads=1, iterations=6)
+    assert reached <= 0.7 and count_macs(small, x) < count_macs(model, x)
+
+
+def _fidelity_on(model, x):
+    with torch.no_grad():
+        ref = model(x)
+
+    @torch.no_grad()
+    def evaluate(m):
+        return -float((m.eval()(x) - ref).pow(2).mean())
+
+    return evaluate

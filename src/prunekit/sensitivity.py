@@ -27,6 +27,7 @@ The result is a :class:`~prunekit.allocation.PerLayer` any pruning call takes.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -138,9 +139,16 @@ def scan(
     evaluate: Callable[[nn.Module], float],
     ratios: Sequence[float] = DEFAULT_RATIOS,
     progress: Callable[[str, float, float], None] | None = None,
+    workers: int = 1,
+    pool: str = "process",
 ) -> SensitivityCurves:
     """Prune each target alone at each ratio (uniform allocation, the given granularity) and record
-    ``evaluate(model)`` (higher = better). The model is unchanged afterwards (bit-exact)."""
+    ``evaluate(model)`` (higher = better). The model is unchanged afterwards (bit-exact).
+
+    With a :class:`prunekit.search.probe.Probe` as ``evaluate``, the part of the network upstream
+    of each layer runs once per batch for all ratios (the scores are the same; ``progress`` is
+    then called per layer, after its ratios ran). ``workers > 1`` (a probe only) scores the layers in
+    that many worker processes, or on Ray with ``pool="ray"`` (:mod:`prunekit.search.parallel`)."""
     from prunekit.pruning import check_components, compute_scores
 
     check_components(importance, granularity, Uniform(0.5))
@@ -153,24 +161,58 @@ def scan(
     for t in targets:
         granularity.check(t)
     from prunekit.masks import Masks
+    from prunekit.search.probe import Probe
 
     baseline = float(evaluate(model))
     scores = compute_scores(targets, importance)
     values: dict[str, list[float]] = {}
+    keeps = {t.name: [Uniform(r).allocate([t], {t.name: scores[t.name]}, granularity)[t.name] for r in ratios]
+             for t in targets}
+    parallel = workers != 1 or pool != "process"
+    if parallel and not isinstance(evaluate, Probe):
+        raise ConfigError("workers > 1 (or a pool other than 'process') needs a prunekit.search.probe.Probe as "
+                          "evaluate: a function cannot be sent to another process")
+    if parallel:
+        from prunekit.masks import clean_copy
+        from prunekit.search.parallel import make_pool
+
+        copy = clean_copy(model)
+        tasks = [(copy, evaluate.batches, evaluate.cache_mb, t.name, t.param_name, keeps[t.name]) for t in targets]
+        with make_pool(pool, workers) as p:
+            rows = dict(zip([t.name for t in targets], p.map(_layer_task, tasks)))
     for t in targets:
-        row = []
-        for r in ratios:
-            keep = Uniform(r).allocate([t], {t.name: scores[t.name]}, granularity)[t.name]
-            with Masks({t.name: keep}, {t.name: t.param_name}).applied(model):
-                v = float(evaluate(model))
+        if parallel:
+            row = rows[t.name]
+        elif isinstance(evaluate, Probe):  # every ratio at once, the unchanged prefix computed once per batch
+            row = _layer_row(evaluate, model, t.name, t.param_name, keeps[t.name])
+        else:
+            row = []
+            for keep in keeps[t.name]:
+                with Masks({t.name: keep}, {t.name: t.param_name}).applied(model):
+                    row.append(float(evaluate(model)))
+        for r, v in zip(ratios, row):
             if not math.isfinite(v):
                 raise ConfigError(f"evaluate returned {v} with layer {t.name!r} pruned at {r}")
-            row.append(v)
             if progress is not None:
                 progress(t.name, r, v)
         values[t.name] = row
     return SensitivityCurves(ratios, baseline, values, {t.name: t.weight.numel() for t in targets},
                              {"importance": repr(importance), "granularity": repr(granularity)})
+
+
+def _layer_row(probe, model: nn.Module, name: str, param_name: str, keeps: list) -> list[float]:
+    from prunekit.masks import Masks
+
+    return probe.sweep(model, [name], [functools.partial(Masks({name: k}, {name: param_name}).applied, model)
+                                       for k in keeps])
+
+
+def _layer_task(task: tuple) -> list[float]:
+    """One layer's row in a worker: ``(model, batches, cache_mb, name, param_name, keeps)``."""
+    from prunekit.search.probe import Probe
+
+    model, batches, cache_mb, name, param_name, keeps = task
+    return _layer_row(Probe(model, batches, cache_mb), model, name, param_name, keeps)
 
 
 def _ratios_at(curves: SensitivityCurves, tolerance: float) -> dict[str, float]:

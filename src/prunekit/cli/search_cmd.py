@@ -73,6 +73,10 @@ def register(subparsers: Any) -> None:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--sparsity", type=_ratio, metavar="S", help="masks: overall sparsity to derive ratios for")
     target.add_argument("--macs-ratio", type=_ratio, metavar="M", help="--channels: fraction of MACs to keep")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="score the layers in N worker processes, threads shared out (default 1: here)")
+    p.add_argument("--pool", default="process", metavar="P",
+                   help="where the workers run: process (default) or ray (pip install \"prunekit[ray]\")")
     p.add_argument("--curves", metavar="PATH", help="reuse the curves of an earlier scan (JSON) instead of scanning")
     p.add_argument("--out", required=True, metavar="PATH", help="curves file (.json; .csv and .png beside it)")
     p.add_argument("--prune-out", metavar="PATH", help="also write the model pruned with the derived ratios")
@@ -117,10 +121,11 @@ def _setup(args: argparse.Namespace) -> tuple[Any, str, dict, Any, Any, str]:
     return model, name, info, example_input_for(dataset), val, dataset
 
 
-def _scorer(val: Any) -> Any:
-    from prunekit.train import evaluate
+def _scorer(model: Any, val: Any) -> Any:
+    """Top-1 on the validation images, decoded once (a Probe called as a function)."""
+    from prunekit.search.probe import Probe
 
-    return lambda m: evaluate(m, val).top1
+    return Probe(model, val)
 
 
 def _save_small(path: str, small: Any, plan: Any, name: str, info: dict, dataset: str, note: dict) -> None:
@@ -144,8 +149,12 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_outputs({"--out": out.with_suffix(".json"), "--prune-out": args.prune_out},
                   [args.checkpoint, args.pretrained, args.curves], force=args.force)
+    from prunekit.search.parallel import POOLS
+    from prunekit.search.probe import Probe
+
+    if args.pool not in POOLS:
+        raise UsageError(f"--pool {args.pool!r}: choose one of {', '.join(sorted(POOLS))}")
     model, name, info, x, val, dataset = _setup(args)
-    score = _scorer(val)
     if args.curves:
         try:
             curves = SensitivityCurves.from_json(Path(args.curves).read_text(encoding="utf-8"))
@@ -156,8 +165,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         if args.channels:
             from prunekit.search.channels import scan_channels
 
-            curves = scan_channels(model, x, score, args.ratios, exclude=args.exclude or (),
-                                   progress=lambda *a: bar(f"{a[0]} @ {a[1]:.2f}: {a[2]:.4f}"))
+            curves = scan_channels(model, x, Probe(model, val), args.ratios, exclude=args.exclude or (),
+                                   progress=lambda *a: bar(f"{a[0]} @ {a[1]:.2f}: {a[2]:.4f}"),
+                                   workers=args.workers, pool=args.pool)
         else:
             from prunekit import criteria
             from prunekit.registry import build
@@ -166,8 +176,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
             targets = select(model, exclude=args.exclude)
             imp = criteria.build(args.criterion, model, targets, val if criteria.needs_data(args.criterion) else None)
-            curves = scan(model, targets, imp, build("granularity", "element"), score, args.ratios,
-                          progress=lambda *a: bar(f"{a[0]} @ {a[1]:.2f}: {a[2]:.4f}"))
+            curves = scan(model, targets, imp, build("granularity", "element"), Probe(model, val), args.ratios,
+                          progress=lambda *a: bar(f"{a[0]} @ {a[1]:.2f}: {a[2]:.4f}"), workers=args.workers,
+                          pool=args.pool)
     curves.save(out)
     written = [out.with_suffix(".json"), out.with_suffix(".csv")]
     try:
@@ -224,7 +235,7 @@ def run_search(args: argparse.Namespace) -> int:
     if state.exists():
         print(f"resuming from {state}")
     model, name, info, x, val, dataset = _setup(args)
-    score = _scorer(val)
+    score = _scorer(model, val)
     if args.method == "netadapt":
         from prunekit.search.netadapt import netadapt
 

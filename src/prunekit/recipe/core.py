@@ -221,12 +221,26 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
         if prune["search"]["method"] not in SEARCHES:
             out.append(("prune.search.method", f"unknown search {prune['search']['method']!r}; choose one of: "
                                                f"{', '.join(SEARCHES)}; {close_matches(prune['search']['method'], list(SEARCHES))}"))
+        from prunekit.search.parallel import POOLS
+
+        pool = prune["search"]["pool"]
+        if pool not in POOLS:
+            out.append(("prune.search.pool", f"unknown pool {pool!r}; choose one of: {', '.join(sorted(POOLS))}; "
+                                             f"{close_matches(pool, list(POOLS))}"))
+        elif pool == "ray" and importlib.util.find_spec("ray") is None:
+            out.append(("prune.search.pool", 'ray is not installed: pip install "prunekit[ray]", or use pool: process'))
     if channels:
         if prune["granularity"] not in ("element", None):
             out.append(("prune.granularity", "applies to method masks; method channels removes whole channel "
                                              "groups (drop the key)"))
-        if prune["search"] is not None and prune["target"] != "macs":
-            out.append(("prune.target", "a channel search meets a MACs budget: set prune.target: macs"))
+        if prune["search"] is not None:
+            sens = prune["search"]["method"] == "sensitivity"
+            if prune["target"] not in (("macs", "latency") if sens else ("macs",)):
+                out.append(("prune.target", "a channel search meets a MACs budget: set prune.target: macs"
+                                            + (" (or latency: a measured latency budget)" if sens else "")))
+        elif prune["target"] == "latency":
+            out.append(("prune.target", "latency budgets are met by measuring candidates: add prune.search "
+                                        "(method: sensitivity), or use target: macs"))
         if recover["schedule"] is not None:
             out.append(("recover.schedule", "gradual schedules apply to method masks; channel pruning is one-shot"))
         if prune["types"] != ["conv", "linear"]:

@@ -291,8 +291,8 @@ def sensitivity_search(run: Run) -> None:
     images, then per-layer ratios (by bisection over the tolerated drop; channels: until the measured
     MACs meet the target)."""
     s = run.recipe["prune"]["search"]
+    from prunekit.search.probe import Probe
     from prunekit.sensitivity import ratios_for, scan
-    from prunekit.train import evaluate
 
     val = _validation(run)
     if run.recipe["prune"]["method"] == "channels":
@@ -302,8 +302,9 @@ def sensitivity_search(run: Run) -> None:
                 "training images")
     t0 = time.perf_counter()
     with _bar(run, len(run.targets) * len(s["ratios"]), "sensitivity probes") as bar:
-        curves = scan(run.model, run.targets, run.importance, run.granularity, lambda m: evaluate(m, val).top1,
-                      ratios=s["ratios"], progress=lambda name, ratio, value: bar.update(1))
+        curves = scan(run.model, run.targets, run.importance, run.granularity, Probe(run.model, val),
+                      ratios=s["ratios"], progress=lambda name, ratio, value: bar.update(1), workers=s["workers"],
+                      pool=s["pool"])
     target = float(getattr(run.allocation, "sparsity", 0.0))
     alloc = ratios_for(curves, target)
     run.allocation = alloc
@@ -590,30 +591,44 @@ def measure_pruned(run: Run) -> None:
 
 def _channel_sensitivity(run: Run, val: Any) -> None:
     from prunekit.search.channels import ratios_for_macs, scan_channels
-    from prunekit.train import evaluate
+    from prunekit.search.probe import Probe
 
     s = run.recipe["prune"]["search"]
     t0 = time.perf_counter()
     run.model.eval()
     run.section(f"channel sensitivity scan: each group x {len(s['ratios'])} ratios on {s['images']} training images")
-    curves = scan_channels(run.model, run.example, lambda m: evaluate(m, val).top1, s["ratios"],
-                           exclude=_channel_exclude(run))
+    curves = scan_channels(run.model, run.example, Probe(run.model, val), s["ratios"], exclude=_channel_exclude(run),
+                           workers=s["workers"], pool=s["pool"])
     target = _macs_kept(run)
-    ratios, small, plan, reached = ratios_for_macs(curves, run.model, run.example, target,
-                                                   exclude=_channel_exclude(run))
+    if run.recipe["prune"]["target"] == "latency":  # the share of the measured latency kept
+        from prunekit.metrics import count_macs
+        from prunekit.search.channels import ratios_for_latency
+
+        b = run.recipe["measure"]["latency_batch"]
+        x = run.example.expand(b, *run.example.shape[1:]).contiguous()
+        ratios, small, plan, reached = ratios_for_latency(curves, run.model, x, target, exclude=_channel_exclude(run))
+        kept = {"latency_kept": reached,
+                "macs_kept": count_macs(small, run.example) / count_macs(run.model, run.example)}
+    else:
+        ratios, small, plan, reached = ratios_for_macs(curves, run.model, run.example, target,
+                                                       exclude=_channel_exclude(run))
+        kept = {"macs_kept": reached}
     run.searched = (small, plan)
     seconds = time.perf_counter() - t0
     run.results["search"] = {"method": "sensitivity", "metric": "top1", "ratios_tested": list(curves.ratios),
                              "baseline": curves.baseline, "curves": {k: list(v) for k, v in curves.values.items()},
-                             "ratios": ratios, "seconds": seconds, "macs_kept": reached, "target": target}
-    run.say(f"scan took {seconds:.1f}s; per-group ratios keeping {reached:.3f} of the MACs: "
+                             "ratios": ratios, "seconds": seconds, **kept, "target": target,
+                             "budget": run.recipe["prune"]["target"]}
+    run.say(f"scan took {seconds:.1f}s; per-group ratios keeping "
+            + ", ".join(f"{v:.3f} of the {k.split('_')[0].replace('macs', 'MACs')}" for k, v in kept.items()) + ": "
             + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
 
 
 def netadapt_search(run: Run) -> None:
     """NetAdapt: latency-driven channel removal to ``prune.search.latency_ratio`` (measured)."""
     from prunekit.search.netadapt import netadapt
-    from prunekit.train import TrainConfig, evaluate, fit
+    from prunekit.search.probe import Probe
+    from prunekit.train import TrainConfig, fit
 
     s = run.recipe["prune"]["search"]
     val = _validation(run)
@@ -628,7 +643,7 @@ def netadapt_search(run: Run) -> None:
 
     run.section(f"NetAdapt: to {s['latency_ratio']:.2f} of the dense latency (batch {run.example.shape[0]}, measured)")
     t0 = time.perf_counter()
-    res = netadapt(run.model.eval(), run.example, lambda m: evaluate(m, val).top1, latency_ratio=s["latency_ratio"],
+    res = netadapt(run.model.eval(), run.example, Probe(run.model, val), latency_ratio=s["latency_ratio"],
                    step=s["step"], short_term=short, exclude=_channel_exclude(run), threads=run.recipe["threads"],
                    state_path=run.out / "netadapt.state",
                    progress=lambda r: run.say(f"iteration {r.iteration}: {r.group} -{r.removed}, latency "
@@ -647,15 +662,15 @@ def netadapt_search(run: Run) -> None:
 def amc_search_step(run: Run) -> None:
     """AMC: DDPG over per-layer channel ratios under the MACs budget (accuracy without fine-tuning)."""
     from prunekit.search.amc import amc_search
+    from prunekit.search.probe import Probe
     from prunekit.structure import prune_channels
-    from prunekit.train import evaluate
 
     s = run.recipe["prune"]["search"]
     val = _validation(run)
     target = _macs_kept(run)
     run.section(f"AMC: {s['episodes']} episodes ({s['warmup']} warm-up), keep {target:.2f} of the MACs")
     t0 = time.perf_counter()
-    res = amc_search(run.model.eval(), run.example, lambda m: evaluate(m, val).top1, macs_ratio=target,
+    res = amc_search(run.model.eval(), run.example, Probe(run.model, val), macs_ratio=target,
                      exclude=_channel_exclude(run), episodes=s["episodes"], warmup=s["warmup"],
                      seed=run.recipe["seed"], checkpoint_path=run.out / "amc.state")
     small, plan, _ = prune_channels(run.model, run.example, res.allocation(), target="channels",

@@ -113,7 +113,9 @@ SCHEMA: dict[str, Key] = {
         "exclude": Key("list", None, "never prune layers matching these globs (channels: any module, e.g. a "
                        "BatchNorm whose channels must stay)"),
         "types": Key("list", ["conv", "linear"], "module types to prune (masks)", choices=("conv", "linear")),
-        "target": Key("str", "params", "channels: what the ratio removes", choices=("params", "macs", "channels")),
+        "target": Key("str", "params", "channels: what the ratio removes (latency: measured at "
+                      "measure.latency_batch, with a sensitivity search only)",
+                      choices=("params", "macs", "channels", "latency")),
         "min_keep": Key("float", 0.0, "channels: keep at least this fraction of every group", **RATIO),
         "round_to": Key("int", 1, "channels: kept channels a multiple of this", low=1),
         "calibration_batches": Key("int", 8, "training batches for data-driven criteria", low=1),
@@ -123,6 +125,10 @@ SCHEMA: dict[str, Key] = {
             "ratios": Key("list", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "ratios each layer is probed at",
                           item="float"),
             "images": Key("int", 500, "validation images (from the training split) per probe", low=1),
+            "workers": Key("int", 1, "sensitivity: score the layers in this many worker processes (threads "
+                           "shared out)", low=1),
+            "pool": Key("str", "process", "sensitivity: where the workers run, a pool of "
+                        "prunekit.search.parallel.POOLS (process, or ray with prunekit[ray])"),
             "latency_ratio": Key("float", 0.7, "netadapt: measured latency / dense latency to reach", low=0.01,
                                  high=1.0, high_open=True),
             "step": Key("float", 0.05, "netadapt: latency cut asked of each iteration (fraction)", low=0.001,

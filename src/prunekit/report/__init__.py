@@ -427,7 +427,12 @@ def _search(results: dict) -> list[_Block]:
     if _is_num(search.get("seconds")):
         parts.append(f"took {_fmt_seconds(search['seconds'])}")
     if _is_num(search.get("target")):
-        parts.append(f"target {_text(search['target'])}")
+        budget = search.get("budget") if search.get("budget") in ("macs", "latency") else None
+        parts.append(f"target {_text(search['target'])}" + (f" of the {'MACs' if budget == 'macs' else 'latency'} kept"
+                                                             if budget else ""))
+    for key, what in (("macs_kept", "MACs"), ("latency_kept", "measured latency")):
+        if _is_num(search.get(key)):
+            parts.append(f"{search[key]:.3f} of the {what} kept")
     if search.get("reached") is not None:
         parts.append("target reached" if search["reached"] is True else "target NOT reached")
     blocks.append(_p("p", ", ".join(parts) + "."))

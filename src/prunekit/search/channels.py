@@ -4,8 +4,9 @@ The dependency graph's coupled channel groups are named by their first module ax
 (``"layer1.0.conv1:out"``). :func:`prune_groups` removes a given fraction of each named group's
 lowest-scored channels (one plan step); :func:`scan_channels` prunes each group alone at each
 ratio and records ``evaluate(model)`` (:class:`~prunekit.sensitivity.SensitivityCurves`, sizes =
-the MACs each group's layers run); :func:`ratios_for_macs` turns the curves into per-group ratios
-whose pruned model keeps ``macs_ratio`` of the dense MACs (measured, not modelled).
+the MACs each group's layers run); :func:`ratios_for_macs` / :func:`ratios_for_latency` turn the curves into per-group
+ratios whose pruned model keeps ``macs_ratio`` of the dense MACs or runs in ``latency_ratio`` of its
+latency (measured on each candidate, not modelled).
 
 >>> import torch
 >>> from torch import nn
@@ -21,6 +22,8 @@ whose pruned model keeps ``macs_ratio`` of the dense MACs (measured, not modelle
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,7 +32,8 @@ from torch import nn
 
 from prunekit.errors import ConfigError, close_matches
 
-__all__ = ["group_label", "names", "prune_groups", "ratios_for_macs", "scan_channels"]
+__all__ = ["group_label", "names", "prune_groups", "ratios_for_cost", "ratios_for_latency", "ratios_for_macs",
+           "scan_channels"]
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -93,9 +97,14 @@ def _group_macs(graph: Any, example_input: Any) -> dict[str, int]:
 
 def scan_channels(model: nn.Module, example_input: Any, evaluate: Callable[[nn.Module], float],
                   ratios: Sequence[float] = DEFAULT_RATIOS, importance: Any = None, exclude: Sequence[str] = (),
-                  progress: Callable[[str, float, float], None] | None = None) -> Any:
+                  progress: Callable[[str, float, float], None] | None = None, workers: int = 1,
+                  pool: str = "process") -> Any:
     """Each prunable channel group removed alone at each ratio: ``evaluate`` of the smaller model.
-    ``sizes`` are the MACs of each group's layers (what :func:`ratios_for_macs` weighs by)."""
+    ``sizes`` are the MACs of each group's layers (what :func:`ratios_for_macs` weighs by).
+
+    With a :class:`~prunekit.search.probe.Probe` as ``evaluate`` the unchanged prefix runs once per
+    batch for all ratios, and ``workers`` / ``pool`` score the groups in parallel
+    (:mod:`prunekit.search.parallel`; the importance, if given, must pickle)."""
     from prunekit.sensitivity import SensitivityCurves
     from prunekit.structure import DependencyGraph
 
@@ -112,14 +121,34 @@ def scan_channels(model: nn.Module, example_input: Any, evaluate: Callable[[nn.M
         sizes = _group_macs(graph, example_input)
         baseline = float(evaluate(model))
         values: dict[str, list[float]] = {}
+        from prunekit.search.probe import Probe
+
+        parallel = workers != 1 or pool != "process"
+        if parallel and not isinstance(evaluate, Probe):
+            raise ConfigError("workers > 1 (or a pool other than 'process') needs a prunekit.search.probe.Probe "
+                              "as evaluate: a function cannot be sent to another process")
+        if parallel:
+            from prunekit.masks import clean_copy
+            from prunekit.search.parallel import make_pool
+
+            copy = clean_copy(model)
+            tasks = [(copy, example_input, evaluate.batches, evaluate.cache_mb, label, ratios, importance,
+                      tuple(exclude)) for label in groups]
+            with make_pool(pool, workers) as p:
+                rows = dict(zip(groups, p.map(_group_task, tasks)))
         for label in groups:
-            row = []
-            for r in ratios:
-                small, _ = prune_groups(model, example_input, {label: r}, importance, exclude, graph)
-                v = float(evaluate(small.eval()))
+            if parallel:
+                row = rows[label]
+            elif isinstance(evaluate, Probe):  # all ratios at once, the unchanged prefix once per batch
+                row = _group_row(evaluate, model, example_input, graph, label, ratios, importance, exclude)
+            else:
+                row = []
+                for r in ratios:
+                    small, _ = prune_groups(model, example_input, {label: r}, importance, exclude, graph)
+                    row.append(float(evaluate(small.eval())))
+            for r, v in zip(ratios, row):
                 if not math.isfinite(v):
                     raise ConfigError(f"evaluate returned {v} with group {label!r} pruned at {r}")
-                row.append(v)
                 if progress is not None:
                     progress(label, r, v)
             values[label] = row
@@ -127,6 +156,25 @@ def scan_channels(model: nn.Module, example_input: Any, evaluate: Callable[[nn.M
         model.train(was)
     return SensitivityCurves(ratios, baseline, values, {k: sizes[k] for k in values},
                              {"kind": "channel groups", "importance": repr(importance)})
+
+
+def _group_row(probe: Any, model: nn.Module, example_input: Any, graph: Any, label: str, ratios: Sequence[float],
+               importance: Any, exclude: Sequence[str]) -> list[float]:
+    smalls = [prune_groups(model, example_input, {label: r}, importance, exclude, graph)[0].eval() for r in ratios]
+    group = next(g for g in graph.groups if group_label(g) == label)
+    changed = sorted({a.module for a in group.axes})
+    return probe.sweep(model, changed, [functools.partial(contextlib.nullcontext, m) for m in smalls])
+
+
+def _group_task(task: tuple) -> list[float]:
+    """One group's row in a worker: ``(model, example, batches, cache_mb, label, ratios, importance, exclude)``."""
+    from prunekit.search.probe import Probe
+    from prunekit.structure import DependencyGraph
+
+    model, example, batches, cache_mb, label, ratios, importance, exclude = task
+    model.eval()
+    graph = DependencyGraph.build(model, example)
+    return _group_row(Probe(model, batches, cache_mb), model, example, graph, label, ratios, importance, exclude)
 
 
 def ratios_for_macs(curves: Any, model: nn.Module, example_input: Any, macs_ratio: float, importance: Any = None,
@@ -137,29 +185,61 @@ def ratios_for_macs(curves: Any, model: nn.Module, example_input: Any, macs_rati
     groups by their MACs, a linear model) until the *measured* MACs of the pruned model meet
     ``macs_ratio``. Returns ``(ratios, small model, plan, measured MACs ratio)``."""
     from prunekit.metrics import count_macs
+
+    dense = count_macs(model, example_input)
+    return ratios_for_cost(curves, model, example_input, lambda small: count_macs(small, example_input) / dense,
+                           macs_ratio, "MACs", importance, exclude, iterations)
+
+
+def ratios_for_latency(curves: Any, model: nn.Module, example_input: Any, latency_ratio: float,
+                       importance: Any = None, exclude: Sequence[str] = (), repeats: int = 30,
+                       threads: int | None = None, iterations: int = 12) -> tuple[dict[str, float], nn.Module, Any, float]:
+    """Per-group ratios from ``curves`` whose pruned model runs in at most ``latency_ratio`` of the
+    dense model's *measured* latency on ``example_input`` (each candidate timed interleaved with the
+    dense model, ``repeats`` rounds, medians: :func:`prunekit.metrics.compare_latency`). The same
+    bisection as :func:`ratios_for_macs`; the last element is the measured latency ratio."""
+    from prunekit.metrics import compare_latency
+
+    def cost(small: nn.Module) -> float:
+        r = compare_latency({"dense": model, "small": small}, example_input, warmup=3, repeats=repeats,
+                            threads=threads)
+        return r["small"].median_s / r["dense"].median_s
+
+    return ratios_for_cost(curves, model, example_input, cost, latency_ratio, "latency", importance, exclude,
+                           iterations)
+
+
+def ratios_for_cost(curves: Any, model: nn.Module, example_input: Any, cost: Callable[[nn.Module], float],
+                    budget: float, what: str = "cost", importance: Any = None, exclude: Sequence[str] = (),
+                    iterations: int = 14) -> tuple[dict[str, float], nn.Module, Any, float]:
+    """Per-group ratios from ``curves`` whose pruned model has ``cost(small) <= budget`` (``cost``:
+    the fraction of the dense model's cost the small model keeps, measured on each candidate).
+
+    The curves weigh groups by their ``sizes``; the overall target handed to
+    :func:`prunekit.sensitivity.ratios_for` is bisected until the measured cost meets ``budget``.
+    Returns ``(ratios, small model, plan, measured cost)``."""
     from prunekit.sensitivity import _ratios_at, ratios_for
     from prunekit.structure import DependencyGraph
 
-    if not 0.0 < macs_ratio < 1.0:
-        raise ConfigError(f"macs_ratio (the fraction of MACs kept) must be in (0, 1), got {macs_ratio!r}")
-    dense = count_macs(model, example_input)
+    if not 0.0 < budget < 1.0:
+        raise ConfigError(f"the {what} ratio (the fraction kept) must be in (0, 1), got {budget!r}")
     graph = DependencyGraph.build(model, example_input)
     top = curves.overall_sparsity(_ratios_at(curves, math.inf))
 
     def attempt(t: float) -> tuple[dict[str, float], nn.Module, Any, float]:
         ratios = ratios_for(curves, t).ratios if t > 0 else {}
         small, plan = prune_groups(model, example_input, ratios, importance, exclude, graph)
-        return ratios, small, plan, count_macs(small, example_input) / dense
+        return ratios, small, plan, float(cost(small))
 
     best = attempt(top)
-    if best[3] > macs_ratio + 1e-9:
-        raise ConfigError(f"pruning every group at its largest scanned ratio keeps {best[3]:.3f} of the MACs, "
-                          f"above {macs_ratio}; scan larger ratios or exclude fewer layers")
+    if best[3] > budget + 1e-9:
+        raise ConfigError(f"pruning every group at its largest scanned ratio keeps {best[3]:.3f} of the {what}, "
+                          f"above {budget}; scan larger ratios or exclude fewer layers")
     lo, hi = 0.0, top
     for _ in range(iterations):
         mid = (lo + hi) / 2
         trial = attempt(mid)
-        if trial[3] <= macs_ratio + 1e-9:
+        if trial[3] <= budget + 1e-9:
             hi, best = mid, trial
         else:
             lo = mid
