@@ -104,6 +104,7 @@ def _worker(out_dir: Path) -> None:
     torch.distributed.gather_object(mine, gathered, dst=0)
     if r == 0:
         torch.save(gathered, out_dir / "results.pt")
+    torch.distributed.barrier()  # no rank tears its group down while another still talks to it (gloo aborts)
     torch.distributed.destroy_process_group()
 
 

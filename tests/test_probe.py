@@ -8,9 +8,9 @@ from torch import nn
 
 from prunekit import Element, Magnitude, models, select
 from prunekit.errors import ConfigError
+from prunekit.parallel import POOLS
+from prunekit.probe import Probe
 from prunekit.search.channels import scan_channels
-from prunekit.search.parallel import POOLS
-from prunekit.search.probe import Probe
 from prunekit.sensitivity import scan
 
 # every model of the zoo with the input it takes (a new entry is tested by adding its shape here)
@@ -130,7 +130,7 @@ def test_parallel_pools_give_the_same_curves(kind: str, pool: str) -> None:
 def test_workers_need_a_probe_and_a_known_pool() -> None:
     model = nn.Sequential(nn.Linear(4, 3)).eval()
     batches = _data((4,), classes=3, n=1)
-    with pytest.raises(ConfigError, match="needs a prunekit.search.probe.Probe"):
+    with pytest.raises(ConfigError, match="needs a prunekit.probe.Probe"):
         scan(model, select(model), Magnitude(), Element(), lambda m: 0.0, ratios=(0.5,), workers=2)
     with pytest.raises(ConfigError, match="unknown pool 'proces'.*process"):
         scan(model, select(model), Magnitude(), Element(), Probe(model, batches), ratios=(0.5,), pool="proces")

@@ -29,6 +29,7 @@ def test_sensitivity_masks_writes_curves_and_the_pruned_model(trained: Path, tmp
         assert out.with_suffix(suffix).is_file()
     ckpt = checkpoint.read(tmp_path / "s.pt")
     assert ckpt.masks is not None and abs(ckpt.masks.sparsity() - 0.7) < 0.08  # scanned ratios come in steps
+    assert not out.with_suffix(".state").exists()  # the state goes once the curves are written
     # reuse the curves: no scan, same ratios
     assert main(["sensitivity", "--checkpoint", str(trained), "--curves", str(out), "--sparsity", "0.7",
                  "--out", str(tmp_path / "again.json")]) == 0
@@ -45,6 +46,35 @@ def test_sensitivity_channels_meets_the_macs_target(trained: Path, tmp_path: Pat
     dense, _ = checkpoint.build(trained)
     x = example_input_for("digits")
     assert ckpt.plan is not None and count_macs(small, x) <= 0.6 * count_macs(dense, x)
+
+
+def test_sensitivity_continues_an_interrupted_scan(trained: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import prunekit.sensitivity as sens
+
+    out = tmp_path / "r.json"
+    args = ["sensitivity", "--checkpoint", str(trained), "--val-images", "100", "--ratios", "0.5,0.8",
+            "--out", str(out), "--force"]
+    assert main(args) == 0
+    whole = json.loads(out.read_text())
+    real, calls = sens._layer_row, []
+
+    def stopping(*a, **k):  # Ctrl-C while the second layer is scanned
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sens, "_layer_row", stopping)
+    assert main(args) == 130
+    assert f"the last good file {out.with_suffix('.state')} is kept" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(sens, "_layer_row", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert len(calls) == len(whole["values"]) - 1  # the finished layer is not scanned again
+    assert json.loads(out.read_text())["values"] == whole["values"]
+    assert not out.with_suffix(".state").exists()
 
 
 def test_netadapt_search_writes_a_plan_checkpoint_and_resumes(trained: Path, tmp_path: Path, capsys) -> None:

@@ -68,3 +68,105 @@ def test_curves_round_trip_and_plot(tmp_path) -> None:
         SensitivityCurves.from_json('{"format": "other"}')
     with pytest.raises(ConfigError, match="increasing"):
         scan(model, select(model), Magnitude(), Element(), lambda m: 0.0, ratios=(0.5, 0.2))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _channel_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 4)).eval()
+
+
+def _scan_masks(model, evaluate, **kw):
+    return scan(model, select(model), Magnitude(), Element(), evaluate, ratios=(0.3, 0.6), **kw)
+
+
+def _scan_channels(model, evaluate, **kw):
+    from prunekit.search.channels import scan_channels
+
+    return scan_channels(model, torch.randn(1, 3, 8, 8), evaluate, ratios=(0.3, 0.6), **kw)
+
+
+SCANS = {"masks": (_model, lambda: torch.randn(64, 16), _scan_masks),
+         "channels": (_channel_model, lambda: torch.randn(16, 3, 8, 8), _scan_channels)}
+
+
+@pytest.mark.parametrize("kind", sorted(SCANS))
+def test_an_interrupted_scan_continues_where_it_stopped(kind: str, tmp_path) -> None:
+    make, data, run = SCANS[kind]
+    model = make()
+    torch.manual_seed(1)
+    x = data()
+    ref = model(x).detach()
+    calls = []
+
+    @torch.no_grad()
+    def fidelity(m: nn.Module) -> float:
+        calls.append(1)
+        return -float((m(x) - ref).pow(2).mean())
+
+    whole = run(model, fidelity)
+    per_target = (len(calls) - 1) // len(whole.names)  # probes per target (the first call is the baseline)
+    state = tmp_path / "scan.state"
+    seen: list[str] = []
+
+    def stop_at_second(name: str, r: float, v: float) -> None:
+        if name not in seen:
+            seen.append(name)
+        if len(seen) == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(model, fidelity, progress=stop_at_second, state_path=state)
+    assert state.is_file()  # the two finished targets are on disk
+    calls.clear()
+    again = run(model, fidelity, state_path=state)
+    assert len(calls) == per_target * (len(whole.names) - 2)  # no baseline, no finished target again
+    assert again.values == whole.values and again.baseline == whole.baseline and again.sizes == whole.sizes
+    calls.clear()
+    assert run(model, fidelity, state_path=state).values == whole.values and not calls  # all done: nothing runs
+
+
+@pytest.mark.parametrize("kind", sorted(SCANS))
+def test_a_scan_state_from_another_scan_is_refused(kind: str, tmp_path) -> None:
+    make, data, run = SCANS[kind]
+    model = make()
+    state = tmp_path / "scan.state"
+    run(model, lambda m: 0.5, state_path=state)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # other weights: the state does not belong to this model
+    with pytest.raises(ConfigError, match=r"scan\.state was written by another scan \(model differs.*delete it"):
+        run(model, lambda m: 0.5, state_path=state)
+    state.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"cannot read the sensitivity scan state .*scan\.state.*delete it"):
+        run(model, lambda m: 0.5, state_path=state)
+    state.write_text('{"format": "something else"}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="is not a scan state file"):
+        run(model, lambda m: 0.5, state_path=state)
+
+
+def test_a_scan_state_for_other_ratios_is_refused(tmp_path) -> None:
+    model = _model()
+    state = tmp_path / "s.state"
+    scan(model, select(model), Magnitude(), Element(), lambda m: 0.5, ratios=(0.3, 0.6), state_path=state)
+    with pytest.raises(ConfigError, match=r"ratios differs: \[0\.3, 0\.6\] there, \[0\.3, 0\.7\] now"):
+        scan(model, select(model), Magnitude(), Element(), lambda m: 0.5, ratios=(0.3, 0.7), state_path=state)
+
+
+def test_a_scan_state_for_other_validation_data_is_refused(tmp_path) -> None:
+    from prunekit.probe import Probe
+
+    model = _model()
+    torch.manual_seed(2)
+    batches = [(torch.randn(32, 16), torch.randint(0, 4, (32,)))]
+    state = tmp_path / "s.state"
+    first = scan(model, select(model), Magnitude(), Element(), Probe(model, batches), ratios=(0.5,), state_path=state)
+    again = scan(model, select(model), Magnitude(), Element(), Probe(model, batches), ratios=(0.5,), state_path=state)
+    assert again.values == first.values
+    other = [(batches[0][0] + 1, batches[0][1])]
+    with pytest.raises(ConfigError, match=r"another scan \(data differs"):
+        scan(model, select(model), Magnitude(), Element(), Probe(model, other), ratios=(0.5,), state_path=state)

@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from prunekit.errors import ConfigError
 from prunekit.granularity import Granularity, check_sparsity
 from prunekit.targets import Target
 
-__all__ = ["SensitivityCurves", "ratios_for", "scan"]
+__all__ = ["ScanRows", "SensitivityCurves", "ratios_for", "scan"]
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -141,14 +142,18 @@ def scan(
     progress: Callable[[str, float, float], None] | None = None,
     workers: int = 1,
     pool: str = "process",
+    state_path: str | os.PathLike[str] | None = None,
 ) -> SensitivityCurves:
     """Prune each target alone at each ratio (uniform allocation, the given granularity) and record
     ``evaluate(model)`` (higher = better). The model is unchanged afterwards (bit-exact).
 
-    With a :class:`prunekit.search.probe.Probe` as ``evaluate``, the part of the network upstream
+    With a :class:`prunekit.probe.Probe` as ``evaluate``, the part of the network upstream
     of each layer runs once per batch for all ratios (the scores are the same; ``progress`` is
     then called per layer, after its ratios ran). ``workers > 1`` (a probe only) scores the layers in
-    that many worker processes, or on Ray with ``pool="ray"`` (:mod:`prunekit.search.parallel`)."""
+    that many worker processes, or on Ray with ``pool="ray"`` (:mod:`prunekit.parallel`).
+    ``state_path``: every finished layer is written there (JSON, atomically); a scan started again
+    with the same file continues after the last finished layer (the file must come from the same
+    model, data, targets, ratios and criterion, else :class:`ConfigError`). It stays when done."""
     from prunekit.pruning import check_components, compute_scores
 
     check_components(importance, granularity, Uniform(0.5))
@@ -161,43 +166,153 @@ def scan(
     for t in targets:
         granularity.check(t)
     from prunekit.masks import Masks
-    from prunekit.search.probe import Probe
+    from prunekit.probe import Probe
 
-    baseline = float(evaluate(model))
-    scores = compute_scores(targets, importance)
-    values: dict[str, list[float]] = {}
-    keeps = {t.name: [Uniform(r).allocate([t], {t.name: scores[t.name]}, granularity)[t.name] for r in ratios]
-             for t in targets}
     parallel = workers != 1 or pool != "process"
     if parallel and not isinstance(evaluate, Probe):
-        raise ConfigError("workers > 1 (or a pool other than 'process') needs a prunekit.search.probe.Probe as "
+        raise ConfigError("workers > 1 (or a pool other than 'process') needs a prunekit.probe.Probe as "
                           "evaluate: a function cannot be sent to another process")
-    if parallel:
+    key = {"kind": "masks", "ratios": ratios, "targets": [t.name for t in targets],
+           "importance": _describe(importance), "granularity": _describe(granularity)}
+    rows = ScanRows(state_path, key, model, evaluate)
+    if rows.baseline is None:
+        rows.set_baseline(float(evaluate(model)))
+    todo = [t for t in targets if t.name not in rows.done]
+    keeps = {}
+    if todo:
+        scores = compute_scores(todo, importance)
+        keeps = {t.name: [Uniform(r).allocate([t], {t.name: scores[t.name]}, granularity)[t.name] for r in ratios]
+                 for t in todo}
+
+    def finish(name: str, row: list[float]) -> None:
+        for r, v in zip(ratios, row):
+            if not math.isfinite(v):
+                raise ConfigError(f"evaluate returned {v} with layer {name!r} pruned at {r}")
+        rows.add(name, [float(v) for v in row])
+        if progress is not None:
+            for r, v in zip(ratios, row):
+                progress(name, r, v)
+
+    if progress is not None:  # rows finished before an interruption
+        for t in targets:
+            for r, v in zip(ratios, rows.done.get(t.name, ())):
+                progress(t.name, r, v)
+    if parallel and todo:
         from prunekit.masks import clean_copy
-        from prunekit.search.parallel import make_pool
+        from prunekit.parallel import make_pool
 
         copy = clean_copy(model)
-        tasks = [(copy, evaluate.batches, evaluate.cache_mb, t.name, t.param_name, keeps[t.name]) for t in targets]
+        tasks = [(copy, evaluate.batches, evaluate.cache_mb, t.name, t.param_name, keeps[t.name]) for t in todo]
         with make_pool(pool, workers) as p:
-            rows = dict(zip([t.name for t in targets], p.map(_layer_task, tasks)))
-    for t in targets:
-        if parallel:
-            row = rows[t.name]
-        elif isinstance(evaluate, Probe):  # every ratio at once, the unchanged prefix computed once per batch
+            for t, row in zip(todo, p.map(_layer_task, tasks)):
+                finish(t.name, row)
+    for t in todo if not parallel else ():
+        if isinstance(evaluate, Probe):  # every ratio at once, the unchanged prefix computed once per batch
             row = _layer_row(evaluate, model, t.name, t.param_name, keeps[t.name])
         else:
             row = []
             for keep in keeps[t.name]:
                 with Masks({t.name: keep}, {t.name: t.param_name}).applied(model):
                     row.append(float(evaluate(model)))
-        for r, v in zip(ratios, row):
-            if not math.isfinite(v):
-                raise ConfigError(f"evaluate returned {v} with layer {t.name!r} pruned at {r}")
-            if progress is not None:
-                progress(t.name, r, v)
-        values[t.name] = row
-    return SensitivityCurves(ratios, baseline, values, {t.name: t.weight.numel() for t in targets},
+        finish(t.name, row)
+    return SensitivityCurves(ratios, rows.baseline, {t.name: rows.done[t.name] for t in targets},
+                             {t.name: t.weight.numel() for t in targets},
                              {"importance": repr(importance), "granularity": repr(granularity)})
+
+
+def _describe(obj: object) -> str:
+    """``repr`` without memory addresses (stable between runs, for a scan state's key)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+
+
+def _fingerprint(obj: object) -> str:
+    """A short hash of every tensor in ``obj`` (a module's state, batches: nested lists / dicts)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+
+    def walk(o: object) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{t.dtype}{tuple(o.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, nn.Module):
+            walk(o.state_dict())
+        elif isinstance(o, dict):
+            for k in sorted(o, key=str):
+                h.update(str(k).encode())
+                walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            for x in o:
+                walk(x)
+        else:
+            h.update(repr(o).encode())
+
+    walk(obj)
+    return h.hexdigest()[:20]
+
+
+class ScanRows:
+    """The finished rows of a scan, and (with a ``path``) their JSON file, rewritten atomically
+    after each row, so an interrupted scan continues. ``key`` says what was scanned; the file also
+    records a hash of the model's weights and, for a :class:`~prunekit.probe.Probe`, of its batches.
+    A file written for another scan raises :class:`ConfigError` naming the field that differs."""
+
+    FORMAT = "prunekit.sensitivity-state"
+
+    def __init__(self, path: str | os.PathLike[str] | None, key: dict, model: nn.Module, evaluate: object) -> None:
+        from prunekit.probe import Probe
+
+        self.path = None if path is None else Path(path)
+        self.baseline: float | None = None
+        self.done: dict[str, list[float]] = {}
+        if self.path is None:
+            self.key = key
+            return
+        self.key = {**key, "model": _fingerprint(model),
+                    "data": _fingerprint(evaluate.batches) if isinstance(evaluate, Probe) else None}
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        where = f"the sensitivity scan state {self.path}"
+        try:
+            d = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {where}: {exc}; delete it to start the scan over") from None
+        if not isinstance(d, dict) or d.get("format") != self.FORMAT:
+            raise ConfigError(f"{where} is not a scan state file; delete it or give another state path")
+        saved = d.get("key", {})
+        for k, v in self.key.items():
+            if saved.get(k) != v:
+                raise ConfigError(f"{where} was written by another scan ({k} differs: {saved.get(k)!r} there, "
+                                  f"{v!r} now); delete it to start over, or give another state path")
+        try:
+            self.baseline = None if d.get("baseline") is None else float(d["baseline"])
+            self.done = {str(n): [float(v) for v in row] for n, row in d.get("rows", {}).items()}
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{where} is damaged ({exc}); delete it to start the scan over") from None
+        bad = [n for n, row in self.done.items() if len(row) != len(self.key["ratios"])]
+        if bad:
+            raise ConfigError(f"{where} is damaged (rows of the wrong length: {bad}); delete it to start over")
+
+    def set_baseline(self, value: float) -> None:
+        self.baseline = value
+        self._save()
+
+    def add(self, name: str, row: list[float]) -> None:
+        self.done[name] = row
+        self._save()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        from prunekit.io import atomic_write_text
+
+        atomic_write_text(self.path, json.dumps({"format": self.FORMAT, "version": 1, "key": self.key,
+                                                 "baseline": self.baseline, "rows": self.done}, indent=1))
 
 
 def _layer_row(probe, model: nn.Module, name: str, param_name: str, keeps: list) -> list[float]:
@@ -209,7 +324,7 @@ def _layer_row(probe, model: nn.Module, name: str, param_name: str, keeps: list)
 
 def _layer_task(task: tuple) -> list[float]:
     """One layer's row in a worker: ``(model, batches, cache_mb, name, param_name, keeps)``."""
-    from prunekit.search.probe import Probe
+    from prunekit.probe import Probe
 
     model, batches, cache_mb, name, param_name, keeps = task
     return _layer_row(Probe(model, batches, cache_mb), model, name, param_name, keeps)

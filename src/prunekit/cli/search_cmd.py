@@ -8,7 +8,8 @@
 
 Both score candidates on ``--val-images`` class-balanced *training* images (no augmentation; the
 test split stays unseen). ``sensitivity`` writes the curves (``.json``, ``.csv``, ``.png``) and,
-with a target, the per-layer ratios; ``--prune-out`` also writes the pruned checkpoint. ``search``
+with a target, the per-layer ratios; ``--prune-out`` also writes the pruned checkpoint; a scan
+stopped half-way continues when the same command runs again (``--state``, default ``OUT.state``). ``search``
 writes the channel-pruned checkpoint (original architecture + plan) and a ``.json`` record of the
 search beside it; ``--state`` (default ``OUT.state``) makes it resumable: run the same command
 again after a stop and it continues.
@@ -80,6 +81,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--curves", metavar="PATH", help="reuse the curves of an earlier scan (JSON) instead of scanning")
     p.add_argument("--out", required=True, metavar="PATH", help="curves file (.json; .csv and .png beside it)")
     p.add_argument("--prune-out", metavar="PATH", help="also write the model pruned with the derived ratios")
+    p.add_argument("--state", metavar="PATH",
+                   help="finished layers, kept while scanning (default OUT with .state): the same command "
+                        "run again after a stop continues there; removed once the curves are written")
     p.set_defaults(func=run_sensitivity)
 
     q = subparsers.add_parser("search", help=HELP_SEARCH, description=HELP_SEARCH + ".")
@@ -123,7 +127,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, str, dict, Any, Any, str]:
 
 def _scorer(model: Any, val: Any) -> Any:
     """Top-1 on the validation images, decoded once (a Probe called as a function)."""
-    from prunekit.search.probe import Probe
+    from prunekit.probe import Probe
 
     return Probe(model, val)
 
@@ -147,10 +151,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     if args.prune_out and not (args.sparsity or args.macs_ratio):
         raise UsageError("--prune-out needs a target: --sparsity (masks) or --macs-ratio (--channels)")
     out = Path(args.out)
-    check_outputs({"--out": out.with_suffix(".json"), "--prune-out": args.prune_out},
+    state = Path(args.state) if args.state else out.with_suffix(".state")
+    check_outputs({"--out": out.with_suffix(".json"), "--prune-out": args.prune_out, "--state": state},
                   [args.checkpoint, args.pretrained, args.curves], force=args.force)
-    from prunekit.search.parallel import POOLS
-    from prunekit.search.probe import Probe
+    from prunekit.parallel import POOLS
+    from prunekit.probe import Probe
 
     if args.pool not in POOLS:
         raise UsageError(f"--pool {args.pool!r}: choose one of {', '.join(sorted(POOLS))}")
@@ -161,13 +166,15 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"--curves {args.curves}: {exc.strerror or exc}") from None
     else:
+        if state.exists():
+            print(f"resuming from {state}")
         bar = _bar(args.progress)
         if args.channels:
             from prunekit.search.channels import scan_channels
 
             curves = scan_channels(model, x, Probe(model, val), args.ratios, exclude=args.exclude or (),
                                    progress=lambda *a: bar(f"{a[0]} @ {a[1]:.2f}: {a[2]:.4f}"),
-                                   workers=args.workers, pool=args.pool)
+                                   workers=args.workers, pool=args.pool, state_path=state)
         else:
             from prunekit import criteria
             from prunekit.registry import build
@@ -178,8 +185,10 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             imp = criteria.build(args.criterion, model, targets, val if criteria.needs_data(args.criterion) else None)
             curves = scan(model, targets, imp, build("granularity", "element"), Probe(model, val), args.ratios,
                           progress=lambda *a: bar(f"{a[0]} @ {a[1]:.2f}: {a[2]:.4f}"), workers=args.workers,
-                          pool=args.pool)
+                          pool=args.pool, state_path=state)
     curves.save(out)
+    if not args.curves:
+        state.unlink(missing_ok=True)  # the curves file now holds everything the state did
     written = [out.with_suffix(".json"), out.with_suffix(".csv")]
     try:
         curves.plot(out.with_suffix(".png"), ylabel=f"top-1 on {args.val_images} training images")

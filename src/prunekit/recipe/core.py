@@ -221,7 +221,7 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
         if prune["search"]["method"] not in SEARCHES:
             out.append(("prune.search.method", f"unknown search {prune['search']['method']!r}; choose one of: "
                                                f"{', '.join(SEARCHES)}; {close_matches(prune['search']['method'], list(SEARCHES))}"))
-        from prunekit.search.parallel import POOLS
+        from prunekit.parallel import POOLS
 
         pool = prune["search"]["pool"]
         if pool not in POOLS:

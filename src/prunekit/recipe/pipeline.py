@@ -12,7 +12,9 @@ recover -> verify -> deploy -> pruned measurements. The folder it writes::
     report.html   the report (self-contained) and report.md, its markdown twin (figures/ beside it)
 
 Ctrl-C or an error stops the run between two writes: results.json, the log and a partial report
-say where it stopped (``status``), and model.pt is the last good checkpoint.
+say where it stopped (``status``), and model.pt is the last good checkpoint. A stop during a
+sensitivity scan also leaves ``sensitivity.state`` (the layers already scanned): the same recipe
+run again into the same folder (``--force``) continues the scan instead of starting it over.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from prunekit.errors import ConfigError, PrunekitError
 from prunekit.recipe.core import Recipe, check_against_model, dataset_of
 
 RESULTS_FORMAT = "prunekit.run-results"
+
+
+SCAN_STATE = "sensitivity.state"  # a scan's finished layers while it runs: a run stopped mid-scan and started
+# again into the same folder (--force) continues the scan (prunekit.sensitivity.ScanRows)
 
 
 @dataclass
@@ -291,7 +297,7 @@ def sensitivity_search(run: Run) -> None:
     images, then per-layer ratios (by bisection over the tolerated drop; channels: until the measured
     MACs meet the target)."""
     s = run.recipe["prune"]["search"]
-    from prunekit.search.probe import Probe
+    from prunekit.probe import Probe
     from prunekit.sensitivity import ratios_for, scan
 
     val = _validation(run)
@@ -304,7 +310,8 @@ def sensitivity_search(run: Run) -> None:
     with _bar(run, len(run.targets) * len(s["ratios"]), "sensitivity probes") as bar:
         curves = scan(run.model, run.targets, run.importance, run.granularity, Probe(run.model, val),
                       ratios=s["ratios"], progress=lambda name, ratio, value: bar.update(1), workers=s["workers"],
-                      pool=s["pool"])
+                      pool=s["pool"], state_path=run.out / SCAN_STATE)
+    (run.out / SCAN_STATE).unlink(missing_ok=True)
     target = float(getattr(run.allocation, "sparsity", 0.0))
     alloc = ratios_for(curves, target)
     run.allocation = alloc
@@ -590,15 +597,16 @@ def measure_pruned(run: Run) -> None:
 
 
 def _channel_sensitivity(run: Run, val: Any) -> None:
+    from prunekit.probe import Probe
     from prunekit.search.channels import ratios_for_macs, scan_channels
-    from prunekit.search.probe import Probe
 
     s = run.recipe["prune"]["search"]
     t0 = time.perf_counter()
     run.model.eval()
     run.section(f"channel sensitivity scan: each group x {len(s['ratios'])} ratios on {s['images']} training images")
     curves = scan_channels(run.model, run.example, Probe(run.model, val), s["ratios"], exclude=_channel_exclude(run),
-                           workers=s["workers"], pool=s["pool"])
+                           workers=s["workers"], pool=s["pool"], state_path=run.out / SCAN_STATE)
+    (run.out / SCAN_STATE).unlink(missing_ok=True)
     target = _macs_kept(run)
     if run.recipe["prune"]["target"] == "latency":  # the share of the measured latency kept
         from prunekit.metrics import count_macs
@@ -626,8 +634,8 @@ def _channel_sensitivity(run: Run, val: Any) -> None:
 
 def netadapt_search(run: Run) -> None:
     """NetAdapt: latency-driven channel removal to ``prune.search.latency_ratio`` (measured)."""
+    from prunekit.probe import Probe
     from prunekit.search.netadapt import netadapt
-    from prunekit.search.probe import Probe
     from prunekit.train import TrainConfig, fit
 
     s = run.recipe["prune"]["search"]
@@ -661,8 +669,8 @@ def netadapt_search(run: Run) -> None:
 
 def amc_search_step(run: Run) -> None:
     """AMC: DDPG over per-layer channel ratios under the MACs budget (accuracy without fine-tuning)."""
+    from prunekit.probe import Probe
     from prunekit.search.amc import amc_search
-    from prunekit.search.probe import Probe
     from prunekit.structure import prune_channels
 
     s = run.recipe["prune"]["search"]

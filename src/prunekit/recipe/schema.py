@@ -128,7 +128,7 @@ SCHEMA: dict[str, Key] = {
             "workers": Key("int", 1, "sensitivity: score the layers in this many worker processes (threads "
                            "shared out)", low=1),
             "pool": Key("str", "process", "sensitivity: where the workers run, a pool of "
-                        "prunekit.search.parallel.POOLS (process, or ray with prunekit[ray])"),
+                        "prunekit.parallel.POOLS (process, or ray with prunekit[ray])"),
             "latency_ratio": Key("float", 0.7, "netadapt: measured latency / dense latency to reach", low=0.01,
                                  high=1.0, high_open=True),
             "step": Key("float", 0.05, "netadapt: latency cut asked of each iteration (fraction)", low=0.001,

@@ -6,9 +6,9 @@
 - :mod:`prunekit.search.amc`: AMC, reinforcement learning (needs ``pip install prunekit[search]``).
 """
 
+from prunekit.probe import Probe
 from prunekit.search.amc import AMCEnv, AMCLayer, AMCResult, amc_search
 from prunekit.search.channels import names, prune_groups, ratios_for_latency, ratios_for_macs, scan_channels
-from prunekit.search.probe import Probe
 from prunekit.search.netadapt import IterationRecord, LatencyTable, NetAdaptResult
 
 __all__ = [

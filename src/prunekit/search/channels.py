@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -98,19 +99,25 @@ def _group_macs(graph: Any, example_input: Any) -> dict[str, int]:
 def scan_channels(model: nn.Module, example_input: Any, evaluate: Callable[[nn.Module], float],
                   ratios: Sequence[float] = DEFAULT_RATIOS, importance: Any = None, exclude: Sequence[str] = (),
                   progress: Callable[[str, float, float], None] | None = None, workers: int = 1,
-                  pool: str = "process") -> Any:
+                  pool: str = "process", state_path: str | os.PathLike[str] | None = None) -> Any:
     """Each prunable channel group removed alone at each ratio: ``evaluate`` of the smaller model.
     ``sizes`` are the MACs of each group's layers (what :func:`ratios_for_macs` weighs by).
 
-    With a :class:`~prunekit.search.probe.Probe` as ``evaluate`` the unchanged prefix runs once per
+    With a :class:`~prunekit.probe.Probe` as ``evaluate`` the unchanged prefix runs once per
     batch for all ratios, and ``workers`` / ``pool`` score the groups in parallel
-    (:mod:`prunekit.search.parallel`; the importance, if given, must pickle)."""
-    from prunekit.sensitivity import SensitivityCurves
+    (:mod:`prunekit.parallel`; the importance, if given, must pickle). ``state_path`` makes the
+    scan resumable, as :func:`prunekit.sensitivity.scan`'s."""
+    from prunekit.probe import Probe
+    from prunekit.sensitivity import ScanRows, SensitivityCurves, _describe
     from prunekit.structure import DependencyGraph
 
     ratios = [float(r) for r in ratios]
     if not ratios or ratios != sorted(ratios) or not all(0.0 < r < 1.0 for r in ratios):
         raise ConfigError(f"ratios must be an increasing list in (0, 1), got {ratios}")
+    parallel = workers != 1 or pool != "process"
+    if parallel and not isinstance(evaluate, Probe):
+        raise ConfigError("workers > 1 (or a pool other than 'process') needs a prunekit.probe.Probe "
+                          "as evaluate: a function cannot be sent to another process")
     was = model.training
     model.eval()
     try:
@@ -119,42 +126,48 @@ def scan_channels(model: nn.Module, example_input: Any, evaluate: Callable[[nn.M
         if not groups:
             raise ConfigError("no prunable channel group to scan (everything pinned or excluded)")
         sizes = _group_macs(graph, example_input)
-        baseline = float(evaluate(model))
-        values: dict[str, list[float]] = {}
-        from prunekit.search.probe import Probe
+        key = {"kind": "channel groups", "ratios": ratios, "targets": list(groups),
+               "importance": _describe(importance), "exclude": list(exclude)}
+        rows = ScanRows(state_path, key, model, evaluate)
+        if rows.baseline is None:
+            rows.set_baseline(float(evaluate(model)))
+        todo = [g for g in groups if g not in rows.done]
 
-        parallel = workers != 1 or pool != "process"
-        if parallel and not isinstance(evaluate, Probe):
-            raise ConfigError("workers > 1 (or a pool other than 'process') needs a prunekit.search.probe.Probe "
-                              "as evaluate: a function cannot be sent to another process")
-        if parallel:
+        def finish(label: str, row: list[float]) -> None:
+            for r, v in zip(ratios, row):
+                if not math.isfinite(v):
+                    raise ConfigError(f"evaluate returned {v} with group {label!r} pruned at {r}")
+            rows.add(label, [float(v) for v in row])
+            if progress is not None:
+                for r, v in zip(ratios, row):
+                    progress(label, r, v)
+
+        if progress is not None:  # groups finished before an interruption
+            for label in groups:
+                for r, v in zip(ratios, rows.done.get(label, ())):
+                    progress(label, r, v)
+        if parallel and todo:
             from prunekit.masks import clean_copy
-            from prunekit.search.parallel import make_pool
+            from prunekit.parallel import make_pool
 
             copy = clean_copy(model)
             tasks = [(copy, example_input, evaluate.batches, evaluate.cache_mb, label, ratios, importance,
-                      tuple(exclude)) for label in groups]
+                      tuple(exclude)) for label in todo]
             with make_pool(pool, workers) as p:
-                rows = dict(zip(groups, p.map(_group_task, tasks)))
-        for label in groups:
-            if parallel:
-                row = rows[label]
-            elif isinstance(evaluate, Probe):  # all ratios at once, the unchanged prefix once per batch
+                for label, row in zip(todo, p.map(_group_task, tasks)):
+                    finish(label, row)
+        for label in todo if not parallel else ():
+            if isinstance(evaluate, Probe):  # all ratios at once, the unchanged prefix once per batch
                 row = _group_row(evaluate, model, example_input, graph, label, ratios, importance, exclude)
             else:
                 row = []
                 for r in ratios:
                     small, _ = prune_groups(model, example_input, {label: r}, importance, exclude, graph)
                     row.append(float(evaluate(small.eval())))
-            for r, v in zip(ratios, row):
-                if not math.isfinite(v):
-                    raise ConfigError(f"evaluate returned {v} with group {label!r} pruned at {r}")
-                if progress is not None:
-                    progress(label, r, v)
-            values[label] = row
+            finish(label, row)
     finally:
         model.train(was)
-    return SensitivityCurves(ratios, baseline, values, {k: sizes[k] for k in values},
+    return SensitivityCurves(ratios, rows.baseline, {g: rows.done[g] for g in groups}, {g: sizes[g] for g in groups},
                              {"kind": "channel groups", "importance": repr(importance)})
 
 
@@ -168,7 +181,7 @@ def _group_row(probe: Any, model: nn.Module, example_input: Any, graph: Any, lab
 
 def _group_task(task: tuple) -> list[float]:
     """One group's row in a worker: ``(model, example, batches, cache_mb, label, ratios, importance, exclude)``."""
-    from prunekit.search.probe import Probe
+    from prunekit.probe import Probe
     from prunekit.structure import DependencyGraph
 
     model, example, batches, cache_mb, label, ratios, importance, exclude = task

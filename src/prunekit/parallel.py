@@ -4,7 +4,8 @@ A sensitivity scan's layers are independent: :func:`prunekit.sensitivity.scan` a
 :func:`prunekit.search.channels.scan_channels` with ``workers=N`` send one task per layer (the
 model, the probe's batches and what to prune, all pickled) to a pool and collect the rows in order.
 Pools are made by name from :data:`POOLS`; :func:`register_pool` adds one (a factory
-``(workers, threads) -> context manager with .map(fn, tasks) -> list``).
+``(workers, threads) -> context manager with .map(fn, tasks) -> results in task order``, a list
+or an iterator; the scans consume it lazily, so a resumable scan records each result as it comes).
 
 - ``"process"``: a ``concurrent.futures`` pool of ``spawn``-ed processes on this machine, each
   with ``threads`` torch threads (the machine's threads divided by the workers).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -34,7 +35,7 @@ __all__ = ["POOLS", "make_pool", "register_pool", "threads_per_worker"]
 
 
 class Pool(Protocol):
-    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]: ...
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterable[Any]: ...
 
 
 PoolFactory = Callable[[int, int], contextlib.AbstractContextManager[Pool]]
@@ -77,9 +78,9 @@ class _Processes:
     def __init__(self, executor: concurrent.futures.ProcessPoolExecutor) -> None:
         self._executor = executor
 
-    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
         try:
-            return list(self._executor.map(fn, tasks))
+            yield from self._executor.map(fn, tasks)
         except (TypeError, AttributeError) as exc:
             if "pickle" in str(exc).lower():
                 raise ConfigError(f"a task cannot be sent to a worker process ({exc}); define the model's classes "
@@ -99,9 +100,11 @@ class _Ray:
     def __init__(self, ray: Any, threads: int) -> None:
         self._ray, self._threads = ray, threads
 
-    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
         remote = self._ray.remote(num_cpus=self._threads)(_threaded)
-        return self._ray.get([remote.remote(fn, t, self._threads) for t in tasks])
+        refs = [remote.remote(fn, t, self._threads) for t in tasks]  # all submitted; results taken in order
+        for ref in refs:
+            yield self._ray.get(ref)
 
 
 def _threaded(fn: Callable[[Any], Any], task: Any, threads: int) -> Any:
