@@ -6,7 +6,7 @@ run one after the other in one process (the same curves are asserted for every m
 
 - ``loader``: ``evaluate(model, DataLoader)`` per probe, the images decoded from JPEG every time
   (how the scans ran before the probe existed);
-- ``full``: :class:`prunekit.search.probe.Probe` called as a plain function: the images decoded once,
+- ``full``: :class:`prunekit.probe.Probe` called as a plain function: the images decoded once,
   a full forward pass per probe;
 - ``probe``: the probe's sweep, the unchanged prefix run once per batch for all ratios;
 - ``probe-workers``: the same in ``--workers`` spawned processes, threads shared out.
@@ -30,8 +30,8 @@ from prunekit import Element, Magnitude, select
 from prunekit.checkpoint import build
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets
 from prunekit.io import atomic_write_text
+from prunekit.probe import Probe
 from prunekit.search.channels import scan_channels
-from prunekit.search.probe import Probe
 from prunekit.sensitivity import scan
 from prunekit.train import evaluate
 

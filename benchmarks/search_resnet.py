@@ -8,6 +8,8 @@ section 3) to keep ``--macs-ratio`` of the dense MACs, L1 filter norms choosing 
 - ``sensitivity``: each group pruned alone at 10..90 % on held-out *training* images, then
   per-group ratios by bisection until the measured MACs meet the target
   (``prunekit.search.channels``);
+- ``sensitivity-latency``: the same curves, per-group ratios until the *measured* batch-1 latency
+  (each candidate timed interleaved with the dense model) is ``--latency-ratio`` of the dense one;
 - ``amc``: DDPG over per-layer ratios (``prunekit.search.amc``), reward = accuracy on the same images;
 - ``netadapt``: latency-driven (``prunekit.search.netadapt``) to ``--latency-ratio`` x the measured dense
   latency (batch 1), with ``--netadapt-ft`` fine-tune steps per candidate (the only row fine-tuned during search).
@@ -36,6 +38,7 @@ from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets
 from prunekit.io import atomic_write_text
 from prunekit.masks import clean_copy
 from prunekit.metrics import compare_latency, count_macs, count_params
+from prunekit.probe import Probe
 from prunekit.structure import prune_channels
 from prunekit.train import TrainConfig, evaluate, fit
 
@@ -55,7 +58,8 @@ def main() -> None:
     ap.add_argument("--amc-episodes", type=int, default=120)
     ap.add_argument("--amc-warmup", type=int, default=40)
     ap.add_argument("--netadapt-ft", type=int, default=20)
-    ap.add_argument("--latency-ratio", type=float, default=0.7, help="NetAdapt's target: measured latency / dense")
+    ap.add_argument("--latency-ratio", type=float, default=0.7,
+                    help="NetAdapt and sensitivity-latency: measured latency / dense to reach")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit-test", type=int, default=None, help="smoke runs only")
     ap.add_argument("--tag", default="", help="suffix of the output files (runs of different methods side by side)")
@@ -78,8 +82,19 @@ def main() -> None:
     x = torch.zeros(1, 3, 32, 32)
     dense_macs = count_macs(dense, x)
 
-    def val_top1(m: torch.nn.Module) -> float:
-        return evaluate(m, val).top1
+    val_top1 = Probe(dense, val)  # top-1 on the held-out images, decoded once; scans reuse the unchanged prefix
+    scanned: dict = {}
+
+    def curves_for() -> tuple:
+        """The channel sensitivity curves (scanned once per run) and the minutes the scan took."""
+        from prunekit.search.channels import scan_channels
+
+        if "curves" not in scanned:
+            t = time.perf_counter()
+            scanned["curves"] = scan_channels(dense, x, val_top1, exclude=EXCLUDE)
+            scanned["minutes"] = (time.perf_counter() - t) / 60
+            scanned["curves"].save(OUT / f"search_{args.model}_sensitivity.json")
+        return scanned["curves"], scanned["minutes"]
 
     def finetune(m: torch.nn.Module, steps: int, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -107,12 +122,20 @@ def main() -> None:
             small, _, _ = prune_channels(dense, x, alloc, target="macs", exclude=[] if method == "global-all"
                                          else EXCLUDE, verify=False)
         elif method == "sensitivity":
-            from prunekit.search.channels import ratios_for_macs, scan_channels
+            from prunekit.search.channels import ratios_for_macs
 
-            curves = scan_channels(dense, x, val_top1, exclude=EXCLUDE)
-            curves.save(OUT / f"search_{args.model}_sensitivity.json")
+            curves, _ = curves_for()
             ratios, small, _, _ = ratios_for_macs(curves, dense, x, args.macs_ratio, exclude=EXCLUDE)
             extra["ratios"] = ratios
+        elif method == "sensitivity-latency":
+            from prunekit.search.channels import ratios_for_latency
+
+            curves, minutes = curves_for()
+            t0 = time.perf_counter() - 60 * minutes  # the search cost includes the scan, even when reused
+            ratios, small, _, reached = ratios_for_latency(curves, dense, x, args.latency_ratio, exclude=EXCLUDE,
+                                                           threads=args.threads)
+            extra["ratios"] = ratios
+            extra["latency_ratio"] = reached
         elif method == "amc":
             from prunekit.search.amc import amc_search
 
