@@ -87,6 +87,19 @@ MISTAKES = [
                                                                        "target: latency"),
      "prune.target", 8, "add prune.search (method: sensitivity)"),
     ("boolean given as a string", GOOD + "deploy: {enabled: maybe}\n", "deploy.enabled", 10, "expected bool"),
+    ("unknown regularizer", GOOD + "  regularizer: {name: slimmming, strength: 0.001}\n", "recover.regularizer.name",
+     10, "unknown regularizer 'slimmming'; choose one of: l1, l2, group_lasso, slimming; did you mean: 'slimming'"),
+    ("regularizer without strength", GOOD + "  regularizer: {name: l1}\n", "recover.regularizer.strength", 10,
+     "missing"),
+    ("groups for a term without groups", GOOD + "  regularizer: {name: l1, strength: 0.1, granularity: channel}\n",
+     "recover.regularizer.granularity", 10, "applies to group_lasso only"),
+    ("regularizer without training", GOOD + "train: {regularizer: {name: slimming, strength: 0.0001}}\n",
+     "train.regularizer", 10, "set train.epochs > 0"),
+    ("ADMM with channels", GOOD.replace("criterion: l1", "criterion: l1\n  method: channels") + "  admm: {rho: 0.01}\n",
+     "recover.admm", 11, "ADMM learns masks: set prune.method: masks"),
+    ("ADMM and a schedule", GOOD + "  schedule: agp\n  admm: {epochs: 2}\n", "recover.admm", 11,
+     "give recover.admm or recover.schedule, not both"),
+    ("ADMM penalty of zero", GOOD + "  admm: {rho: 0}\n", "recover.admm.rho", 10, "in [1e-12"),
 ]
 
 

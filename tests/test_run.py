@@ -290,3 +290,58 @@ def test_an_amc_search_in_a_recipe(tmp_path: Path) -> None:
     assert res["search"]["method"] == "amc" and res["search"]["ratios"]
     assert res["summary"]["pruned"]["macs"] <= 0.61 * res["summary"]["dense"]["macs"]
     assert 'data-figure="ratios"' in (out / "report.html").read_text()
+
+
+def test_admm_trains_towards_the_masks_then_hard_prunes_and_fine_tunes(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, prune="  allocation: {name: global, sparsity: 0.8}",
+                   recover="  epochs: 1\n  lr: 0.01\n  admm: {epochs: 2, rho: 0.01, every: 5}", deploy="false")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    res = _results(out)
+    rows = res["training"]["recovery"]
+    assert [r.get("phase") for r in rows] == ["admm", "admm", "fine-tune"] and [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(r["admm_rho"] > 0.01 for r in rows[:2])  # rho grew at the Z-steps
+    assert 0.0 <= res["admm"]["top1_after_hard_prune"] <= 1.0 and res["admm"]["epochs"] == 2
+    top1 = f"top-1 {100 * res['admm']['top1_after_hard_prune']:.2f} % right after it"
+    assert top1 in (out / "report.md").read_text() and top1 in (out / "report.html").read_text()
+    ckpt = checkpoint.read(out / "model.pt")
+    assert abs(ckpt.masks.sparsity() - 0.8) < 0.005 and abs(res["pruning"]["sparsity"] - 0.8) < 0.005
+    model, _ = checkpoint.build(out / "model.pt")
+    for name, keep in ckpt.masks.items():  # the fine-tune kept the hard-pruned zeros
+        weight = model.get_submodule(name.split("::")[0]).weight
+        assert not weight[~keep.bool()].any()
+
+
+def _gamma_l1(folder: Path) -> float:
+    model, _ = checkpoint.build(folder / "model.pt")
+    return sum(float(m.weight.detach().abs().sum()) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_a_slimming_term_in_dense_training_shrinks_the_batchnorm_scales(tmp_path: Path) -> None:
+    runs = {}
+    for strength in (None, 0.1):
+        text = _recipe(tmp_path, name=f"s{strength}", prune="  method: none", recover="  epochs: 0",
+                       deploy="false").read_text()
+        if strength is not None:
+            text = text.replace("train: {epochs: 2, lr: 0.05}",
+                                f"train: {{epochs: 2, lr: 0.05, regularizer: {{name: slimming, strength: {strength}}}}}")
+        path = tmp_path / f"s{strength}.yaml"
+        path.write_text(text)
+        runs[strength] = tmp_path / f"run{strength}"
+        assert main(["run", str(path), "--out", str(runs[strength])]) == 0
+    assert "loss term: Slimming(" in (runs[0.1] / "log.txt").read_text()
+    assert _gamma_l1(runs[0.1]) < 0.8 * _gamma_l1(runs[None])  # same seed, same data: only the term differs
+
+
+@pytest.mark.parametrize("name", sorted(rc.REGULARIZERS))
+def test_every_loss_term_trains_the_smaller_model_of_a_channel_run(tmp_path: Path, name: str) -> None:
+    path = _recipe(tmp_path, prune="  method: channels\n  target: macs\n  allocation: {name: uniform, sparsity: 0.3}",
+                   recover=f"  epochs: 1\n  steps_per_epoch: 3\n  regularizer: {{name: {name}, strength: 0.0001}}",
+                   deploy="false")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    term = (out / "log.txt").read_text().split("loss term: ")[1].split("\n")[0]
+    assert term.lower().replace("grouplasso", "group_lasso").startswith(name)
+    if name == "group_lasso":  # channels: the groups default to output channels
+        assert "Channel" in term
+    assert len(_results(out)["training"]["recovery"]) == 1

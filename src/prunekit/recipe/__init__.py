@@ -7,10 +7,18 @@ what it got and what is allowed) and runs it with :func:`run_recipe`. The keys a
 """
 
 from prunekit.recipe.core import Recipe, check_against_model, default, load, loads
-from prunekit.recipe.pipeline import SEARCHES, STEPS, default_folder, register_search, run_recipe
+from prunekit.recipe.pipeline import (
+    REGULARIZERS,
+    SEARCHES,
+    STEPS,
+    default_folder,
+    register_regularizer,
+    register_search,
+    run_recipe,
+)
 from prunekit.recipe.schema import SCHEMA, RecipeError
 
 __all__ = [
-    "SCHEMA", "SEARCHES", "STEPS", "Recipe", "RecipeError", "check_against_model", "default", "default_folder", "load", "loads",
-    "register_search", "run_recipe",
+    "REGULARIZERS", "SCHEMA", "SEARCHES", "STEPS", "Recipe", "RecipeError", "check_against_model", "default", "default_folder", "load", "loads",
+    "register_regularizer", "register_search", "run_recipe",
 ]

@@ -255,6 +255,25 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
         out.append(("recover.schedule", "a schedule prunes while fine-tuning: set recover.epochs > 0"))
     if recover["distill"] is not None and not recover["epochs"]:
         out.append(("recover.distill", "distillation is a fine-tuning term: set recover.epochs > 0"))
+    from prunekit.recipe.pipeline import REGULARIZERS
+
+    for section, where in ((r["train"], "train"), (recover, "recover")):
+        reg = section["regularizer"]
+        if reg is None:
+            continue
+        if reg["name"] not in REGULARIZERS:
+            out.append((f"{where}.regularizer.name", f"unknown regularizer {reg['name']!r}; choose one of: "
+                                                     f"{', '.join(REGULARIZERS)}; "
+                                                     f"{close_matches(reg['name'], list(REGULARIZERS))}"))
+        elif reg["granularity"] is not None and reg["name"] != "group_lasso":
+            out.append((f"{where}.regularizer.granularity", "applies to group_lasso only (drop the key)"))
+        if not section["epochs"]:
+            out.append((f"{where}.regularizer", f"a loss term needs training: set {where}.epochs > 0"))
+    if recover["admm"] is not None:
+        if prune["method"] != "masks":
+            out.append(("recover.admm", "ADMM learns masks: set prune.method: masks (channels are cut one-shot)"))
+        if recover["schedule"] is not None:
+            out.append(("recover.admm", "give recover.admm or recover.schedule, not both"))
     if data["normalize"] and dataset != "cifar10":
         out.append(("data.normalize", f"applies to cifar10 only; {dataset} uses its own statistics"))
     if not check_files:

@@ -152,38 +152,107 @@ def build_model(run: Run) -> None:
     run.say(f"{m['name']} ({source}): {count_params(model):,} parameters")
 
 
-def _fit(run: Run, model: nn.Module, section: dict[str, Any], label: str, **kw: Any) -> list:
+def _fit(run: Run, model: nn.Module, section: dict[str, Any], label: str, *, epochs: int | None = None,
+         phase: str | None = None, save_each: Callable[[], None] | None = None, task: Any = None,
+         pruner: Any = None, regularizer: Any = None, state: Any = None) -> list:
+    """Train ``model`` with ``section``'s optimizer settings (``epochs`` overrides its epochs); each
+    epoch is appended to ``results["training"][label]`` (numbered on after earlier ``phase`` rows)."""
     from prunekit.train import TrainConfig, fit
 
     r = run.recipe
-    epochs = section["epochs"]
+    epochs = section["epochs"] if epochs is None else epochs
     cfg = TrainConfig(epochs=epochs, lr=section["lr"], weight_decay=section["weight_decay"],
                       optimizer=section["optimizer"], seed=r["seed"], progress=run.progress,
                       max_steps_per_epoch=section["steps_per_epoch"])
-    history: list[dict[str, Any]] = []
-    run.results.setdefault("training", {})[label] = history
-    save_each = kw.pop("save_each", None)
-    pruner = kw.get("pruner")
+    history: list[dict[str, Any]] = run.results.setdefault("training", {}).setdefault(label, [])
+    offset = len(history)
+    name = phase or label
 
     def on_epoch(rec: Any) -> None:
-        row = {"epoch": rec.epoch, "train_loss": rec.train_loss, "top1": rec.test.top1, "lr": rec.lr,
+        row = {"epoch": offset + rec.epoch, "train_loss": rec.train_loss, "top1": rec.test.top1, "lr": rec.lr,
                "seconds": rec.seconds}
-        if run.masks is not None or pruner is not None:
-            masks = pruner.masks if pruner is not None else run.masks
+        if phase is not None:
+            row["phase"] = phase
+        masks = getattr(pruner, "masks", None) if pruner is not None else run.masks
+        if masks is not None:
             row["sparsity"] = float(masks.sparsity())
+        if hasattr(pruner, "residual"):  # ADMM: how far the weights are from the masks' constraint set
+            row["admm_residual"], row["admm_rho"] = float(pruner.residual()), float(pruner.rho)
         history.append(row)
-        run.say(f"{label} epoch {rec.epoch}/{epochs}: loss {rec.train_loss:.4f}, top-1 {100 * rec.test.top1:.2f}%, "
+        run.say(f"{name} epoch {rec.epoch}/{epochs}: loss {rec.train_loss:.4f}, top-1 {100 * rec.test.top1:.2f}%, "
                 f"lr {rec.lr:.4g}, {rec.seconds:.1f}s" + (f", sparsity {100 * row['sparsity']:.1f}%"
-                                                          if "sparsity" in row else ""))
+                                                          if "sparsity" in row else "")
+                + (f", residual {row['admm_residual']:.3f}" if "admm_residual" in row else ""))
         if run.writer is not None:
             for key in ("train_loss", "top1", "lr") + (("sparsity",) if "sparsity" in row else ()):
-                run.writer.add_scalar(f"{label}/{key}", row[key], rec.epoch)
+                run.writer.add_scalar(f"{label}/{key}", row[key], row["epoch"])
             run.writer.flush()
         if save_each is not None:
             save_each()
 
-    fit(model, run.train_loader, run.eval_loader, cfg, on_epoch=on_epoch, **kw)
+    fit(model, run.train_loader, run.eval_loader, cfg, on_epoch=on_epoch, task=task, pruner=pruner,
+        regularizer=regularizer, state=state)
     return history
+
+
+# ------------------------------------------------------------------------------------ loss terms
+# ``train.regularizer`` / ``recover.regularizer``: name -> factory(run, spec) -> callable(model) -> loss term.
+# A new one plugs in with register_regularizer.
+
+
+def _loss_targets(run: Run) -> list:
+    """The layers ``prune`` selects, looked up in the model as it is now (it may be the smaller one)."""
+    from prunekit.targets import select
+
+    p = run.recipe["prune"]
+    types = tuple({"conv": nn.Conv2d, "linear": nn.Linear}[t] for t in p["types"])
+    return select(run.model, types=types, include=p["include"], exclude=p["exclude"])
+
+
+def _group_lasso(run: Run, spec: dict[str, Any]) -> Any:
+    from prunekit import registry
+    from prunekit.train.regularizers import GroupLasso
+
+    p = run.recipe["prune"]
+    gran = spec["granularity"] or (p["granularity"] if p["method"] == "masks" else "channel")
+    return GroupLasso(_loss_targets(run), registry.build("granularity", gran), spec["strength"])
+
+
+def _l1(run: Run, spec: dict[str, Any]) -> Any:
+    from prunekit.train.regularizers import L1
+
+    return L1(_loss_targets(run), spec["strength"])
+
+
+def _l2(run: Run, spec: dict[str, Any]) -> Any:
+    from prunekit.train.regularizers import L2
+
+    return L2(_loss_targets(run), spec["strength"])
+
+
+def _slimming(run: Run, spec: dict[str, Any]) -> Any:
+    from prunekit.train.regularizers import Slimming
+
+    return Slimming(run.model, spec["strength"])
+
+
+REGULARIZERS: dict[str, Callable[[Run, dict[str, Any]], Any]] = {
+    "l1": _l1, "l2": _l2, "group_lasso": _group_lasso, "slimming": _slimming}
+
+
+def register_regularizer(name: str, factory: Callable[[Run, dict[str, Any]], Any]) -> None:
+    """Add a loss term for ``train.regularizer`` / ``recover.regularizer``: ``factory(run, spec)``."""
+    if not callable(factory):
+        raise TypeError(f"regularizer factory must be callable, got {type(factory).__name__}")
+    REGULARIZERS[name] = factory
+
+
+def _regularizer(run: Run, spec: dict[str, Any] | None) -> Any:
+    if spec is None:
+        return None
+    reg = REGULARIZERS[spec["name"]](run, spec)
+    run.say(f"loss term: {reg!r}")
+    return reg
 
 
 def train_dense(run: Run) -> None:
@@ -192,7 +261,7 @@ def train_dense(run: Run) -> None:
     if not t["epochs"]:
         return
     run.section(f"dense training ({t['epochs']} epochs)")
-    _fit(run, run.model, t, "dense")
+    _fit(run, run.model, t, "dense", regularizer=_regularizer(run, t["regularizer"]))
 
 
 def _histogram(model: nn.Module, names: list[str], bins: int, edges: np.ndarray | None = None) -> dict[str, Any]:
@@ -383,6 +452,10 @@ def prune_step(run: Run) -> None:
         run.section("pruning")
         run.say(f"gradual: {run.recipe['recover']['schedule']} during recovery")
         return
+    if run.recipe["recover"]["admm"] is not None:
+        run.section("pruning")
+        run.say("ADMM during recovery, then a hard prune")
+        return
     run.masks = prune(run.model, run.targets, run.importance, run.granularity, run.allocation)
     run.results["pruning"]["sparsity"] = float(run.masks.sparsity())
     run.section("pruning")
@@ -446,37 +519,66 @@ def _prune_channels(run: Run) -> None:
 
 
 def recover(run: Run) -> None:
-    """Fine-tune with masks in force (or the smaller model), optionally distilling from the dense model."""
+    """Fine-tune with masks in force (or the smaller model), optionally distilling from the dense model,
+    with a loss term, or after ADMM training and a hard prune (``recover.admm``)."""
     rc = run.recipe["recover"]
-    if not rc["epochs"]:
+    if not rc["epochs"] and rc["admm"] is None:
         return
     from prunekit.train import TrainState
 
-    kw: dict[str, Any] = {}
+    task = None
     if rc["distill"] is not None:
         from prunekit.train.distill import Distillation
 
-        kw["task"] = Distillation(run.dense, temperature=rc["distill"]["temperature"], alpha=rc["distill"]["alpha"])
+        task = Distillation(run.dense, temperature=rc["distill"]["temperature"], alpha=rc["distill"]["alpha"])
+    pruner = None
     if rc["schedule"] is not None:
-        kw["pruner"] = _pruner(run)
-        run.masks = kw["pruner"].masks
-    state = TrainState()
-    kw["state"] = state
+        pruner = _pruner(run)
+        run.masks = pruner.masks
     if run.recipe["outputs"]["tensorboard"]:
         from torch.utils.tensorboard import SummaryWriter
 
         run.writer = SummaryWriter(str(run.out / "tensorboard"))
-    run.section(f"recovery: {rc['epochs']} epochs, lr {rc['lr']:g} cosine"
-                + (", distilling from the dense model" if rc["distill"] is not None else ""))
     try:
-        _fit(run, run.model, rc, "recovery",
-             save_each=lambda: _save(run, state.state_dict()), **kw)
+        if rc["admm"] is not None:
+            _admm(run, task)
+        if rc["epochs"]:
+            state = TrainState()
+            run.section(f"recovery: {rc['epochs']} epochs, lr {rc['lr']:g} cosine"
+                        + (", distilling from the dense model" if rc["distill"] is not None else ""))
+            _fit(run, run.model, rc, "recovery", phase="fine-tune" if rc["admm"] is not None else None,
+                 save_each=lambda: _save(run, state.state_dict()), task=task, pruner=pruner,
+                 regularizer=_regularizer(run, rc["regularizer"]), state=state)
     finally:
         if run.writer is not None:
             run.writer.close()
             run.writer = None
-    if "pruner" in kw:
+    if pruner is not None:
         run.results["pruning"]["sparsity"] = float(run.masks.sparsity())
+
+
+def _admm(run: Run, task: Any) -> None:
+    """``recover.admm``: ADMM epochs towards the allocation's masks, then the hard prune (masks in force)."""
+    from prunekit.train import TrainState
+    from prunekit.train.admm import ADMM
+
+    rc, a = run.recipe["recover"], run.recipe["recover"]["admm"]
+    admm = ADMM(run.model, run.targets, run.granularity, run.allocation, rho=a["rho"], every=a["every"],
+                rho_growth=a["rho_growth"], rho_max=a["rho_max"])
+    run.section(f"ADMM: {a['epochs']} epochs, rho {a['rho']:g} x {a['rho_growth']:g} every {a['every']} steps "
+                f"(max {a['rho_max']:g}), lr {rc['lr']:g} cosine")
+    state = TrainState()
+    _fit(run, run.model, rc, "recovery", epochs=a["epochs"], phase="admm",
+         save_each=lambda: _save(run, state.state_dict()), task=task, pruner=admm, regularizer=admm, state=state)
+    residual = admm.residual()
+    run.masks = admm.hard_prune()
+    top1 = _evaluate(run, run.model)
+    run.results["pruning"]["sparsity"] = float(run.masks.sparsity())
+    run.results["admm"] = {"epochs": a["epochs"], "rho_final": admm.rho, "residual_before_prune": residual,
+                           "top1_after_hard_prune": top1}
+    run.say(f"hard prune: {100 * run.masks.sparsity():.1f}% sparse, top-1 {100 * top1:.2f}% before fine-tuning "
+            f"(residual {residual:.3f})")
+    _save(run)
 
 
 def _pruner(run: Run) -> Any:

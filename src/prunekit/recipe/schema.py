@@ -72,6 +72,16 @@ def _section(keys: dict[str, Key], help: str = "", optional: bool = False) -> Ke
 
 RATIO = {"low": 0.0, "high": 1.0, "high_open": True}
 
+
+def _regularizer(during: str) -> Key:
+    return _section({
+        "name": Key("str", None, "a registered loss term (prunekit.recipe.pipeline.REGULARIZERS): l1, l2, "
+                    "group_lasso, slimming", optional=False),
+        "strength": Key("float", None, "its weight in the loss", low=0.0, optional=False),
+        "granularity": Key("component:granularity", None, "group_lasso: the groups (default: prune.granularity "
+                           "for masks, output channels for channels)"),
+    }, f"a sparsity-inducing loss term added while {during}", optional=True)
+
 SCHEMA: dict[str, Key] = {
     "version": Key("int", 1, "recipe format version", choices=(1,), optional=False),
     "title": Key("str", None, "a name for the run (default: the model and the method)"),
@@ -99,6 +109,8 @@ SCHEMA: dict[str, Key] = {
         "optimizer": Key("str", "sgd", choices=("sgd", "adamw")),
         "steps_per_epoch": Key("int", None, "stop each epoch after this many steps (default: the whole split)",
                                low=1),
+        "regularizer": _regularizer("training the dense model (e.g. network slimming: {name: slimming, "
+                                    "strength: 1e-4})"),
     }, "dense training before pruning"),
     "prune": _section({
         "method": Key("str", "masks", "masks (zeros kept in force), channels (a physically smaller model) or "
@@ -153,6 +165,16 @@ SCHEMA: dict[str, Key] = {
             "temperature": Key("float", 4.0, low=1e-6),
             "alpha": Key("float", 0.7, "weight of the distillation term", low=0.0, high=1.0),
         }, "distil from the dense model while fine-tuning", optional=True),
+        "regularizer": _regularizer("fine-tuning"),
+        "admm": _section({
+            "epochs": Key("int", 1, "ADMM training epochs before the hard prune (recover.epochs of masked "
+                          "fine-tuning follow)", low=1),
+            "rho": Key("float", 1e-3, "initial penalty", low=1e-12),
+            "rho_growth": Key("float", 1.3, "rho *= this at each Z-step", low=1.0),
+            "rho_max": Key("float", 1.0, low=1e-12),
+            "every": Key("int", 100, "optimizer steps between Z- and U-steps", low=1),
+        }, "masks: ADMM pruning (Zhang et al. 2018) instead of one-shot: train towards the allocation's masks, "
+           "then hard-prune", optional=True),
     }, "getting the accuracy back"),
     "deploy": _section({
         "enabled": Key("bool", True, "masks: pick the fastest measured kernel per layer"),

@@ -417,6 +417,19 @@ def _deploy(results: dict) -> list[_Block]:
     return blocks
 
 
+def _admm(results: dict) -> list[_Block]:
+    """ADMM (recover.admm): the top-1 right after the hard prune, before fine-tuning."""
+    admm = _dict(results.get("admm"))
+    if not admm:
+        return []
+    parts = [f"{_text(admm.get('epochs'))} ADMM epochs"]
+    if _is_num(admm.get("residual_before_prune")):
+        parts.append(f"residual ||W - Z|| / ||W|| {admm['residual_before_prune']:.3f} before the hard prune")
+    if _is_num(admm.get("top1_after_hard_prune")):
+        parts.append(f"top-1 {100 * admm['top1_after_hard_prune']:.2f} % right after it, before fine-tuning")
+    return [_Block("h2", ("ADMM",), "admm"), _p("p", ", ".join(parts) + ".")]
+
+
 def _search(results: dict) -> list[_Block]:
     """What the search did: its method, cost and target, and NetAdapt's iterations (latency, accuracy)."""
     search = _dict(results.get("search"))
@@ -478,7 +491,7 @@ def _document(results: dict, others: Sequence[dict], figs: list[DrawnFigure] | N
     blocks = _header(results) + _summary(results)
     if others:
         blocks += _comparison(results, others)
-    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _deploy(results) \
+    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _admm(results) + _deploy(results) \
         + _steps(results) \
         + _artifacts(results)
 
