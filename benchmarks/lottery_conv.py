@@ -25,7 +25,7 @@ import torch
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets
 from prunekit.data.choose import balanced_subset
 from prunekit.io import atomic_write_text
-from prunekit.models.vgg_cifar import CONFIGS, VGGCifar
+from prunekit.models.vgg_cifar import CONFIGS, VGGCifar, scaled
 from prunekit.train import TrainConfig
 from prunekit.train.lottery import find_ticket, random_reinit_control
 
@@ -55,7 +55,7 @@ def main() -> None:
                                            augment=True)
     train_set = balanced_subset(train_aug, args.train_images)
     test = torch.utils.data.DataLoader(balanced_subset(test_set, args.test_images), batch_size=500)
-    config = tuple(c if c == "M" else max(8, int(round(int(c) * args.width))) for c in CONFIGS["vgg11_bn"])
+    config = scaled(CONFIGS["vgg11_bn"], args.width)
     rows = []
     for seed in args.seeds:
         def loader(seed: int = seed) -> torch.utils.data.DataLoader:

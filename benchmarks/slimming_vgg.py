@@ -27,7 +27,7 @@ from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets
 from prunekit.data.choose import balanced_subset
 from prunekit.io import atomic_write_text
 from prunekit.metrics import count_macs, count_params
-from prunekit.models.vgg_cifar import CONFIGS, VGGCifar
+from prunekit.models.vgg_cifar import CONFIGS, VGGCifar, scaled
 from prunekit.structure import prune_channels
 from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.regularizers import Slimming
@@ -56,7 +56,7 @@ def main() -> None:
     train_aug, test_set = cifar10_datasets(path, IMAGENET_MEAN, IMAGENET_STD, augment=True)
     train_set = balanced_subset(train_aug, args.train_images)
     test = torch.utils.data.DataLoader(balanced_subset(test_set, args.test_images), batch_size=500)
-    config = tuple(c if c == "M" else max(8, int(round(int(c) * args.width))) for c in CONFIGS["vgg11_bn"])
+    config = scaled(CONFIGS["vgg11_bn"], args.width)
     x = torch.zeros(1, 3, 32, 32)
     rows = []
     for seed in args.seeds:

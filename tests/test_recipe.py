@@ -99,6 +99,11 @@ MISTAKES = [
      "recover.admm", 11, "ADMM learns masks: set prune.method: masks"),
     ("ADMM and a schedule", GOOD + "  schedule: agp\n  admm: {epochs: 2}\n", "recover.admm", 11,
      "give recover.admm or recover.schedule, not both"),
+    ("model option of the wrong kind", GOOD.replace("  name: digits_cnn\n", "  name: digits_cnn\n  config: {width: [1]}\n"),
+     "model.config.width", 3, "expected a number, string or bool"),
+    ("model options with a checkpoint", GOOD.replace("  name: digits_cnn\n",
+                                                     "  name: digits_cnn\n  checkpoint: a.pt\n  config: {width: 8}\n"),
+     "model.config", 4, "drop model.config"),
     ("ADMM penalty of zero", GOOD + "  admm: {rho: 0}\n", "recover.admm.rho", 10, "in [1e-12"),
 ]
 

@@ -345,3 +345,22 @@ def test_every_loss_term_trains_the_smaller_model_of_a_channel_run(tmp_path: Pat
     if name == "group_lasso":  # channels: the groups default to output channels
         assert "Channel" in term
     assert len(_results(out)["training"]["recovery"]) == 1
+
+
+def test_model_options_build_the_model_and_travel_in_its_checkpoint(tmp_path: Path, capsys) -> None:
+    text = _recipe(tmp_path, recover="  epochs: 0", deploy="false").read_text()
+    path = tmp_path / "w.yaml"
+    path.write_text(text.replace("model: {name: digits_cnn}", "model: {name: digits_cnn, config: {width: 8}}"))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    model, ckpt = checkpoint.build(out / "model.pt")
+    from prunekit.models import create
+
+    assert ckpt.model_config == {"width": 8}
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in create("digits_cnn", width=8).parameters())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("model: {name: digits_cnn}", "model: {name: digits_cnn, config: {widht: 8}}"))
+    capsys.readouterr()
+    assert main(["run", str(bad), "--out", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.yaml:2: model.config: model 'digits_cnn' has no option 'widht'" in err and "did you mean: 'width'" in err

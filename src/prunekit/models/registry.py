@@ -44,6 +44,13 @@ def create(name: str, **config: Any) -> nn.Module:
         raise ConfigError(
             f"unknown model {name!r}; choose one of: {', '.join(available())}; {close_matches(name, available())}"
         )
+    import inspect
+
+    params = inspect.signature(_REGISTRY[name]).parameters
+    unknown = [k for k in config if k not in params]
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(f"model {name!r} has no option {unknown[0]!r}; its options: "
+                          f"{', '.join(params) or '(none)'}; {close_matches(unknown[0], list(params))}")
     try:
         return _REGISTRY[name](**config)
     except TypeError as exc:

@@ -56,18 +56,30 @@ class VGGCifar(nn.Module):
         return self.classifier(out.flatten(1))
 
 
-def vgg_cifar(name: str, num_classes: int = 10) -> VGGCifar:
-    """Build ``vgg11_bn``, ``vgg16_bn`` or ``vgg19_bn``."""
+def scaled(config: tuple[int | str, ...], width: float) -> tuple[int | str, ...]:
+    """``config`` with every conv's channels times ``width`` (rounded, at least 8).
+
+    >>> scaled(CONFIGS["vgg11_bn"], 0.25)[:4]
+    (16, 'M', 32, 'M')
+    """
+    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and 0 < width <= 4):
+        raise ConfigError(f"VGG width must be a number in (0, 4] (1 = the paper's channels), got {width!r}")
+    return tuple(c if c == "M" else max(8, int(round(int(c) * width))) for c in config)
+
+
+def vgg_cifar(name: str, num_classes: int = 10, width: float = 1.0) -> VGGCifar:
+    """Build ``vgg11_bn``, ``vgg16_bn`` or ``vgg19_bn`` (``width`` scales every conv's channels)."""
     if name not in CONFIGS:
         raise ConfigError(f"unknown VGG {name!r}; use one of {sorted(CONFIGS)}")
-    return VGGCifar(CONFIGS[name], num_classes=num_classes)
+    return VGGCifar(scaled(CONFIGS[name], width) if width != 1.0 else CONFIGS[name], num_classes=num_classes)
 
 
 def _make_builder(name: str):
-    def build(num_classes: int = 10) -> VGGCifar:
-        return vgg_cifar(name, num_classes=num_classes)
+    def build(num_classes: int = 10, width: float = 1.0) -> VGGCifar:
+        return vgg_cifar(name, num_classes=num_classes, width=width)
 
-    build.__doc__ = f"{name} for 32x32 inputs (BatchNorm, Linear(512, num_classes) classifier)."
+    build.__doc__ = (f"{name} for 32x32 inputs (BatchNorm, Linear(512, num_classes) classifier); ``width`` "
+                     "scales the channels (0.25: a quarter as wide).")
     return build
 
 

@@ -206,6 +206,9 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
     model, data, prune, recover = r["model"], r["data"], r["prune"], r["recover"]
     if model["checkpoint"] and model["pretrained"]:
         out.append(("model.pretrained", "give model.checkpoint or model.pretrained, not both"))
+    if model["checkpoint"] and model["config"]:
+        out.append(("model.config", "a checkpoint rebuilds its model with the options it was saved with: drop "
+                                    "model.config"))
     channels = prune["method"] == "channels"
     if prune["method"] != "none" and prune["allocation"] is None:
         out.append(("prune.allocation", "missing; expected how much to prune where, e.g. {name: global, sparsity: "

@@ -139,7 +139,13 @@ def build_model(run: Run) -> None:
 
             raise run.recipe.error(("model.name", f"unknown model {m['name']!r}; choose one of: "
                                                   f"{', '.join(available())}; {close_matches(m['name'], available())}"))
-        model = create(m["name"])
+        from prunekit.errors import ConfigError
+
+        try:
+            model = create(m["name"], **(m["config"] or {}))
+        except ConfigError as exc:
+            raise run.recipe.error(("model.config", str(exc))) from None
+        run.model_config = dict(m["config"] or {})
         if m["pretrained"]:
             model = load_pretrained(model, m["pretrained"])
     run.model_name = m["name"]

@@ -38,7 +38,8 @@ class Key:
     """One recipe key.
 
     ``type``: ``int``, ``float``, ``str``, ``bool``, ``path``, ``section`` (a nested mapping of
-    ``keys``), ``list`` (of ``item``), ``ratios`` (a mapping glob -> ratio in [0, 1)), or
+    ``keys``), ``list`` (of ``item``), ``ratios`` (a mapping glob -> ratio in [0, 1)), ``options``
+    (a mapping name -> number / string / bool), or
     ``component:KIND`` (a registry spec, string or mapping). ``low`` / ``high`` bound numbers
     (``high_open``: strictly below ``high``); ``optional``: ``null`` allowed.
     """
@@ -90,6 +91,8 @@ SCHEMA: dict[str, Key] = {
     "model": _section({
         "name": Key("str", None, "registered model name (prunekit.models.available())", optional=False),
         "checkpoint": Key("path", None, "a prunekit checkpoint to start from"),
+        "config": Key("options", {}, "keyword options of the model's builder, e.g. {width: 0.25} for vgg11_bn "
+                      "(saved in the checkpoint)"),
         "pretrained": Key("path", None, "a plain state-dict file to load into the model"),
     }, "what to prune"),
     "data": _section({
@@ -292,6 +295,20 @@ def _ratios(value: Any, path: str, problems: Problems) -> Any:
     return out
 
 
+def _options(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, Mapping):
+        problems.append((path, f"expected a mapping of option -> number / string / bool, got {_type_name(value)} "
+                               f"{value!r}"))
+        return {}
+    out = {}
+    for k, v in value.items():
+        if not isinstance(v, (int, float, str, bool)):
+            problems.append((_join(path, str(k)), f"expected a number, string or bool, got {_type_name(v)} {v!r}"))
+            continue
+        out[str(k)] = v
+    return out
+
+
 def _list(key: Key, value: Any, path: str, problems: Problems) -> Any:
     if isinstance(value, str) and key.item == "str":
         value = [value]
@@ -333,6 +350,8 @@ def check_section(keys: Mapping[str, Key], data: Any, path: str, problems: Probl
             out[name] = _component(key.type.split(":", 1)[1], value, where, problems)
         elif key.type == "ratios":
             out[name] = _ratios(value, where, problems)
+        elif key.type == "options":
+            out[name] = _options(value, where, problems)
         elif key.type == "list":
             out[name] = _list(key, value, where, problems)
         else:
