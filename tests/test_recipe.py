@@ -104,6 +104,10 @@ MISTAKES = [
     ("model options with a checkpoint", GOOD.replace("  name: digits_cnn\n",
                                                      "  name: digits_cnn\n  checkpoint: a.pt\n  config: {width: 8}\n"),
      "model.config", 4, "drop model.config"),
+    ("lottery without training", GOOD + "  lottery: {rounds: 2}\n", "recover.lottery", 10,
+     "each round trains like train: set train.epochs > 0"),
+    ("lottery with channels", GOOD.replace("criterion: l1", "criterion: l1\n  method: channels")
+     + "  lottery: {rounds: 2}\ntrain: {epochs: 1}\n", "recover.lottery", 11, "set prune.method: masks"),
     ("ADMM penalty of zero", GOOD + "  admm: {rho: 0}\n", "recover.admm.rho", 10, "in [1e-12"),
 ]
 

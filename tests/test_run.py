@@ -364,3 +364,20 @@ def test_model_options_build_the_model_and_travel_in_its_checkpoint(tmp_path: Pa
     assert main(["run", str(bad), "--out", str(tmp_path / "bad")]) == 1
     err = capsys.readouterr().err
     assert "bad.yaml:2: model.config: model 'digits_cnn' has no option 'widht'" in err and "did you mean: 'width'" in err
+
+
+def test_lottery_rounds_end_at_the_allocations_sparsity_with_the_ticket_as_the_pruned_model(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, prune="  allocation: {name: global, sparsity: 0.75}",
+                   recover="  epochs: 0\n  lottery: {rounds: 2, rewind_step: 3, control: true}", deploy="false")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    res = _results(out)
+    rounds = res["lottery"]["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [round(r["remaining"], 2) for r in rounds] == [1.0, 0.5, 0.25]  # (1 - rate) ** r with rate 0.5
+    assert res["summary"]["dense"]["top1"] == rounds[0]["top1"]  # the run's dense model is round 0's
+    assert res["summary"]["pruned"]["top1"] == rounds[-1]["top1"]  # the pruned model is the last ticket
+    assert 0.0 <= res["lottery"]["random_reinit"]["top1"] <= 1.0
+    assert abs(checkpoint.read(out / "model.pt").masks.sparsity() - 0.75) < 0.005
+    html = (out / "report.html").read_text()
+    assert 'data-figure' in html and "Lottery ticket" in html and "fresh random initialisation" in html

@@ -277,6 +277,17 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
             out.append(("recover.admm", "ADMM learns masks: set prune.method: masks (channels are cut one-shot)"))
         if recover["schedule"] is not None:
             out.append(("recover.admm", "give recover.admm or recover.schedule, not both"))
+    if recover["lottery"] is not None:
+        if prune["method"] != "masks":
+            out.append(("recover.lottery", "lottery tickets are masks: set prune.method: masks"))
+        if not r["train"]["epochs"]:
+            out.append(("recover.lottery", "each round trains like train: set train.epochs > 0"))
+        for key, what in (("admm", "recover.admm"), ("schedule", "recover.schedule")):
+            if recover[key] is not None:
+                out.append(("recover.lottery", f"give recover.lottery or {what}, not both"))
+        if prune["search"] is not None or prune["layers"]:
+            out.append(("recover.lottery", "lottery rounds prune by one global / uniform sparsity: drop "
+                                           + ("prune.search" if prune["search"] is not None else "prune.layers")))
     if data["normalize"] and dataset != "cifar10":
         out.append(("data.normalize", f"applies to cifar10 only; {dataset} uses its own statistics"))
     if not check_files:

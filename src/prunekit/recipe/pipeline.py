@@ -74,6 +74,7 @@ class Run:
     writer: Any = None
     normalize: str | None = None
     searched: tuple[nn.Module, Any] | None = None  # (smaller model, plan) a channel search produced
+    ticket: tuple[dict, dict] | None = None  # recover.lottery: (the last round's weights, its masks)
 
     def say(self, text: str) -> None:
         """Print a line and keep it for log.txt."""
@@ -266,8 +267,62 @@ def train_dense(run: Run) -> None:
     t = run.recipe["train"]
     if not t["epochs"]:
         return
+    if run.recipe["recover"]["lottery"] is not None:
+        return _lottery(run)
     run.section(f"dense training ({t['epochs']} epochs)")
     _fit(run, run.model, t, "dense", regularizer=_regularizer(run, t["regularizer"]))
+
+
+def _lottery(run: Run) -> None:
+    """``recover.lottery``: iterative magnitude pruning with reset / rewinding (prunekit.train.lottery).
+    Round 0 is the dense training (its model is the run's dense model); the last round's ticket,
+    with its masks, becomes the pruned model in the prune step."""
+    from prunekit import registry
+    from prunekit.train import TrainConfig
+    from prunekit.train.lottery import find_ticket, random_reinit_control
+
+    r, t, lot = run.recipe, run.recipe["train"], run.recipe["recover"]["lottery"]
+    p = r["prune"]
+    allocation = registry.build("allocation", p["allocation"])
+    if not isinstance(getattr(allocation, "sparsity", None), float):
+        raise run.recipe.error(("prune.allocation", f"lottery rounds need one overall sparsity (global or uniform), "
+                                                    f"got {allocation!r}"))
+    final = float(allocation.sparsity)
+    rate = 1.0 - (1.0 - final) ** (1.0 / lot["rounds"])
+    cfg = TrainConfig(epochs=t["epochs"], lr=t["lr"], weight_decay=t["weight_decay"], optimizer=t["optimizer"],
+                      seed=r["seed"], progress=run.progress, max_steps_per_epoch=t["steps_per_epoch"])
+    targets = _loss_targets(run)
+    run.section(f"lottery ticket: {lot['rounds']} rounds of {t['epochs']} epochs, {100 * rate:.1f} % of the "
+                f"remaining weights pruned per round to {100 * final:.1f} %, "
+                + ("reset to the initialisation" if lot["rewind_step"] == 0 else f"rewound to step {lot['rewind_step']}"))
+    dense_state: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+
+    def on_round(entry: Any) -> None:
+        if entry.round == 0:
+            dense_state.update(copy.deepcopy(run.model.state_dict()))
+        rows.append({"round": entry.round, "remaining": entry.remaining, "top1": entry.top1, "loss": entry.loss})
+        run.say(f"round {entry.round}: {100 * entry.remaining:.1f} % of the weights left, top-1 {100 * entry.top1:.2f}%")
+
+    def at(sparsity: float) -> Any:
+        out = copy.copy(allocation)
+        out.sparsity = sparsity
+        return out
+
+    history = find_ticket(run.model, run.train_loader, run.eval_loader, cfg, lot["rounds"], rate, lot["rewind_step"],
+                          targets, registry.build("granularity", p["granularity"]), at, on_round)
+    masks = history[-1].masks
+    run.ticket = (copy.deepcopy(run.model.state_dict()), masks)
+    run.results["lottery"] = {"rounds": rows, "rate": rate, "rewind_step": lot["rewind_step"],
+                              "epochs_per_round": t["epochs"]}
+    if lot["control"]:
+        from prunekit.models import create
+
+        ctrl = random_reinit_control(lambda: create(run.model_name, **run.model_config), masks, run.train_loader,
+                                     run.eval_loader, cfg, seed=r["seed"] + 1000)
+        run.results["lottery"]["random_reinit"] = {"remaining": ctrl.remaining, "top1": ctrl.top1}
+        run.say(f"the same masks from a fresh random initialisation: top-1 {100 * ctrl.top1:.2f}%")
+    run.model.load_state_dict(dense_state)  # the dense model of round 0 is what the run measures as dense
 
 
 def _histogram(model: nn.Module, names: list[str], bins: int, edges: np.ndarray | None = None) -> dict[str, Any]:
@@ -462,6 +517,17 @@ def prune_step(run: Run) -> None:
         run.section("pruning")
         run.say("ADMM during recovery, then a hard prune")
         return
+    if run.ticket is not None:
+        from prunekit.masks import Masks
+
+        weights, keep = run.ticket
+        run.model.load_state_dict(weights)
+        run.masks = Masks(keep, {t.name: t.param_name for t in run.targets}).apply(run.model)
+        run.results["pruning"]["sparsity"] = float(run.masks.sparsity())
+        run.section("pruning")
+        run.say(f"the last round's lottery ticket: {100 * run.masks.sparsity():.1f}% sparse")
+        run.say(run.masks.format_report(run.model))
+        return _save(run)
     run.masks = prune(run.model, run.targets, run.importance, run.granularity, run.allocation)
     run.results["pruning"]["sparsity"] = float(run.masks.sparsity())
     run.section("pruning")

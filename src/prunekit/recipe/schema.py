@@ -178,6 +178,14 @@ SCHEMA: dict[str, Key] = {
             "every": Key("int", 100, "optimizer steps between Z- and U-steps", low=1),
         }, "masks: ADMM pruning (Zhang et al. 2018) instead of one-shot: train towards the allocation's masks, "
            "then hard-prune", optional=True),
+        "lottery": _section({
+            "rounds": Key("int", 3, "prune-and-retrain rounds after the dense training (each prunes the same "
+                          "fraction of the weights left, ending at the allocation's sparsity)", low=1),
+            "rewind_step": Key("int", 0, "survivors go back to their values (and the optimizer and schedule) at "
+                               "this step; 0: the initialisation", low=0),
+            "control": Key("bool", False, "also train the last round's masks from a fresh random initialisation"),
+        }, "masks: lottery tickets (Frankle & Carbin 2019; rewinding: Frankle et al. 2019), each round trained "
+           "like train (train.epochs from the model's initial weights)", optional=True),
     }, "getting the accuracy back"),
     "deploy": _section({
         "enabled": Key("bool", True, "masks: pick the fastest measured kernel per layer"),

@@ -430,6 +430,25 @@ def _admm(results: dict) -> list[_Block]:
     return [_Block("h2", ("ADMM",), "admm"), _p("p", ", ".join(parts) + ".")]
 
 
+def _lottery(results: dict) -> list[_Block]:
+    """Lottery tickets (recover.lottery): every round's weights left and top-1, and the random re-init control."""
+    lot = _dict(results.get("lottery"))
+    rows = [r for r in _list(lot.get("rounds")) if isinstance(r, dict)]
+    if not rows:
+        return []
+    how = "reset to the initialisation" if lot.get("rewind_step") == 0 else f"rewound to step {_text(lot.get('rewind_step'))}"
+    blocks = [_Block("h2", ("Lottery ticket",), "lottery"),
+              _p("p", f"Each round trained {_text(lot.get('epochs_per_round'))} epochs, survivors {how}.")]
+    blocks.append(_table("lottery", ("Round", "Weights left", "Top-1"),
+                         [(_Cell(_text(r.get("round"))), _cell(r.get("remaining"), "top1"), _cell(r.get("top1"), "top1"))
+                          for r in rows]))
+    ctrl = _dict(lot.get("random_reinit"))
+    if _is_num(ctrl.get("top1")):
+        blocks.append(_p("p", f"The last round's masks trained from a fresh random initialisation: top-1 "
+                              f"{100 * ctrl['top1']:.2f} %."))
+    return blocks
+
+
 def _search(results: dict) -> list[_Block]:
     """What the search did: its method, cost and target, and NetAdapt's iterations (latency, accuracy)."""
     search = _dict(results.get("search"))
@@ -491,7 +510,7 @@ def _document(results: dict, others: Sequence[dict], figs: list[DrawnFigure] | N
     blocks = _header(results) + _summary(results)
     if others:
         blocks += _comparison(results, others)
-    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _admm(results) + _deploy(results) \
+    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _admm(results) + _lottery(results) + _deploy(results) \
         + _steps(results) \
         + _artifacts(results)
 
