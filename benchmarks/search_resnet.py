@@ -62,6 +62,9 @@ def main() -> None:
                     help="NetAdapt and sensitivity-latency: measured latency / dense to reach")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit-test", type=int, default=None, help="smoke runs only")
+    ap.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
+                    help="earlier runs' JSON files: a sensitivity or amc row found there is rebuilt from its ratios "
+                         "(its search minutes are the earlier run's), not searched again")
     ap.add_argument("--tag", default="", help="suffix of the output files (runs of different methods side by side)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,8 +107,14 @@ def main() -> None:
         fit(m, loader, None, cfg)
         m.eval()
 
+    reused: dict = {}
+    for path in args.reuse:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            if r["method"] in ("sensitivity", "amc") and r.get("ratios"):
+                reused[r["method"]] = (r["ratios"], r["search_min"], path)
     rows = []
-    notes = []
+    notes = [f"{m} ratios reused from {p} (search minutes from that run)" for m, (_, _, p) in reused.items()
+             if m in args.methods]
     dense_row = {"method": "dense", "macs": dense_macs, "params": count_params(dense), "search_min": 0.0,
                  "val_top1": val_top1(dense), "test_top1": evaluate(dense, test).top1}
     if args.ft_steps:
@@ -117,7 +126,19 @@ def main() -> None:
     for method in args.methods:
         t0 = time.perf_counter()
         extra: dict = {}
-        if method in ("uniform", "global", "global-all"):
+        if method in reused:
+            from prunekit.allocation import PerLayer
+            from prunekit.search.channels import prune_groups
+
+            ratios, minutes, _ = reused[method]
+            t0 = time.perf_counter() - 60 * minutes
+            if method == "amc":
+                small, _, _ = prune_channels(dense, x, PerLayer(ratios), target="channels", exclude=EXCLUDE,
+                                             verify=False)
+            else:
+                small, _ = prune_groups(dense, x, ratios, None, EXCLUDE)
+            extra["ratios"] = ratios
+        elif method in ("uniform", "global", "global-all"):
             alloc = Uniform(1 - args.macs_ratio) if method == "uniform" else Global(1 - args.macs_ratio)
             small, _, _ = prune_channels(dense, x, alloc, target="macs", exclude=[] if method == "global-all"
                                          else EXCLUDE, verify=False)
@@ -200,6 +221,8 @@ def _write(args: argparse.Namespace, rows: list[dict], notes: list[str], started
                       "(measured) | val top-1 |", "| ---: | --- | ---: | ---: | ---: |"]
             lines += [f"| {i['iteration']} | {i['group']} | {i['removed']} | {i['latency_ratio']:.3f} | "
                       f"{100 * i['val_top1']:.2f} |" for i in r["iterations"]]
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
     atomic_write_text(OUT / f"{name}.md", "\n".join(lines) + "\n")
 
 
