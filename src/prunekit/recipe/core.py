@@ -285,6 +285,8 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
         for key, what in (("admm", "recover.admm"), ("schedule", "recover.schedule")):
             if recover[key] is not None:
                 out.append(("recover.lottery", f"give recover.lottery or {what}, not both"))
+        if r["train"]["regularizer"] is not None:
+            out.append(("train.regularizer", "lottery rounds train without loss terms: drop train.regularizer"))
         if prune["search"] is not None or prune["layers"]:
             out.append(("recover.lottery", "lottery rounds prune by one global / uniform sparsity: drop "
                                            + ("prune.search" if prune["search"] is not None else "prune.layers")))
