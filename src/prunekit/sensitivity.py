@@ -323,10 +323,16 @@ def _layer_row(probe, model: nn.Module, name: str, param_name: str, keeps: list)
 
 
 def _layer_task(task: tuple) -> list[float]:
-    """One layer's row in a worker: ``(model, batches, cache_mb, name, param_name, keeps)``."""
+    """One layer's row in a worker: ``(model, batches, cache_mb, name, param_name, keeps)``.
+
+    The probe masks the layer's weight in place, so it works on a private copy: the tensors a worker
+    receives may sit in shared memory (torch's multiprocessing pickler moves them there), where every
+    worker scanning at the same time would see each other's masked layers."""
+    from prunekit.masks import clean_copy
     from prunekit.probe import Probe
 
-    model, batches, cache_mb, name, param_name, keeps = task
+    shared, batches, cache_mb, name, param_name, keeps = task
+    model = clean_copy(shared)
     return _layer_row(Probe(model, batches, cache_mb), model, name, param_name, keeps)
 
 
