@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from _report import mean_sd, write_outputs
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets
 from prunekit.data.choose import balanced_subset
-from prunekit.io import atomic_write_text
 from prunekit.models.vgg_cifar import CONFIGS, VGGCifar, scaled
 from prunekit.train import TrainConfig
 from prunekit.train.lottery import find_ticket, random_reinit_control
@@ -81,14 +81,6 @@ def main() -> None:
     write(args, rows, config, started, (time.perf_counter() - t_start) / 60)
 
 
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} +- {100 * statistics.stdev(values):.2f}"
-
-
 def write(args: argparse.Namespace, rows: list[dict], config: tuple, started: str, minutes: float) -> None:
     cmd = (f"python benchmarks/lottery_conv.py --width {args.width} --train-images {args.train_images} "
            f"--test-images {args.test_images} --epochs {args.epochs} --lr {args.lr} --rounds {args.rounds} "
@@ -112,15 +104,11 @@ def write(args: argparse.Namespace, rows: list[dict], config: tuple, started: st
         if not mine:
             continue
         left = statistics.mean(r["remaining"] for r in mine)
-        cells = [_ms([r["ticket"] for r in mine if r["rewind_step"] == k]) for k in args.rewind_steps]
-        cells += [_ms([r["random reinit"] for r in mine if r["rewind_step"] == k and "random reinit" in r])
+        cells = [mean_sd([r["ticket"] for r in mine if r["rewind_step"] == k]) for k in args.rewind_steps]
+        cells += [mean_sd([r["random reinit"] for r in mine if r["rewind_step"] == k and "random reinit" in r])
                   for k in args.rewind_steps]
         lines.append(f"| {rnd} | {100 * left:.1f} % | " + " | ".join(cells) + " |")
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    atomic_write_text(out.with_suffix(".json"), json.dumps({"command": cmd, "started": started, "rows": rows},
-                                                           indent=1))
-    print("\n".join(lines))
+    write_outputs(args.out, lines, {"command": cmd, "started": started, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ run one after the other in one process (the same curves are asserted for every m
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -26,10 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from _report import write_outputs
 from prunekit import Element, Magnitude, select
 from prunekit.checkpoint import build
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets
-from prunekit.io import atomic_write_text
 from prunekit.probe import Probe
 from prunekit.search.channels import scan_channels
 from prunekit.sensitivity import scan
@@ -94,10 +93,7 @@ def main() -> None:
     for r in rows:
         mode = r["mode"] + (f" ({r['workers']})" if r["workers"] > 1 else "")
         lines.append(f"| {r['kind']} | {mode} | {r['probes']} | {r['seconds'] / 60:.2f} | {r['same_curves']} |")
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    atomic_write_text(out.with_suffix(".json"), json.dumps({"command": cmd, "started": started, "rows": rows},
-                                                           indent=1))
-    print("\n".join(lines))
+    write_outputs(out, lines, {"command": cmd, "started": started, "rows": rows})
 
 
 if __name__ == "__main__":

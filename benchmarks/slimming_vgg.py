@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from _report import mean_sd, write_outputs
 from prunekit import Global
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets
 from prunekit.data.choose import balanced_subset
-from prunekit.io import atomic_write_text
 from prunekit.metrics import count_macs, count_params
 from prunekit.models.vgg_cifar import CONFIGS, VGGCifar, scaled
 from prunekit.structure import prune_channels
@@ -83,12 +83,6 @@ def main() -> None:
     write(args, rows, config, started, (time.perf_counter() - t_start) / 60)
 
 
-def _mean_sd(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} +- {100 * statistics.stdev(values):.2f}"
-
-
 def write(args: argparse.Namespace, rows: list[dict], config: tuple, started: str, minutes: float) -> None:
     cmd = (f"python benchmarks/slimming_vgg.py --width {args.width} --train-images {args.train_images} "
            f"--epochs {args.epochs} --lr {args.lr} --strengths {' '.join(map(str, args.strengths))} "
@@ -104,18 +98,14 @@ def write(args: argparse.Namespace, rows: list[dict], config: tuple, started: st
              + " | share of gamma < 0.01 |", "| --- | ---: |" + " ---: |" * (len(args.ratios) + 1)]
     for s in args.strengths:
         mine = [r for r in rows if r["strength"] == s]
-        cells = [_mean_sd([r["dense"] for r in mine])]
-        cells += [_mean_sd([r["pruned"][str(x)]["top1"] for r in mine]) for x in args.ratios]
+        cells = [mean_sd([r["dense"] for r in mine])]
+        cells += [mean_sd([r["pruned"][str(x)]["top1"] for r in mine]) for x in args.ratios]
         cells.append(f"{statistics.mean(r['gamma_below_1e-2'] for r in mine):.2f}")
         lines.append(f"| {s:g} | " + " | ".join(cells) + " |")
     macs = {str(x): statistics.mean(r["pruned"][str(x)]["macs"] / r["macs"] for r in rows) for x in args.ratios}
     lines += ["", "MACs kept after the cut (mean over all models): "
               + ", ".join(f"{int(100 * float(k))} % cut: {v:.2f}" for k, v in macs.items())]
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    atomic_write_text(out.with_suffix(".json"), json.dumps({"command": cmd, "started": started, "rows": rows},
-                                                           indent=1))
-    print("\n".join(lines))
+    write_outputs(args.out, lines, {"command": cmd, "started": started, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -185,18 +185,9 @@ def scan(
                  for t in todo}
 
     def finish(name: str, row: list[float]) -> None:
-        for r, v in zip(ratios, row):
-            if not math.isfinite(v):
-                raise ConfigError(f"evaluate returned {v} with layer {name!r} pruned at {r}")
-        rows.add(name, [float(v) for v in row])
-        if progress is not None:
-            for r, v in zip(ratios, row):
-                progress(name, r, v)
+        rows.finish(name, row, f"layer {name!r}", progress)
 
-    if progress is not None:  # rows finished before an interruption
-        for t in targets:
-            for r, v in zip(ratios, rows.done.get(t.name, ())):
-                progress(t.name, r, v)
+    rows.replay([t.name for t in targets], progress)
     if parallel and todo:
         from prunekit.masks import clean_copy
         from prunekit.parallel import make_pool
@@ -302,9 +293,26 @@ class ScanRows:
         self.baseline = value
         self._save()
 
-    def add(self, name: str, row: list[float]) -> None:
-        self.done[name] = row
+    def finish(self, name: str, row: Sequence[float], what: str,
+               progress: Callable[[str, float, float], None] | None = None) -> None:
+        """Record ``name``'s finished row (every value finite, else :class:`ConfigError` naming ``what``),
+        then report it to ``progress``."""
+        ratios = self.key["ratios"]
+        for r, v in zip(ratios, row):
+            if not math.isfinite(v):
+                raise ConfigError(f"evaluate returned {v} with {what} pruned at {r}")
+        self.done[name] = [float(v) for v in row]
         self._save()
+        if progress is not None:
+            for r, v in zip(ratios, self.done[name]):
+                progress(name, r, v)
+
+    def replay(self, names: Sequence[str], progress: Callable[[str, float, float], None] | None) -> None:
+        """Report the rows finished before an interruption to ``progress``."""
+        if progress is not None:
+            for name in names:
+                for r, v in zip(self.key["ratios"], self.done.get(name, ())):
+                    progress(name, r, v)
 
     def _save(self) -> None:
         if self.path is None:

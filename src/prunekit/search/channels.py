@@ -134,18 +134,9 @@ def scan_channels(model: nn.Module, example_input: Any, evaluate: Callable[[nn.M
         todo = [g for g in groups if g not in rows.done]
 
         def finish(label: str, row: list[float]) -> None:
-            for r, v in zip(ratios, row):
-                if not math.isfinite(v):
-                    raise ConfigError(f"evaluate returned {v} with group {label!r} pruned at {r}")
-            rows.add(label, [float(v) for v in row])
-            if progress is not None:
-                for r, v in zip(ratios, row):
-                    progress(label, r, v)
+            rows.finish(label, row, f"group {label!r}", progress)
 
-        if progress is not None:  # groups finished before an interruption
-            for label in groups:
-                for r, v in zip(ratios, rows.done.get(label, ())):
-                    progress(label, r, v)
+        rows.replay(list(groups), progress)
         if parallel and todo:
             from prunekit.masks import clean_copy
             from prunekit.parallel import make_pool
