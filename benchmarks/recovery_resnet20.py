@@ -23,7 +23,7 @@ from prunekit import Element, Global, Magnitude, prune, select
 from prunekit.checkpoint import build
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_loaders
 from prunekit.io import atomic_write_text
-from prunekit.schedule import AGP, Pruner
+from prunekit.schedule import AGP, Iterative, Pruner
 from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.distill import Distillation
 
@@ -68,6 +68,14 @@ def main() -> None:
                             AGP(s, end=(2 * steps) // 3, every=50))
             kw["pruner"] = pruner
             masks = pruner.masks
+        elif row.startswith("iter"):
+            s = int(row[4:6]) / 100
+            # 4 rounds (each removes the same fraction of what is left), one every steps / 6: the last
+            # round lands at half of training and the rest recovers
+            pruner = Pruner(model, select(model), Magnitude(), Element(), Global(s),
+                            Iterative(s, rounds=4, every=max(1, steps // 6)))
+            kw["pruner"] = pruner
+            masks = pruner.masks
         else:
             masks = None
         history = fit(model, train, test, cfg, **kw)
@@ -79,14 +87,16 @@ def main() -> None:
         results[row] = {"top1": final.top1, "after_prune_top1": after_prune, "sparsity": zeros / total,
                         "per_epoch": [r.test.top1 for r in history], "minutes": (time.perf_counter() - t0) / 60}
         print(f"{row}: {final.top1:.4f} (sparsity {zeros / total:.4f}, {results[row]['minutes']:.1f} min)", flush=True)
-    meta = {"command": f"python benchmarks/recovery_resnet20.py --data {args.data} --epochs {args.epochs}",
+    meta = {"command": f"python benchmarks/recovery_resnet20.py --data {args.data} --epochs {args.epochs} "
+                       f"--rows {' '.join(args.rows)} --out {args.out}",
             "started": started, "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
             "epochs": args.epochs, "lr": args.lr, "steps": steps}
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "results": results}, indent=1))
     names = {"dense": "dense, fine-tuned as long", "oneshot90": "90 % one-shot + fine-tune",
              "oneshot90-kd": "90 % one-shot + fine-tune with distillation (T 4, alpha 0.7)",
-             "oneshot95": "95 % one-shot + fine-tune", "agp95": "95 % AGP (cubic, masks every 50 steps, to 2/3)"}
+             "oneshot95": "95 % one-shot + fine-tune", "agp95": "95 % AGP (cubic, masks every 50 steps, to 2/3)",
+             "iter95": "95 % iterative (4 rounds, one every 1/6 of training)"}
     lines = ["# Recovery on the JPEG-adapted ResNet-20", "", f"`{meta['command']}` ({started}; {meta['machine']}). "
              f"Start: dense checkpoint {results['dense_start']['top1']:.2%}. Every row trains {args.epochs} epochs "
              f"({steps} steps), SGD momentum 0.9, wd 5e-4, cosine from lr {args.lr}; global L1 masks.", "",

@@ -4,8 +4,8 @@ A sensitivity scan prunes one layer (or channel group) at a time at ten ratios a
 variant on the same validation images. Everything upstream of the changed layer computes the
 same values every time, so :class:`Probe` runs that *prefix* once per batch, keeps the tensors
 that cross into the changed part (the *frontier*, at most ``cache_mb`` of them at a time) and runs
-only the *suffix* for each variant. The model is traced with ``torch.fx`` (the dependency graph's
-tracer); a model that does not trace, or a variant whose graph differs from the model's, is
+only the *suffix* for each variant. The model is traced with :func:`prunekit.tracing.trace` (the
+dependency graph's trace); a model that does not trace, or a variant whose graph differs from the model's, is
 scored by a plain full forward pass instead (``Probe.reuse`` and ``Probe.reason`` say which).
 Scores are top-1 accuracy, exactly what :func:`prunekit.train.evaluate` reports on the same batches.
 
@@ -46,6 +46,7 @@ from torch import fx, nn
 
 from prunekit.errors import ConfigError
 from prunekit.moduletools import eval_mode as _eval_mode
+from prunekit.tracing import trace
 
 __all__ = ["Probe"]
 
@@ -169,9 +170,7 @@ def _top1(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
 
 
 def _trace(model: nn.Module) -> fx.Graph:
-    from prunekit.structure.graph import _trace as trace
-
-    return trace(model).graph
+    return trace(model, "reuse the unchanged prefix").graph
 
 
 def _modules(model: nn.Module) -> dict[str, nn.Module]:

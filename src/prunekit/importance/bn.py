@@ -2,7 +2,8 @@
 
 Which BatchNorm follows which conv is read from the model's data flow, never guessed from names:
 with an example batch, forward hooks check that the BN's input *is* the conv's output tensor;
-without one, :func:`torch.fx.symbolic_trace` finds the same edge in the traced graph.
+without one, the edge is read from prunekit's one ``torch.fx`` trace (:func:`prunekit.tracing.trace`,
+the trace the structural dependency graph is built from, registered modules kept as leaves).
 
 >>> import torch, torch.nn as nn
 >>> from prunekit.targets import select
@@ -32,6 +33,7 @@ from prunekit.importance.base import (
     split_batch,
 )
 from prunekit.targets import Target, select
+from prunekit.tracing import direct_consumers, trace
 
 
 def out_channels(module: nn.Module) -> int:
@@ -76,27 +78,18 @@ def _pair_by_hooks(model: nn.Module, targets: Sequence[Target], example: torch.T
 
 
 def _pair_by_fx(model: nn.Module, targets: Sequence[Target]) -> dict[str, _BatchNorm | None]:
-    """Find ``target -> BatchNorm`` edges in the ``torch.fx`` graph of ``model``."""
-    import torch.fx
-
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception as exc:  # untraceable control flow, custom ops, ...
-        raise ConfigError(
-            f"cannot trace {type(model).__name__} with torch.fx to find the BatchNorm after each layer "
-            f"({type(exc).__name__}: {exc}); pass calibration data (a loader) so the pairing is read "
-            "from one forward pass instead"
-        ) from exc
+    """Find ``target -> BatchNorm`` edges in prunekit's ``torch.fx`` trace of ``model`` (the one the
+    structural dependency graph reads, :func:`prunekit.tracing.trace`)."""
+    gm = trace(
+        model, "find the BatchNorm after each layer",
+        "pass calibration data (a loader) so the pairing is read from one forward pass instead",
+    )
     modules = dict(model.named_modules())
-    names = {t.name for t in targets}
     pairs: dict[str, _BatchNorm | None] = {t.name: None for t in targets}
-    for node in graph.nodes:
-        if node.op != "call_module" or node.target not in names:
-            continue
-        for user in node.users:
-            mod = modules.get(user.target) if user.op == "call_module" else None
-            if isinstance(mod, _BatchNorm) and user.args and user.args[0] is node:
-                pairs[str(node.target)] = mod
+    for t in targets:
+        for name in direct_consumers(gm, t.name):
+            if isinstance(modules.get(name), _BatchNorm):
+                pairs[t.name] = modules[name]
                 break
     return pairs
 

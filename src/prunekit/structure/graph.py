@@ -24,8 +24,9 @@ from torch import fx, nn
 
 from prunekit.errors import UnsupportedError
 from prunekit.structure.groups import AxisRef, Group, SlotSpace, UnionFind, Unit
-from prunekit.structure.rules import Propagation, module_rule_types
+from prunekit.structure.rules import Propagation
 from prunekit.structure.surgery import handler_for
+from prunekit.tracing import trace
 
 
 def as_args(example_input: Any) -> tuple[Any, ...]:
@@ -195,20 +196,9 @@ def _group_units(axes: list[AxisRef], units: list[Unit]) -> list[Group]:
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
-    leaf_types = module_rule_types()
-
-    class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, leaf_types) or super().is_leaf_module(m, qualname)
-
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:  # fx raises many types for dynamic control flow
-        raise UnsupportedError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
-            "structured pruning needs a traceable forward (no data-dependent control flow)"
-        ) from exc
-    return fx.GraphModule(model, graph)
+    return trace(
+        model, "group its channels", "structured pruning needs a traceable forward (no data-dependent control flow)"
+    )
 
 
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, example_input: Any) -> None:

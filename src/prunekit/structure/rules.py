@@ -25,6 +25,7 @@ from prunekit.errors import UnsupportedError
 from prunekit.structure.groups import AxisRef, SlotSpace
 from prunekit.structure.modules import HeadPrunedMultiheadAttention
 from prunekit.structure.surgery import ConvHandler, LinearHandler
+from prunekit.tracing import register_leaf_types
 
 Key = Hashable
 
@@ -685,6 +686,7 @@ MODULE_RULES: list[tuple[Any, Callable[[Propagation, fx.Node], None]]] = [
 def register_rule(types: type | tuple[type, ...], rule: Callable[[Propagation, fx.Node], None]) -> None:
     """Add how channels flow through calls of modules of ``types`` (checked before the built-in rules)."""
     MODULE_RULES.insert(0, (types, rule))
+    register_leaf_types(types)
 
 
 def channelwise(axis: str = "feat", dim: int = 1) -> Callable[[Propagation, fx.Node], None]:
@@ -713,6 +715,9 @@ def module_rule_types() -> tuple[type, ...]:
     for types, _ in MODULE_RULES:
         out.extend(types if isinstance(types, tuple) else (types,))
     return tuple(out)
+
+
+register_leaf_types(module_rule_types())
 
 
 _ADD = _elementwise(additive=True)
