@@ -155,7 +155,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_a_partial_report(tmp_path: Path, m
         raise KeyboardInterrupt
 
     steps = [(name, interrupted if name == "deploy" else step) for name, step in pipeline.STEPS]
-    monkeypatch.setattr(pipeline, "STEPS", steps)
+    monkeypatch.setitem(pipeline.STEPS_BY_KIND, "pipeline", steps)
     out = tmp_path / "run"
     assert main(["run", str(_recipe(tmp_path)), "--out", str(out)]) == 130
     assert "interrupted" in capsys.readouterr().err
@@ -220,7 +220,7 @@ def test_a_newcomers_prunekit_run_writes_the_default_run_folder(tmp_path: Path, 
 
 
 def test_docs_recipes_lists_every_key() -> None:
-    from prunekit.recipe.schema import SCHEMA
+    from prunekit.recipe.core import SCHEMAS
 
     def paths(keys, prefix=""):
         for name, key in keys.items():
@@ -230,7 +230,7 @@ def test_docs_recipes_lists_every_key() -> None:
                 yield from paths(key.keys, path)
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
-    missing = [p for p in paths(SCHEMA) if f"`{p}`" not in text]
+    missing = [p for schema in SCHEMAS.values() for p in paths(schema) if f"`{p}`" not in text]
     assert not missing, f"docs/recipes.md does not describe: {missing}"
 
 

@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from prunekit import recipe as rc
 
     recipe = rc.load(args.recipe, overrides=args.overrides) if args.recipe else rc.default(args.overrides)
+    if args.check and recipe.kind == "kernels":  # no model to check against
+        print(f"{recipe.source}: ok")
+        return 0
     if args.check:
         from prunekit.data.choose import example_input_for
         from prunekit.models import available, create
@@ -63,5 +66,6 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else rc.default_folder(recipe)
     print(f"run folder: {out}")
     results = rc.run_recipe(recipe, out, force=args.force, progress=args.progress)
-    print(f"\nrun {results['status']}: {out}/ (model.pt, recipe.yaml, results.json, log.txt, report.html)")
+    made = "recipe.yaml, results.json, log.txt, report.html"
+    print(f"\nrun {results['status']}: {out}/ ({'model.pt, ' if (out / 'model.pt').exists() else ''}{made})")
     return 0

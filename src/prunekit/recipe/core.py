@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.errors import ConfigError, close_matches
+from prunekit.recipe.kernels import KERNEL_SCHEMA
+from prunekit.recipe.kernels import cross_checks as kernel_checks
 from prunekit.recipe.schema import SCHEMA, RecipeError, check_section
 
 DEFAULT_NAME = "default"
+SCHEMAS = {"pipeline": SCHEMA, "kernels": KERNEL_SCHEMA}  # recipe kind -> its keys
+
+
+def kind_of(data: Any) -> str:
+    """A recipe's kind: ``"kernels"`` when it has a top-level ``kernels`` section, else ``"pipeline"``."""
+    return "kernels" if isinstance(data, Mapping) and "kernels" in data else "pipeline"
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,11 @@ class Recipe:
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
+
+    @property
+    def kind(self) -> str:
+        """``"kernels"`` for a kernel benchmark (a top-level ``kernels`` section), else ``"pipeline"``."""
+        return kind_of(self.data)
 
     @property
     def name(self) -> str:
@@ -162,10 +175,11 @@ def loads(text: str, source: str = "<string>", check_files: bool = True, overrid
     if data is None:
         raise RecipeError(source, [("", None, "the recipe is empty; it needs at least model.name and "
                                               "prune.allocation (see recipes/ for examples)")])
-    resolved = check_section(SCHEMA, data, "", problems)
+    kind = kind_of(data)
+    resolved = check_section(SCHEMAS[kind], data, "", problems)
     recipe = Recipe(resolved, source, lines)
     if not problems:
-        problems += _cross_checks(recipe, check_files)
+        problems += kernel_checks(recipe.data) if kind == "kernels" else _cross_checks(recipe, check_files)
     if problems:
         raise recipe.error(*problems)
     return recipe

@@ -36,6 +36,8 @@ from torch import nn
 
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.recipe.core import Recipe, check_against_model, dataset_of
+from prunekit.recipe.kernels import KERNEL_STEPS
+from prunekit.recipe.kernels import title as kernels_title
 
 RESULTS_FORMAT = "prunekit.run-results"
 
@@ -888,6 +890,7 @@ STEPS: list[tuple[str, Callable[[Run], None]]] = [
     ("deploy", deploy_step),
     ("measure pruned", measure_pruned),
 ]
+STEPS_BY_KIND: dict[str, list[tuple[str, Callable[[Run], None]]]] = {"pipeline": STEPS, "kernels": KERNEL_STEPS}
 
 
 # ----------------------------------------------------------------------------------- the run folder
@@ -907,6 +910,8 @@ def _machine(threads: int) -> dict[str, Any]:
 
 
 def _title(recipe: Recipe) -> str:
+    if recipe.kind == "kernels":
+        return kernels_title(recipe.data)
     if recipe["title"]:
         return recipe["title"]
     p = recipe["prune"]
@@ -991,7 +996,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, force: bool = False, progress
     threads = torch.get_num_threads()
     status = "complete"
     try:
-        for name, step in STEPS:
+        for name, step in STEPS_BY_KIND[recipe.kind]:
             t0 = time.perf_counter()
             entry = {"name": name, "seconds": 0.0, "status": "running"}
             run.results["steps"].append(entry)

@@ -153,7 +153,8 @@ def _fmt_seconds(x: float) -> str:
 
 
 _FORMATS = {"top1": _fmt_pct, "count": _fmt_count, "bytes": _fmt_bytes, "ms": _fmt_ms,
-            "pct1": lambda x: _fmt_pct(x, 1), "seconds": _fmt_seconds}
+            "pct1": lambda x: _fmt_pct(x, 1), "pct0": lambda x: _fmt_pct(x, 0), "ratio": lambda x: f"{x:.3f}",
+            "seconds": _fmt_seconds}
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,16 @@ def _summary(results: dict) -> list[_Block]:
                      _cell(p, kind, ("data-key", f"pruned.{key}")), _Cell(_change(key, d, p), num=True)))
     if rows:
         blocks.append(_table("summary", ("", "Dense", "Pruned", "Change"), rows))
+    elif results.get("kernels") is not None:
+        best = [r for r in _list(_dict(results["kernels"]).get("rows")) if isinstance(r, dict) and _is_num(r.get("ratio"))]
+        if best:
+            b = min(best, key=lambda r: r["ratio"])
+            blocks.append(_p("p", f"A kernel benchmark: {len(best)} cells timed; fastest against dense: "
+                                  f"{_text(b.get('kernel'))} at {_fmt_pct(b.get('sparsity'), 0)} sparsity, batch "
+                                  f"{_text(b.get('batch_size'))}, {_text(b.get('threads'))} thread(s), sparse / dense "
+                                  f"{b['ratio']:.3f}. Every cell is in the table below."))
+        else:
+            blocks.append(_p("note", "No summary: the benchmark did not finish a cell."))
     else:
         blocks.append(_p("note", "No summary: the evaluation did not run."))
     ev = _dict(results.get("eval"))
@@ -417,6 +428,38 @@ def _deploy(results: dict) -> list[_Block]:
     return blocks
 
 
+def _kernels(results: dict) -> list[_Block]:
+    """A kernel recipe's grid: one row per cell, sparse / dense time (the median of the rounds' ratios)."""
+    kern = _dict(results.get("kernels"))
+    if not kern:
+        return []
+    blocks = [_Block("h2", ("Sparse kernels",), "kernels")]
+    shape = _list(kern.get("shape"))
+    setup = []
+    if len(shape) == 2:
+        setup.append(f"Linear {_text(shape[1])} -> {_text(shape[0])}, fp32")
+    for key, label in (("rounds", "rounds"), ("repeats", "calls per round, interleaved with dense"),
+                       ("load", "busy processes beside")):
+        if kern.get(key) is not None:
+            setup.append(f"{_text(kern[key])} {label}")
+    if setup:
+        blocks.append(_p("p", "; ".join(setup) + ". Ratio: sparse / dense time, the median of the rounds' ratios "
+                                             "(below 1: the sparse kernel is faster)."))
+    rows = []
+    for r in (r for r in _list(kern.get("rows")) if isinstance(r, dict)):
+        rows.append((_Cell(_text(r.get("kernel"))), _cell(r.get("threads"), "count"), _Cell(_text(r.get("regime"))),
+                     _cell(r.get("input_zeros"), "pct0"), _cell(r.get("sparsity"), "pct0"),
+                     _cell(r.get("batch_size"), "count"), _cell(r.get("dense_ms"), "ms"),
+                     _cell(r.get("sparse_ms"), "ms"), _cell(r.get("ratio"), "ratio"),
+                     _cell(r.get("sparse_bytes"), "bytes")))
+    if rows:
+        blocks.append(_table("kernels", ("Kernel", "Threads", "Caches", "Input zeros", "Sparsity", "Batch", "Dense",
+                                         "Sparse", "Sparse / dense", "Sparse bytes"), rows))
+    else:
+        blocks.append(_p("note", "No kernel rows: the benchmark did not finish a cell."))
+    return blocks
+
+
 def _admm(results: dict) -> list[_Block]:
     """ADMM (recover.admm): the top-1 right after the hard prune, before fine-tuning."""
     admm = _dict(results.get("admm"))
@@ -510,7 +553,7 @@ def _document(results: dict, others: Sequence[dict], figs: list[DrawnFigure] | N
     blocks = _header(results) + _summary(results)
     if others:
         blocks += _comparison(results, others)
-    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _admm(results) + _lottery(results) + _deploy(results) \
+    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _kernels(results) + _admm(results) + _lottery(results) + _deploy(results) \
         + _steps(results) \
         + _artifacts(results)
 

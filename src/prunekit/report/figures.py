@@ -20,7 +20,7 @@ from typing import Any
 
 WIDTH, HEIGHT, DPI = 6.0, 3.5, 100
 INSTALL_HINT = "pip install prunekit[plots]"
-NAMES = ("accuracy", "histograms", "sensitivity", "ratios", "layers")
+NAMES = ("accuracy", "histograms", "sensitivity", "ratios", "layers", "kernels")
 _MAX_LEGEND = 10  # more lines than this: no legend (it would cover the plot)
 _MAX_TICK_LABELS = 40  # more bars than this: bars are numbered, not named
 
@@ -127,6 +127,30 @@ def _layers_data(results: dict) -> tuple[list[str], list[float]] | None:
     return _bars([(r.get("name", f"#{i}"), r.get("sparsity")) for i, r in enumerate(layers)])
 
 
+def _kernels_data(results: dict) -> tuple[str, dict[str, tuple[list[float], list[float]]]] | None:
+    """A kernel recipe's ratios as lines: x = sparsity (or input zeros, or batch: the first that varies),
+    one line per other combination."""
+    rows = [r for r in _list(_dict(results.get("kernels")).get("rows")) if isinstance(r, dict)]
+    if not rows:
+        return None
+    axis = next((k for k in ("sparsity", "input_zeros", "batch_size") if len({str(r.get(k)) for r in rows}) > 1),
+                "sparsity")
+    lines: dict[str, tuple[list[float], list[float]]] = {}
+    for r in rows:
+        parts = [str(r.get("kernel"))]
+        parts += [f"{k[0]} {r.get(k)}" for k in ("batch_size", "threads") if k != axis]
+        if r.get("regime") not in (None, "warm"):
+            parts.append(str(r.get("regime")))
+        if axis != "input_zeros" and _num(r.get("input_zeros")) > 0:
+            parts.append(f"zeros {_num(r.get('input_zeros')):.0%}")
+        xs, ys = lines.setdefault(", ".join(parts), ([], []))
+        xs.append(_num(r.get(axis)))
+        ys.append(_num(r.get("ratio")))
+    if not all(_finite(ys) and _finite(xs) for xs, ys in lines.values()):
+        return None
+    return axis, lines
+
+
 # ---------------------------------------------------------------- drawing
 
 
@@ -199,6 +223,27 @@ def _draw_sensitivity(fig, data, metric: str) -> None:
         ax.legend(fontsize="x-small", ncol=2 if len(curves) > 5 else 1)
 
 
+def _draw_kernels(fig, data) -> None:
+    axis, lines = data
+    ax = fig.add_subplot()
+    scale = 100 if axis != "batch_size" else 1
+    for name, (xs, ys) in lines.items():
+        ax.plot([x * scale for x in xs], ys, marker="o", markersize=3, linewidth=1, label=name)
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="dense")
+    ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
+    ax.set_title("Sparse / dense time (below 1: faster than dense)")
+    ax.set_xlabel({"sparsity": "weight sparsity (%)", "input_zeros": "input zeros (%)",
+                   "batch_size": "batch size"}[axis])
+    ax.set_ylabel("sparse / dense time")
+    ax.grid(True, alpha=0.3)
+    if len(lines) <= _MAX_LEGEND:
+        ax.legend(fontsize="x-small", ncol=2 if len(lines) > 5 else 1)
+
+
 def _draw_bars(fig, data, title: str, ylabel: str, color: str) -> None:
     names, values = data
     ax = fig.add_subplot()
@@ -240,6 +285,10 @@ def _figure_specs(results: dict) -> list[tuple[str, str, str, Any, Callable[[Any
         specs.append(("layers", "Per-layer sparsity", "Bar chart of each layer's sparsity after pruning",
                       layers, lambda fig, d: _draw_bars(fig, d, "Sparsity per layer", "sparsity (%)",
                                                         "tab:green")))
+    if (kern := _kernels_data(results)) is not None:
+        specs.append(("kernels", "Sparse kernels against dense",
+                      "Sparse / dense time of each kernel, log scale, against the grid's varying value", kern,
+                      _draw_kernels))
     return specs
 
 
