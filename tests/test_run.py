@@ -381,3 +381,28 @@ def test_lottery_rounds_end_at_the_allocations_sparsity_with_the_ticket_as_the_p
     assert abs(checkpoint.read(out / "model.pt").masks.sparsity() - 0.75) < 0.005
     html = (out / "report.html").read_text()
     assert 'data-figure' in html and "Lottery ticket" in html and "fresh random initialisation" in html
+
+
+@pytest.mark.parametrize("method", ["masks", "channels"])
+def test_weight_sharing_writes_shared_values_and_eie_bytes(tmp_path: Path, method: str) -> None:
+    prune = ("  allocation: {name: global, sparsity: 0.8}" if method == "masks"
+             else "  method: channels\n  allocation: {name: uniform, sparsity: 0.3}")
+    path = _recipe(tmp_path, deploy="false", prune=prune,
+                   recover="  epochs: 1\n  lr: 0.01\n  weight_sharing: {bits: 3, epochs: 1, lr: 0.001}")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    res = _results(out)
+    ws = res["weight_sharing"]
+    model, ckpt = checkpoint.build(out / "model.pt")
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert sorted(r["name"] for r in ws["layers"]) == sorted(linears)
+    for row in ws["layers"]:
+        w = linears[row["name"]].weight.detach()
+        assert torch.unique(w).numel() == row["values"] <= 2 ** 3  # the shared values are the weights
+        assert row["nonzeros"] == int((w != 0).sum()) and row["eie_bytes"] < row["dense_bytes"]
+    if method == "masks":  # sharing keeps every masked zero: the sparsity is still exact
+        assert abs(ckpt.masks.sparsity() - 0.8) < 1e-3
+        assert all(torch.equal(linears[n].weight == 0, ckpt.masks[n] == 0) for n in linears if n in ckpt.masks)
+    assert res["summary"]["pruned"]["top1"] == pytest.approx(ws["top1_tuned"])  # the model measured is the shared one
+    md = (out / "report.md").read_text()
+    assert "## Weight sharing and EIE storage" in md and "| total |" in md

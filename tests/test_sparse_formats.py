@@ -671,3 +671,22 @@ def test_every_format_saves_and_loads_with_weights_only(tmp_path) -> None:
         assert torch.equal(back.unpack(), fmt.unpack())
     with pytest.raises(ConfigError, match="not a saved sparse format"):
         SparseFormat.from_state_dict({"format": "COO"})
+
+
+def test_finetune_codebook_freezes_batchnorm_statistics_and_restores_modes() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 3))
+    net.eval()
+    net[2].train()  # a mixed state that must come back as it was
+    share_linear_layers(net, bits=2)
+    stats = {k: v.clone() for k, v in net[1].state_dict().items()}
+    centroids = net[0].centroids.detach().clone()
+    net[0].eval()
+    net[4].eval()
+    modes = [m.training for m in net]
+    assert modes == [False, False, True, False, False]
+    loader = [(torch.randn(16, 6), torch.randint(0, 3, (16,))) for _ in range(4)]
+    finetune_codebook(net, loader, epochs=1, lr=1e-2)
+    assert all(torch.equal(v, net[1].state_dict()[k]) for k, v in stats.items())  # running stats untouched
+    assert not torch.equal(centroids, net[0].centroids.detach())  # the centroids did train
+    assert [m.training for m in net] == modes

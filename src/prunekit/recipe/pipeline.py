@@ -2,7 +2,7 @@
 
 The run is a list of small steps (:data:`STEPS`), each ``step(run) -> None`` reading and extending
 one :class:`Run`: set up -> model -> dense training -> dense measurements -> search -> prune ->
-recover -> verify -> deploy -> pruned measurements. The folder it writes::
+recover -> share weights -> verify -> deploy -> pruned measurements. The folder it writes::
 
     model.pt      the pruned model (prunekit checkpoint: masks / plan / deploy kernels); rewritten
                   after pruning and after every fine-tuning epoch, so a stop keeps the last good one
@@ -631,6 +631,61 @@ def recover(run: Run) -> None:
         run.results["pruning"]["sparsity"] = float(run.masks.sparsity())
 
 
+def share_weights(run: Run) -> None:
+    """``recover.weight_sharing``: Deep Compression's second stage on every Linear layer, then EIE.
+
+    Works on a clean copy: each Linear layer's weights are shared through a k-means codebook
+    (:func:`prunekit.sparse.formats.share_linear_layers`, code 0 kept for 0.0, so masked zeros stay
+    zero), the centroids are fine-tuned, and the shared values are written back into the model's
+    own weights (the checkpoint stays the one format; masks stay exact). Each layer is packed in the
+    EIE format, checked to unpack to the same weights, and its bytes are recorded.
+    """
+    ws = run.recipe["recover"]["weight_sharing"]
+    if ws is None:
+        return
+    from prunekit.masks import clean_copy
+    from prunekit.sparse.formats import CSRMatrix, EIEMatrix, share_linear_layers
+    from prunekit.train.codebook import finetune_codebook
+
+    run.section(f"weight sharing: {ws['bits']}-bit codebook per Linear layer, {ws['epochs']} centroid epoch(s)")
+    work = clean_copy(run.model)
+    if run.masks is not None:
+        run.masks.make_permanent(work)
+    names = share_linear_layers(work, bits=ws["bits"])
+    if not names:
+        raise ConfigError("recover.weight_sharing: the model has no nn.Linear layer to share; remove "
+                          "recover.weight_sharing from the recipe")
+    before = _evaluate(run, run.model)
+    shared = _evaluate(run, work)
+    if ws["epochs"]:
+        steps = run.recipe["recover"]["steps_per_epoch"]
+        finetune_codebook(work, run.train_loader, epochs=ws["epochs"], lr=ws["lr"],
+                          max_steps=steps * ws["epochs"] if steps else None)
+    tuned = _evaluate(run, work)
+    rows = []
+    with torch.no_grad():
+        for name in names:
+            layer = work.get_submodule(name)
+            w = layer.weight().detach()
+            target = run.model.get_submodule(name)
+            target.weight.copy_(w)
+            eie = EIEMatrix.pack(w, bits=ws["bits"], index_bits=ws["index_bits"], codebook=layer.codebook().detach())
+            if not torch.equal(eie.unpack(), w):  # the format's round trip is exact by construction
+                raise RuntimeError(f"EIE packing of layer {name!r} did not round-trip; please report this")
+            rows.append({"name": name, "shape": list(w.shape), "nonzeros": int((w != 0).sum()),
+                         "values": int(torch.unique(w).numel()), "dense_bytes": 4 * w.numel(),
+                         "csr_bytes": CSRMatrix.pack(w).nbytes(), "eie_bytes": eie.nbytes(),
+                         "huffman_bytes": eie.huffman_nbytes(), "padding": int(eie.num_entries - eie.nnz)})
+    run.results["weight_sharing"] = {"bits": ws["bits"], "index_bits": ws["index_bits"], "epochs": ws["epochs"],
+                                     "top1_before": before, "top1_shared": shared, "top1_tuned": tuned,
+                                     "layers": rows}
+    total = {k: sum(r[k] for r in rows) for k in ("dense_bytes", "csr_bytes", "eie_bytes")}
+    run.say(f"top-1 {100 * before:.2f}% -> shared {100 * shared:.2f}% -> centroids tuned {100 * tuned:.2f}%; "
+            f"Linear weights {total['dense_bytes']:,} B dense, {total['csr_bytes']:,} B CSR, "
+            f"{total['eie_bytes']:,} B EIE ({total['dense_bytes'] / total['eie_bytes']:.1f}x)")
+    _save(run)
+
+
 def _admm(run: Run, task: Any) -> None:
     """``recover.admm``: ADMM epochs towards the allocation's masks, then the hard prune (masks in force)."""
     from prunekit.train import TrainState
@@ -886,6 +941,7 @@ STEPS: list[tuple[str, Callable[[Run], None]]] = [
     ("search", search),
     ("prune", prune_step),
     ("recover", recover),
+    ("share weights", share_weights),
     ("verify", verify),
     ("deploy", deploy_step),
     ("measure pruned", measure_pruned),

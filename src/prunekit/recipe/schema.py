@@ -178,6 +178,17 @@ SCHEMA: dict[str, Key] = {
             "every": Key("int", 100, "optimizer steps between Z- and U-steps", low=1),
         }, "masks: ADMM pruning (Zhang et al. 2018) instead of one-shot: train towards the allocation's masks, "
            "then hard-prune", optional=True),
+        "weight_sharing": _section({
+            "bits": Key("int", 4, "codebook index bits: 2**bits shared values per layer, code 0 kept for 0.0",
+                        low=1, high=8),
+            "index_bits": Key("int", 4, "EIE relative-index bits (a longer run of zeros costs a padding entry)",
+                              low=1, high=16),
+            "epochs": Key("int", 1, "centroid fine-tuning epochs (each centroid moves by the summed gradient of "
+                                    "its weights; 0: none)", low=0),
+            "lr": Key("float", 1e-4, "Adam learning rate of the centroids", low=0.0),
+        }, "after the fine-tune: k-means weight sharing of every Linear layer (Deep Compression), the "
+           "centroids fine-tuned, the shared values written into the weights and each layer's EIE storage "
+           "measured", optional=True),
         "lottery": _section({
             "rounds": Key("int", 3, "prune-and-retrain rounds after the dense training (each prunes the same "
                           "fraction of the weights left, ending at the allocation's sparsity)", low=1),

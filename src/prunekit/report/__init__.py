@@ -460,6 +460,37 @@ def _kernels(results: dict) -> list[_Block]:
     return blocks
 
 
+def _weight_sharing(results: dict) -> list[_Block]:
+    """``recover.weight_sharing``: accuracy through the stages and each Linear layer's storage."""
+    ws = _dict(results.get("weight_sharing"))
+    if not ws:
+        return []
+    blocks = [_Block("h2", ("Weight sharing and EIE storage",), "weight-sharing")]
+    acc = [f"{label} {_fmt_pct(ws[k])}" for k, label in (("top1_before", "before sharing"),
+                                                           ("top1_shared", "shared"),
+                                                           ("top1_tuned", "centroids fine-tuned"))
+           if _is_num(ws.get(k))]
+    head = (f"{_text(ws.get('bits'))}-bit codebook per Linear layer (code 0 kept for 0.0), "
+            f"{_text(ws.get('epochs'))} centroid epoch(s), EIE relative indices of {_text(ws.get('index_bits'))} bits")
+    blocks.append(_p("p", head + (f". Top-1: {', '.join(acc)}." if acc else ".")))
+    rows, total = [], {"dense_bytes": 0, "csr_bytes": 0, "eie_bytes": 0, "huffman_bytes": 0}
+    for r in (r for r in _list(ws.get("layers")) if isinstance(r, dict)):
+        d, e = r.get("dense_bytes"), r.get("eie_bytes")
+        for k in total:
+            total[k] += r.get(k) if _is_num(r.get(k)) else 0
+        rows.append((_Cell(_text(r.get("name"))), _Cell(_shape(r.get("shape"))), _cell(r.get("nonzeros"), "count"),
+                     _cell(r.get("values"), "count"), _cell(d, "bytes"), _cell(r.get("csr_bytes"), "bytes"),
+                     _cell(e, "bytes"), _Cell(_speedup(d, e), num=True), _cell(r.get("huffman_bytes"), "bytes")))
+    if rows:
+        rows.append((_Cell("total"), _Cell(""), _Cell(""), _Cell(""), _cell(total["dense_bytes"], "bytes"),
+                     _cell(total["csr_bytes"], "bytes"), _cell(total["eie_bytes"], "bytes"),
+                     _Cell(_speedup(total["dense_bytes"], total["eie_bytes"]), num=True),
+                     _cell(total["huffman_bytes"], "bytes")))
+        blocks.append(_table("weight-sharing", ("Layer", "Shape", "Nonzeros", "Distinct values", "Dense fp32",
+                                                "CSR fp32", "EIE", "Smaller by", "+ Huffman (estimate)"), rows))
+    return blocks
+
+
 def _admm(results: dict) -> list[_Block]:
     """ADMM (recover.admm): the top-1 right after the hard prune, before fine-tuning."""
     admm = _dict(results.get("admm"))
@@ -553,7 +584,7 @@ def _document(results: dict, others: Sequence[dict], figs: list[DrawnFigure] | N
     blocks = _header(results) + _summary(results)
     if others:
         blocks += _comparison(results, others)
-    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _kernels(results) + _admm(results) + _lottery(results) + _deploy(results) \
+    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _kernels(results) + _weight_sharing(results) + _admm(results) + _lottery(results) + _deploy(results) \
         + _steps(results) \
         + _artifacts(results)
 

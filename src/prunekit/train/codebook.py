@@ -37,8 +37,9 @@ def finetune_codebook(model: nn.Module, loader: Iterable[tuple[torch.Tensor, tor
     """Fine-tune the centroids of every :class:`SharedWeightLinear` in ``model`` (Adam, ``lr``).
 
     Each centroid moves by the summed gradient of the weights that share it; everything else
-    stays frozen unless ``train_bias`` (then the shared layers' biases train too). Returns the
-    loss of every step. The model's train/eval mode and ``requires_grad`` flags are restored.
+    stays frozen unless ``train_bias`` (then the shared layers' biases train too), BatchNorm running
+    statistics included (those layers run in eval mode). Returns the loss of every step. The train/eval
+    mode of every submodule and the ``requires_grad`` flags are restored.
     """
     layers = [m for m in model.modules() if isinstance(m, SharedWeightLinear)]
     if not layers:
@@ -48,7 +49,7 @@ def finetune_codebook(model: nn.Module, loader: Iterable[tuple[torch.Tensor, tor
         params += [m.bias for m in layers if m.bias is not None]
     chosen = {id(p) for p in params}
     saved = {p: p.requires_grad for p in model.parameters()}
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     device = params[0].device
     losses: list[float] = []
     try:
@@ -56,6 +57,9 @@ def finetune_codebook(model: nn.Module, loader: Iterable[tuple[torch.Tensor, tor
             p.requires_grad_(id(p) in chosen)
         opt = torch.optim.Adam(params, lr=lr)
         model.train()
+        for m in model.modules():  # BatchNorm statistics stay frozen like every other weight
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
         for _ in range(epochs):
             for x, y in loader:
                 opt.zero_grad(set_to_none=True)
@@ -68,5 +72,6 @@ def finetune_codebook(model: nn.Module, loader: Iterable[tuple[torch.Tensor, tor
     finally:
         for p, flag in saved.items():
             p.requires_grad_(flag)
-        model.train(was_training)
+        for m, flag in modes:
+            m.training = flag
     return losses
