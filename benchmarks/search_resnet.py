@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from _report import mean_sd
 from prunekit.allocation import Global, Uniform
 from prunekit.checkpoint import build
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets
@@ -55,6 +56,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["uniform", "global", "global-all", "sensitivity", "amc",
                                                      "netadapt"])
     ap.add_argument("--ft-steps", type=int, default=300)
+    ap.add_argument("--ft-seeds", type=int, nargs="+", default=[0],
+                    help="fine-tune every row once per seed (data order); the table shows mean +- sd")
     ap.add_argument("--amc-episodes", type=int, default=120)
     ap.add_argument("--amc-warmup", type=int, default=40)
     ap.add_argument("--netadapt-ft", type=int, default=20)
@@ -107,6 +110,15 @@ def main() -> None:
         fit(m, loader, None, cfg)
         m.eval()
 
+    def finetuned(m: torch.nn.Module) -> dict:
+        """Top-1 after the fine-tune, once per --ft-seeds seed, each from a fresh copy of ``m``."""
+        tops = []
+        for seed in args.ft_seeds:
+            copy_ = clean_copy(m)
+            finetune(copy_, args.ft_steps, seed)
+            tops.append(evaluate(copy_, test).top1)
+        return {"test_top1_ft": float(np.mean(tops)), "test_top1_ft_seeds": tops}
+
     reused: dict = {}
     for path in args.reuse:
         for r in json.loads(Path(path).read_text())["rows"]:
@@ -118,9 +130,7 @@ def main() -> None:
     dense_row = {"method": "dense", "macs": dense_macs, "params": count_params(dense), "search_min": 0.0,
                  "val_top1": val_top1(dense), "test_top1": evaluate(dense, test).top1}
     if args.ft_steps:
-        d2 = clean_copy(dense)
-        finetune(d2, args.ft_steps)
-        dense_row["test_top1_ft"] = evaluate(d2, test).top1
+        dense_row.update(finetuned(dense))
     rows.append(dense_row)
     print(dense_row, flush=True)
     for method in args.methods:
@@ -188,8 +198,7 @@ def main() -> None:
         lat = compare_latency({"dense": dense, "small": small}, x, warmup=3, repeats=30, threads=args.threads)
         row["latency_ratio_measured"] = lat["small"].median_s / lat["dense"].median_s
         if args.ft_steps:
-            finetune(small, args.ft_steps)
-            row["test_top1_ft"] = evaluate(small, test).top1
+            row.update(finetuned(small))
         rows.append(row)
         print({k: v for k, v in row.items() if k not in ("ratios", "iterations")}, flush=True)
         _write(args, rows, notes, started)
@@ -201,17 +210,17 @@ def _write(args: argparse.Namespace, rows: list[dict], notes: list[str], started
     meta = {"started": started, "command": "python benchmarks/search_resnet.py " + " ".join(
         f"{a}" for a in __import__("sys").argv[1:]), "machine": f"{platform.machine()}, torch {torch.__version__}, "
             f"{args.threads} threads", "macs_ratio": args.macs_ratio, "val_images": args.val_images,
-            "ft_steps": args.ft_steps}
+            "ft_steps": args.ft_steps, "ft_seeds": args.ft_seeds}
     atomic_write_text(OUT / f"{name}.json", json.dumps({"meta": meta, "rows": rows, "notes": notes}, indent=1))
     dense = rows[0]
     lines = [f"# Search on {args.model}: channel pruning to {args.macs_ratio:.0%} of the MACs", "",
              f"`{meta['command']}` ({started}, {meta['machine']}). Top-1 on the 10,000 test images; val = "
              f"{args.val_images} held-out training images the searches score on; FT = {args.ft_steps} steps, "
-             "batch 64, lr 0.01 cosine, for every row.", "",
+             f"batch 64, lr 0.01 cosine, for every row, data-order seeds {args.ft_seeds} (mean +- sd).", "",
              "| method | MACs kept | params | search min | val top-1 | test top-1, no FT | after FT | latency |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        ft = f"{100 * r['test_top1_ft']:.2f}" if "test_top1_ft" in r else "-"
+        ft = mean_sd(r.get("test_top1_ft_seeds") or ([r["test_top1_ft"]] if "test_top1_ft" in r else []))
         lat = f"{r['latency_ratio_measured']:.2f}x" if "latency_ratio_measured" in r else "-"
         lines.append(f"| {r['method']} | {r['macs'] / dense['macs']:.3f} | {r['params']:,} | {r['search_min']:.1f} "
                      f"| {100 * r['val_top1']:.2f} | {100 * r['test_top1']:.2f} | {ft} | {lat} |")
