@@ -110,6 +110,8 @@ MISTAKES = [
      + "  lottery: {rounds: 2}\ntrain: {epochs: 1}\n", "recover.lottery", 11, "set prune.method: masks"),
     ("lottery with a loss term", GOOD + "  lottery: {rounds: 2}\ntrain: {epochs: 1, regularizer: {name: l1, strength: 0.1}}\n",
      "train.regularizer", 11, "lottery rounds train without loss terms"),
+    ("reconstruction with masks", GOOD.replace("criterion: l1", "criterion: l1\n  reconstruct: {selection: lasso}"),
+     "prune.reconstruct", 7, "set prune.method: channels"),
     ("ADMM penalty of zero", GOOD + "  admm: {rho: 0}\n", "recover.admm.rho", 10, "in [1e-12"),
 ]
 

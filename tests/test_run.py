@@ -406,3 +406,27 @@ def test_weight_sharing_writes_shared_values_and_eie_bytes(tmp_path: Path, metho
     assert res["summary"]["pruned"]["top1"] == pytest.approx(ws["top1_tuned"])  # the model measured is the shared one
     md = (out / "report.md").read_text()
     assert "## Weight sharing and EIE storage" in md and "| total |" in md
+
+
+def test_regression_reconstruction_cuts_each_conv_and_saves_a_plan(tmp_path: Path) -> None:
+    prune = ("  method: channels\n  allocation: {name: uniform, sparsity: 0.5}\n  exclude: [features.11]\n"
+             "  calibration_batches: 2\n  reconstruct: {selection: lasso, positions: 4}")
+    out = tmp_path / "run"
+    assert main(["run", str(_recipe(tmp_path, deploy="false", prune=prune, recover="  epochs: 0")), "--out",
+                 str(out)]) == 0
+    res = _results(out)
+    rows = res["reconstruct"]
+    assert [r["name"] for r in rows] == ["features.3", "features.7", "features.10"]  # block inputs, model order
+    assert all(r["in_after"] < r["in_before"] and 0 <= r["relative_error"] < 1 for r in rows)
+    model, ckpt = checkpoint.build(out / "model.pt")  # the original architecture + the plan, refitted weights
+    assert len(ckpt.plan.steps) == 3
+    assert [model.features[i].in_channels for i in (3, 7, 10)] == [r["in_after"] for r in rows]
+    assert "verify" not in res  # refitted weights are not the masked model's: nothing to verify against
+
+
+def test_regression_reconstruction_names_a_cut_it_cannot_refit(tmp_path: Path, capsys) -> None:
+    prune = "  method: channels\n  allocation: {name: uniform, sparsity: 0.5}\n  reconstruct: {positions: 2}"
+    assert main(["run", str(_recipe(tmp_path, deploy="false", prune=prune, recover="  epochs: 0")), "--out",
+                 str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "prune.reconstruct refits convs" in err and "classifier.weight" in err and "prune.exclude" in err

@@ -576,6 +576,9 @@ def _prune_channels(run: Run) -> None:
         model, run.example, allocation, importance, target=p["target"], exclude=exclude, graph=graph,
         scoring=ChannelScoring(reduction="mean"), constraints=ChannelConstraints(min_keep=p["min_keep"],
                                                                                  round_to=p["round_to"]))
+    if p["reconstruct"] is not None:
+        small, plan, rebuilt = _reconstruct(run, model, small, graph)
+        run.results["reconstruct"] = rebuilt
     run.plan = run.plan.then(plan) if run.plan is not None else plan
     run.model = small
     pinned = [n.split(": ", 1)[1] for n in report.notes if n.startswith("kept whole (pinned)")]
@@ -584,12 +587,74 @@ def _prune_channels(run: Run) -> None:
     run.results["pruning"] = {"method": "channels", "criterion": repr(importance), "allocation": repr(allocation),
                               "target": p["target"], "units_removed": report.units_removed,
                               "units_prunable": report.units_prunable, "notes": list(report.notes)}
-    if report.verified is not None:  # prune_channels raises when the small model differs from the masked one
+    if report.verified is not None and p["reconstruct"] is None:  # prune_channels raises when the small model differs from the masked one
         run.results["verify"] = {"small_equals_masked": True, "max_abs_diff": report.verified.max_abs_diff,
                                  "inputs": report.verified.inputs}
     run.section("channel pruning")
     run.say(str(report))
     _save(run)
+
+
+def _reconstruct(run: Run, dense: nn.Module, sized: nn.Module, graph: Any) -> tuple[nn.Module, Any, list[dict]]:
+    """``prune.reconstruct``: regression channel pruning (He et al. 2017) at the sizes ``sized`` has.
+
+    For each conv whose input channels the allocation cut (in model order), the selection picks
+    which of them stay from samples of its input in the network pruned so far and of its output in
+    the dense one, least squares refits its weights, and the cut goes through the dependency graph
+    (:func:`prunekit.regression.apply_selection`), one plan step per conv.
+    """
+    from prunekit.errors import UnsupportedError
+    from prunekit.masks import clean_copy
+    from prunekit.regression import RegressionChannelSelector, apply_selection
+    from prunekit.structure import DependencyGraph
+    from prunekit.structure.groups import AxisRef
+
+    rc = run.recipe["prune"]["reconstruct"]
+    sizes = dict(sized.named_modules())
+    cut = [(a.module, n, sizes[a.module].in_channels) for a, n in graph.axes.items()
+           if a.axis == "in" and isinstance(sizes.get(a.module), nn.Conv2d) and sizes[a.module].in_channels < n]
+    cut_axes = {AxisRef(m, "in") for m, _, _ in cut}
+    for unit in graph.units:  # each removed channel must be the input of one layer, the conv refitted
+        readers = sorted({a.module for a in unit.slots if a.axis == "in"
+                          and isinstance(graph.module(a.module), (nn.Conv2d, nn.Linear))})
+        if unit.prunable and cut_axes & set(unit.slots) and len(readers) > 1:
+            raise ConfigError(
+                f"prune.reconstruct: a channel group read by several layers ({', '.join(readers)}) is cut; "
+                "regression refits one layer per cut: exclude that group (prune.exclude) or drop prune.reconstruct")
+    batches = []
+    for batch in _plain_train_loader(run):
+        batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        if len(batches) >= run.recipe["prune"]["calibration_batches"]:
+            break
+    selector = RegressionChannelSelector(positions_per_image=rc["positions"], selection=rc["selection"],
+                                         seed=run.recipe["seed"])
+    current, plan, rows = clean_copy(dense).eval(), None, []
+    run.section(f"regression reconstruction ({rc['selection']} + least squares) of {len(cut)} convs")
+    with _bar(run, len(cut), "reconstruct") as bar:
+        for name, before, keep in cut:
+            sel = selector.select(current, name, batches, keep, reference=dense)
+            try:
+                current, step = apply_selection(current, run.example, name, sel,
+                                                graph=DependencyGraph.build(current, run.example))
+            except UnsupportedError as exc:
+                raise ConfigError(f"prune.reconstruct: cannot cut the input of {name!r} alone ({exc}); exclude "
+                                  "its channel group (prune.exclude) or drop prune.reconstruct") from None
+            current.eval()
+            plan = step if plan is None else plan.then(step)
+            rows.append({"name": name, "in_before": before, "in_after": keep,
+                         "relative_error": float(sel.relative_error)})
+            bar.update(1)
+    want = {n: tuple(t.shape) for n, t in sized.named_parameters()}
+    got = {n: tuple(t.shape) for n, t in current.named_parameters()}
+    if (odd := sorted(n for n in want if got.get(n) != want[n])):
+        raise ConfigError(f"prune.reconstruct refits convs whose input channels are cut; the allocation also cut "
+                          f"channels read by other layers ({', '.join(odd[:4])}): exclude those groups with "
+                          "prune.exclude, or drop prune.reconstruct")
+    mean_err = float(np.mean([r["relative_error"] for r in rows])) if rows else 0.0
+    run.say(f"{len(rows)} convs refitted; mean relative output error {mean_err:.4f}")
+    if plan is None:
+        raise ConfigError("prune.reconstruct: the allocation cut no conv's input channels; raise the sparsity")
+    return current, plan, rows
 
 
 def recover(run: Run) -> None:

@@ -133,6 +133,14 @@ SCHEMA: dict[str, Key] = {
                       choices=("params", "macs", "channels", "latency")),
         "min_keep": Key("float", 0.0, "channels: keep at least this fraction of every group", **RATIO),
         "round_to": Key("int", 1, "channels: kept channels a multiple of this", low=1),
+        "reconstruct": _section({
+            "selection": Key("str", "lasso", "which input channels of each cut conv stay: lasso (He et al. 2017), "
+                             "greedy (least output error, one channel at a time) or l1 (filter norm)",
+                             choices=("lasso", "greedy", "l1")),
+            "positions": Key("int", 10, "output positions sampled per calibration image", low=1),
+        }, "channels: regression channel pruning (He et al. 2017): the allocation sets how many input channels "
+           "each cut conv keeps, the selection picks them from calibration samples (inputs from the pruned "
+           "network, targets from the dense one), and least squares refits the conv's weights", optional=True),
         "calibration_batches": Key("int", 8, "training batches for data-driven criteria", low=1),
         "search": _section({
             "method": Key("str", "sensitivity", "a registered search (prunekit.recipe.pipeline.SEARCHES)",
