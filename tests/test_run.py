@@ -70,7 +70,10 @@ def test_results_match_the_saved_model(masked_run: Path) -> None:
     assert res["verify"]["masked_weights_zero"] is True
     assert res["summary"]["pruned"]["nonzeros"] == count_nonzeros(model)
     assert res["summary"]["dense"]["nonzeros"] > 4 * res["summary"]["pruned"]["nonzeros"]
-    assert len(res["training"]["dense"]) == 2 and len(res["training"]["recovery"]) == 1
+    assert len(res["training"]["dense"]) == 2 and len(res["training"]["recovery"]) == 2
+    first = res["training"]["recovery"][0]  # epoch 0: the pruned model before recovery, as the log says
+    assert first["epoch"] == 0 and first["phase"] == "after pruning"
+    assert f"top-1 right after pruning: {100 * first['top1']:.2f}%" in (masked_run / "log.txt").read_text()
     names = [layer["name"] for layer in res["layers"]]
     assert names == ["features.0", "features.3", "features.7", "features.10", "classifier"]
     assert sum(layer["nonzeros"] for layer in res["layers"]) <= res["summary"]["pruned"]["nonzeros"]
@@ -344,7 +347,7 @@ def test_every_loss_term_trains_the_smaller_model_of_a_channel_run(tmp_path: Pat
     assert term.lower().replace("grouplasso", "group_lasso").startswith(name)
     if name == "group_lasso":  # channels: the groups default to output channels
         assert "Channel" in term
-    assert len(_results(out)["training"]["recovery"]) == 1
+    assert [r["epoch"] for r in _results(out)["training"]["recovery"]] == [0, 1]
 
 
 def test_model_options_build_the_model_and_travel_in_its_checkpoint(tmp_path: Path, capsys) -> None:

@@ -685,9 +685,15 @@ def recover(run: Run) -> None:
             state = TrainState()
             run.section(f"recovery: {rc['epochs']} epochs, lr {rc['lr']:g} cosine"
                         + (", distilling from the dense model" if rc["distill"] is not None else ""))
+            start = None
+            if pruner is None and rc["admm"] is None:  # the pruned model before any recovery
+                start = _evaluate(run, run.model)
+                run.say(f"top-1 right after pruning: {100 * start:.2f}%")
             _fit(run, run.model, rc, "recovery", phase="fine-tune" if rc["admm"] is not None else None,
                  save_each=lambda: _save(run, state.state_dict()), task=task, pruner=pruner,
                  regularizer=_regularizer(run, rc["regularizer"]), state=state)
+            if start is not None:  # epoch 0 of the accuracy curve
+                run.results["training"]["recovery"].insert(0, {"epoch": 0, "top1": start, "phase": "after pruning"})
     finally:
         if run.writer is not None:
             run.writer.close()
