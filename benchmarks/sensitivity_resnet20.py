@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from _report import mean_sd
 from prunekit import Element, Global, Magnitude, Uniform, prune, select
 from prunekit.checkpoint import build
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets, cifar10_loaders
@@ -41,6 +42,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ft-steps", type=int, default=0,
                     help="then fine-tune each pruned model this many steps (masks in force) and measure again")
+    ap.add_argument("--ft-seeds", type=int, nargs="+", default=[0],
+                    help="fine-tune each row once per seed (data order, augmentation) from the same pruned start")
     ap.add_argument("--curves", help="reuse the curves JSON of an earlier scan (same checkpoint) instead of scanning")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -76,19 +79,26 @@ def main() -> None:
     for name, alloc in (("uniform", Uniform(args.sparsity)), ("global", Global(args.sparsity)),
                         ("sensitivity", searched)):
         model = copy.deepcopy(dense)
-        masks = prune(model, select(model), Magnitude(), Element(), alloc, enforce=args.ft_steps > 0)
+        masks = prune(model, select(model), Magnitude(), Element(), alloc, enforce=False)
         rows[name] = {"sparsity": masks.sparsity(), "val_top1": evaluate(model, val).top1,
                       "test_top1": evaluate(model, test).top1}
         if args.ft_steps:
             train_aug, _ = cifar10_loaders(Path(args.data) / "cifar10-jpeg75.npz", 128, IMAGENET_MEAN, IMAGENET_STD)
-            cfg = TrainConfig(epochs=1, lr=0.01, weight_decay=5e-4, schedule="cosine", seed=0, progress=False,
-                              max_steps_per_epoch=args.ft_steps)
-            fit(model, train_aug, None, cfg)
-            masks.remove()
-            rows[name]["test_top1_ft"] = evaluate(model, test).top1
+            tops = []
+            for seed in args.ft_seeds:
+                tuned = copy.deepcopy(dense)
+                tuned_masks = prune(tuned, select(tuned), Magnitude(), Element(), alloc, enforce=True)
+                cfg = TrainConfig(epochs=1, lr=0.01, weight_decay=5e-4, schedule="cosine", seed=seed, progress=False,
+                                  max_steps_per_epoch=args.ft_steps)
+                fit(tuned, train_aug, None, cfg)
+                tuned_masks.remove()
+                tops.append(evaluate(tuned, test).top1)
+            rows[name]["test_top1_ft"] = float(np.mean(tops))
+            rows[name]["test_top1_ft_seeds"] = tops
         print(name, rows[name], flush=True)
     dense_test = evaluate(dense, test).top1
-    reuse = (f" --curves {args.curves}" if args.curves else "") + (f" --ft-steps {args.ft_steps}" if args.ft_steps else "")
+    reuse = (f" --curves {args.curves}" if args.curves else "") + (f" --ft-steps {args.ft_steps}" if args.ft_steps else "") \
+        + (f" --ft-seeds {' '.join(map(str, args.ft_seeds))}" if args.ft_steps and args.ft_seeds != [0] else "")
     meta = {"command": f"python benchmarks/sensitivity_resnet20.py --data {args.data} --sparsity {args.sparsity}{reuse}",
             "started": started, "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
             "scan_minutes": scan_min, "dense_test_top1": dense_test, "ratios": searched.ratios}
@@ -100,7 +110,8 @@ def main() -> None:
              "| allocation | sparsity | top-1 on the scan images | top-1 test | top-1 test after fine-tune |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for name, r in rows.items():
-        ft = f"**{r['test_top1_ft']:.2%}** ({args.ft_steps} steps)" if "test_top1_ft" in r else "-"
+        ft = (f"**{mean_sd(r['test_top1_ft_seeds'])}** ({args.ft_steps} steps, seeds {args.ft_seeds})"
+              if "test_top1_ft" in r else "-")
         lines.append(f"| {name} | {r['sparsity']:.1%} | {r['val_top1']:.2%} | **{r['test_top1']:.2%}** | {ft} |")
     lines += ["", "Per-layer ratios found: " + ", ".join(f"{k} {v:.1f}" for k, v in searched.ratios.items())]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
