@@ -17,18 +17,19 @@ running something else) and stops them afterwards.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
-from prunekit.recipe.schema import Key, _section
+from prunekit.recipe.schema import SCHEMA, Key, _section
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunekit.recipe.pipeline import Run
 
 KERNEL_SCHEMA: dict[str, Key] = {
-    "version": Key("int", 1, "recipe format version", choices=(1,), optional=False),
+    "version": SCHEMA["version"],
     "title": Key("str", None, "a name for the run (default: the shape and the kernels)"),
     "seed": Key("int", 0, "seeds the random weights and inputs", low=0),
     "threads": Key("int", 1, "torch CPU threads (kernels.threads lists several)", low=1),
@@ -48,11 +49,8 @@ KERNEL_SCHEMA: dict[str, Key] = {
         "warmup": Key("int", 3, "untimed calls first", low=0),
         "load": Key("int", 0, "busy CPU processes started beside the timing (a loaded machine)", low=0),
     }, "a sparse-kernel benchmark (a kernels recipe)"),
-    "outputs": _section({
-        "dir": Key("path", None, "run folder (default runs/<recipe name>; the CLI's --out wins)"),
-        "report": Key("bool", True, "write report.html and report.md"),
-        "progress": Key("str", "auto", "progress bars: auto (on a terminal), on, off", choices=("auto", "on", "off")),
-    }, "what the run writes"),
+    "outputs": _section({k: v for k, v in SCHEMA["outputs"].keys.items() if k != "tensorboard"},
+                        "what the run writes"),
 }
 
 
@@ -100,6 +98,18 @@ def _busy(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
+def _cell_row(cell: tuple, regime: str, zeros: float) -> dict[str, Any]:
+    """One grid cell from its rounds' ``BenchRow`` s: median times, and the median of the rounds' ratios."""
+    first = cell[0]
+    return {"kernel": first.kernel, "batch_size": first.batch_size, "sparsity": first.sparsity,
+            "threads": first.threads, "regime": regime, "input_zeros": zeros,
+            "dense_ms": statistics.median(c.dense_s for c in cell) * 1e3,
+            "sparse_ms": statistics.median(c.sparse_s for c in cell) * 1e3,
+            "ratio": statistics.median(c.sparse_s / c.dense_s for c in cell),
+            "dense_bytes": first.dense_bytes, "sparse_bytes": first.sparse_bytes,
+            "index_dtype": first.index_dtype, "rounds": len(cell)}
+
+
 def bench_step(run: Run) -> None:
     """Time every cell of the grid; one results row per (threads, regime, input zeros, sparsity, batch, kernel)."""
     from prunekit.sparse.bench import bench_linear
@@ -118,30 +128,19 @@ def bench_step(run: Run) -> None:
         from prunekit.recipe.pipeline import _bar
 
         with _bar(run, cells * k["rounds"], "kernels") as bar:
-            for t in threads:
-                for regime in k["regimes"]:
-                    for zeros in k["input_zeros"]:
-                        rounds = []
-                        for _ in range(k["rounds"]):
-                            rounds.append(bench_linear((out, inp), k["batch_sizes"], k["sparsities"], k["kernels"],
-                                                       repeats=k["repeats"], warmup=k["warmup"], threads=t,
-                                                       seed=r["seed"], regime=regime, input_zeros=zeros))
-                            bar.update(1)
-                        for cell in zip(*rounds):
-                            first = cell[0]
-                            row = {"kernel": first.kernel, "batch_size": first.batch_size,
-                                   "sparsity": first.sparsity, "threads": first.threads, "regime": regime,
-                                   "input_zeros": zeros,
-                                   "dense_ms": statistics.median(c.dense_s for c in cell) * 1e3,
-                                   "sparse_ms": statistics.median(c.sparse_s for c in cell) * 1e3,
-                                   "ratio": statistics.median(c.sparse_s / c.dense_s for c in cell),
-                                   "dense_bytes": first.dense_bytes, "sparse_bytes": first.sparse_bytes,
-                                   "index_dtype": first.index_dtype, "rounds": len(cell)}
-                            rows.append(row)
-                            run.say(f"threads {row['threads']}, {regime}, input zeros {zeros:.0%}, sparsity "
-                                    f"{row['sparsity']:.0%}, batch {row['batch_size']}, {row['kernel']}: "
-                                    f"sparse / dense {row['ratio']:.3f} ({row['sparse_ms']:.3f} / "
-                                    f"{row['dense_ms']:.3f} ms)")
+            for t, regime, zeros in itertools.product(threads, k["regimes"], k["input_zeros"]):
+                rounds = []
+                for _ in range(k["rounds"]):
+                    rounds.append(bench_linear((out, inp), k["batch_sizes"], k["sparsities"], k["kernels"],
+                                               repeats=k["repeats"], warmup=k["warmup"], threads=t, seed=r["seed"],
+                                               regime=regime, input_zeros=zeros))
+                    bar.update(1)
+                for cell in zip(*rounds):
+                    row = _cell_row(cell, regime, zeros)
+                    rows.append(row)
+                    run.say(f"threads {row['threads']}, {regime}, input zeros {zeros:.0%}, sparsity "
+                            f"{row['sparsity']:.0%}, batch {row['batch_size']}, {row['kernel']}: sparse / dense "
+                            f"{row['ratio']:.3f} ({row['sparse_ms']:.3f} / {row['dense_ms']:.3f} ms)")
     finally:
         for p in procs:
             p.kill()

@@ -20,6 +20,7 @@ run again into the same folder (``--force``) continues the scan instead of start
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import platform
 import sys
@@ -575,7 +576,8 @@ def _prune_channels(run: Run) -> None:
     small, plan, report = prune_channels(
         model, run.example, allocation, importance, target=p["target"], exclude=exclude, graph=graph,
         scoring=ChannelScoring(reduction="mean"), constraints=ChannelConstraints(min_keep=p["min_keep"],
-                                                                                 round_to=p["round_to"]))
+                                                                                 round_to=p["round_to"]),
+        verify=p["reconstruct"] is None)  # with reconstruct only the sizes are kept: nothing to verify
     if p["reconstruct"] is not None:
         small, plan, rebuilt = _reconstruct(run, model, small, graph)
         run.results["reconstruct"] = rebuilt
@@ -587,7 +589,7 @@ def _prune_channels(run: Run) -> None:
     run.results["pruning"] = {"method": "channels", "criterion": repr(importance), "allocation": repr(allocation),
                               "target": p["target"], "units_removed": report.units_removed,
                               "units_prunable": report.units_prunable, "notes": list(report.notes)}
-    if report.verified is not None and p["reconstruct"] is None:  # prune_channels raises when the small model differs from the masked one
+    if report.verified is not None:  # prune_channels raises when the small model differs from the masked one
         run.results["verify"] = {"small_equals_masked": True, "max_abs_diff": report.verified.max_abs_diff,
                                  "inputs": report.verified.inputs}
     run.section("channel pruning")
@@ -621,11 +623,7 @@ def _reconstruct(run: Run, dense: nn.Module, sized: nn.Module, graph: Any) -> tu
             raise ConfigError(
                 f"prune.reconstruct: a channel group read by several layers ({', '.join(readers)}) is cut; "
                 "regression refits one layer per cut: exclude that group (prune.exclude) or drop prune.reconstruct")
-    batches = []
-    for batch in _plain_train_loader(run):
-        batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
-        if len(batches) >= run.recipe["prune"]["calibration_batches"]:
-            break
+    batches = list(itertools.islice(_plain_train_loader(run), run.recipe["prune"]["calibration_batches"]))
     selector = RegressionChannelSelector(positions_per_image=rc["positions"], selection=rc["selection"],
                                          seed=run.recipe["seed"])
     current, plan, rows = clean_copy(dense).eval(), None, []
