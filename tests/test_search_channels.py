@@ -105,3 +105,63 @@ def _fidelity_on(model, x):
         return -float((m.eval()(x) - ref).pow(2).mean())
 
     return evaluate
+
+
+@pytest.mark.parametrize("model_name", ["resnet20", "vgg11_bn", "mobilenetv2"])
+def test_exact_ratios_make_prune_channels_cut_what_prune_groups_cuts(model_name) -> None:
+    """Searched per-group ratios handed to prune_channels (PerLayer keyed by group names) give the same small
+    model as prune_groups: same shapes and weights, so the budget the search met is met."""
+    from prunekit.allocation import PerLayer
+    from prunekit.models import create
+    from prunekit.search.channels import exact_ratios
+    from prunekit.structure import prune_channels
+
+    torch.manual_seed(0)
+    model = create(model_name).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    groups = names(model, x)
+    ratios = {g: (0.1 + 0.37 * i) % 0.9 for i, g in enumerate(groups[::2])}
+    ref, _ = prune_groups(model, x, ratios)
+    exact = exact_ratios(model, x, ratios)
+    assert set(exact) == set(ratios) and all(abs(exact[g] - ratios[g]) < 0.5 for g in exact)
+    small, _, report = prune_channels(model, x, PerLayer(exact), target="channels")
+    assert report.verified is not None
+    a, b = ref.state_dict(), small.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape, k
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_group_names_as_perlayer_keys_touch_only_that_group() -> None:
+    from prunekit.allocation import PerLayer
+    from prunekit.structure import prune_channels
+
+    model = _model()
+    small, _, _ = prune_channels(model, X, PerLayer({"3:out": 0.5}), target="channels")
+    assert (small[0].out_channels, small[3].out_channels) == (20, 15)
+    with pytest.raises(ConfigError, match="PerLayer"):
+        prune_channels(model, X, PerLayer({"3:ou": 0.5}), target="channels")
+
+
+def test_prune_groups_never_empties_a_module_of_a_group_spanning_stages() -> None:
+    """The option-A residual stream is one group of 64 units whose first stage holds 16: cutting 90 % of it by
+    any ranking leaves every module at least one channel (and prune_channels cuts the same)."""
+    from prunekit.allocation import PerLayer
+    from prunekit.models import create
+    from prunekit.search.channels import exact_ratios
+    from prunekit.structure import prune_channels
+
+    class Stage3High:  # the stream units of the first stage (members in every stage) rank lowest
+        def scores(self, target):
+            return torch.ones_like(target.weight) * (100.0 if target.name.startswith("layer3") else 1.0)
+
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    x = torch.zeros(1, 3, 32, 32)
+    small, _ = prune_groups(model, x, {"conv1:out": 0.9}, Stage3High())
+    assert small.conv1.out_channels == 1 and small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert all(m.out_channels >= 1 for m in small.modules() if isinstance(m, nn.Conv2d))
+    exact = exact_ratios(model, x, {"conv1:out": 0.9}, Stage3High())
+    same, _, _ = prune_channels(model, x, PerLayer(exact), Stage3High(), target="channels")
+    assert all(torch.equal(a, b) for a, b in zip(small.state_dict().values(), same.state_dict().values()))

@@ -33,8 +33,8 @@ from torch import nn
 
 from prunekit.errors import ConfigError, close_matches
 
-__all__ = ["group_label", "names", "prune_groups", "ratios_for_cost", "ratios_for_latency", "ratios_for_macs",
-           "scan_channels"]
+__all__ = ["exact_ratios", "group_label", "names", "prune_groups", "ratios_for_cost", "ratios_for_latency",
+           "ratios_for_macs", "scan_channels"]
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -76,17 +76,53 @@ def prune_groups(model: nn.Module, example_input: Any, ratios: Mapping[str, floa
 
     graph = graph if graph is not None else DependencyGraph.build(model, example_input)
     groups = _groups(graph, importance, exclude)
-    removed: list[int] = []
+    removed = [u for units in _removed(graph, groups, ratios).values() for u in units]
+    plan = make_plan(graph, sorted(removed), {"ratios": {k: float(v) for k, v in ratios.items()}})
+    return plan.apply(clean_copy(model)), plan
+
+
+def _removed(graph: Any, groups: Mapping[str, list[int]], ratios: Mapping[str, float]) -> dict[str, list[int]]:
+    """The units removed from each named group: its ``round(ratio * n)`` lowest-scored, skipping any whose
+    removal would leave a module with no channel (a group can span several modules' axes, e.g. the
+    residual stream of an option-A ResNet, whose first stage holds only a quarter of its units)."""
+    from prunekit.structure.ranking import _Budget
+
+    budget = _Budget(graph, 0.0)
+    out: dict[str, list[int]] = {}
     for label, r in ratios.items():
         if label not in groups:
             raise ConfigError(f"no prunable channel group {label!r}; groups: {', '.join(groups)}; "
                               f"{close_matches(label, list(groups))}")
         if not 0.0 <= float(r) < 1.0:
             raise ConfigError(f"ratio of group {label!r} must be in [0, 1), got {r!r}")
-        units = groups[label]
-        removed += units[: min(len(units) - 1, int(round(float(r) * len(units))))]
-    plan = make_plan(graph, sorted(removed), {"ratios": {k: float(v) for k, v in ratios.items()}})
-    return plan.apply(clean_copy(model)), plan
+        want = min(len(groups[label]) - 1, int(round(float(r) * len(groups[label]))))
+        out[label] = []
+        for u in groups[label]:
+            if len(out[label]) >= want:
+                break
+            if budget.can_remove(u):
+                budget.remove(u)
+                out[label].append(u)
+    return out
+
+
+def exact_ratios(model: nn.Module, example_input: Any, ratios: Mapping[str, float], importance: Any = None,
+                 exclude: Sequence[str] = (), graph: Any = None) -> dict[str, float]:
+    """``ratios`` as the exact fractions ``k / n`` that :func:`prune_groups` removes from each group, so
+    ``prune_channels(model, x, PerLayer(exact_ratios(...)), target="channels")`` cuts the same channel
+    counts (group names are accepted as ``PerLayer`` keys) and reports, verifies and plans as usual.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 1))
+    >>> exact_ratios(model, torch.randn(1, 3, 8, 8), {"0:out": 0.3})
+    {'0:out': 0.3333333333333333}
+    """
+    from prunekit.structure import DependencyGraph
+
+    graph = graph if graph is not None else DependencyGraph.build(model, example_input)
+    groups = _groups(graph, importance, exclude)
+    return {label: len(units) / len(groups[label]) for label, units in _removed(graph, groups, ratios).items()}
 
 
 def _group_macs(graph: Any, example_input: Any) -> dict[str, int]:

@@ -203,15 +203,18 @@ def _selector_args(allocation: Any, graph: DependencyGraph, constraints: Channel
         return "uniform", allocation.sparsity, constraints.min_keep, None
     if isinstance(allocation, PerLayer):
         names = sorted({a.module for a in graph.axes})
+        labels = {str(g.axes[0]) for g in graph.groups}  # a group's name (prunekit.search.channels.group_label)
         for pattern in allocation.ratios:
-            match_modules([pattern], names, "PerLayer")
+            if pattern not in labels:
+                match_modules([pattern], names, "PerLayer")
         import fnmatch
 
         per_group: dict[int, float] = {}
         for g in graph.groups:
             ratio = allocation.default
             for pattern, r in allocation.ratios.items():
-                if any(fnmatch.fnmatchcase(a.module, pattern) for a in g.axes):
+                if pattern == str(g.axes[0]) if pattern in labels else any(
+                        fnmatch.fnmatchcase(a.module, pattern) for a in g.axes):
                     ratio = r
                     break
             per_group[g.index] = 0.0 if ratio is None else ratio
@@ -241,7 +244,8 @@ def prune_channels(
     ``allocation`` says how much and where, over the dependency graph's coupled channel groups,
     with the same objects masks use: ``Global(0.5)`` (one ranking; a plain ``0.5`` means this),
     ``Uniform(0.5)`` (the same fraction of every group) or ``PerLayer({"layer3.*": 0.6}, default=0.3)``
-    (glob patterns; a group takes the first pattern that matches one of its modules). The ratio is
+    (glob patterns; a group takes the first pattern that matches one of its modules, or that is its name,
+    e.g. ``"layer1.0.conv1:out"`` as :mod:`prunekit.search.channels` names groups). The ratio is
     the fraction to remove of ``target``: ``"channels"`` (prunable units), ``"macs"`` or ``"params"``
     (searched until reached; the report says what was reached). ``importance`` follows the prunekit
     importance contract (default L1 magnitude); a name or spec such as ``"l2"`` or ``"taylor"`` is
