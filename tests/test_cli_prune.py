@@ -114,3 +114,31 @@ def test_the_default_scope_is_the_measured_best(tmp_path, capsys) -> None:
     code, out, err = _run(capsys, "--granularity", "nm:2:4", "--exclude", "features.0", "--out", str(tmp_path / "n.pt"))
     assert code == 0, err
     assert checkpoint.read(tmp_path / "n.pt").metadata["pruning"]["scope"] == "uniform"
+
+
+@pytest.mark.parametrize("budget", ["macs", "params"])
+def test_structured_default_scope_searches_at_a_budget(tmp_path, capsys, budget) -> None:
+    """With --structured at a MACs / params budget the default is a sensitivity search (RESULTS.md 4b): its
+    per-group ratios reach the budget and are recorded; --target channels keeps uniform."""
+    from prunekit import checkpoint
+
+    code, out, err = _run(capsys, "--structured", "--target", budget, "--sparsity", "0.5", "--search-images", "200",
+                          "--latency-repeats", "2", "--out", str(tmp_path / "s.pt"))
+    assert code == 0, err
+    assert "sensitivity scan" in out and "per-group ratios keeping" in out
+    meta = checkpoint.read(tmp_path / "s.pt").metadata["pruning"]
+    assert meta["scope"] == "sensitivity" and meta["allocation"].startswith("PerLayer(")
+    assert 0.5 <= meta["reached"][budget] < 0.6
+    code, out, err = _run(capsys, "--structured", "--sparsity", "0.25", "--latency-repeats", "2",
+                          "--out", str(tmp_path / "c.pt"))
+    assert code == 0, err
+    assert checkpoint.read(tmp_path / "c.pt").metadata["pruning"]["scope"] == "uniform"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--structured", "--target", "channels", "--scope", "sensitivity"], "meets a --target macs or params budget"),
+    (["--scope", "sensitivity"], "applies to --structured"),
+])
+def test_sensitivity_scope_refuses_what_it_cannot_do(tmp_path, capsys, argv, message) -> None:
+    code, _, err = _run(capsys, *argv, "--sparsity", "0.5", "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and message in err and not (tmp_path / "x.pt").exists()

@@ -182,12 +182,13 @@ def resolve_dataset(
 
 
 def make_loaders_from_args(
-    args: argparse.Namespace, model_name: str | None = None, metadata: Mapping[str, Any] | None = None
+    args: argparse.Namespace, model_name: str | None = None, metadata: Mapping[str, Any] | None = None,
+    augment: bool = True,
 ) -> tuple[DataLoader, DataLoader]:
     """Train and test loaders for the data options in ``args`` (see :func:`add_data_args`).
 
     ``model_name`` and a checkpoint's ``metadata`` fill in ``--dataset`` / ``--normalize`` when
-    they were not given.
+    they were not given; ``augment=False`` leaves the training images as they are.
     """
     meta = metadata or {}
     dataset = resolve_dataset(args, model_name, meta)
@@ -202,7 +203,17 @@ def make_loaders_from_args(
             raise ConfigError(f"unknown normalisation {normalize!r} in the checkpoint; pass --normalize cifar|imagenet")
     return make_loaders(dataset, getattr(args, "data", None), batch_size=int(getattr(args, "batch_size", 128)),
                         normalize=normalize, limit=getattr(args, "limit", None),
-                        seed=int(getattr(args, "seed", 0) or 0))
+                        seed=int(getattr(args, "seed", 0) or 0), augment=augment)
+
+
+def validation_loader(args: argparse.Namespace, model_name: str | None, metadata: Mapping[str, Any] | None,
+                      images: int) -> DataLoader:
+    """``images`` class-balanced *training* images, not augmented: what searches score candidates on
+    (the test split stays unseen)."""
+    from prunekit.data.choose import balanced_subset
+
+    train, _ = make_loaders_from_args(args, model_name, metadata, augment=False)
+    return DataLoader(balanced_subset(train.dataset, images), train.batch_size, shuffle=False)
 
 def resolved_normalize(args: argparse.Namespace, dataset: str, metadata: Mapping[str, Any] | None = None) -> str | None:
     """The normalisation a cifar10 run uses (for recording in checkpoint metadata); None otherwise."""

@@ -65,9 +65,11 @@ def register(subparsers: Any) -> None:
         "--sparsity", type=float, metavar="S",
         help="fraction of weights to remove, in [0, 1) (default: the ratio nm/pattern imply)",
     )
-    p.add_argument("--scope", choices=("global", "uniform"), default=None,
-                   help="one ranking over all layers, or the same ratio in each (default: global for masks, uniform "
-                        "for --structured and for N:M / pattern; chosen by benchmarks/RESULTS.md sections 2, 4 and 4b)")
+    p.add_argument("--scope", choices=("global", "uniform", "sensitivity"), default=None,
+                   help="one ranking over all layers, the same ratio in each, or (--structured) per-group ratios "
+                        "from a sensitivity scan (default: global for masks, uniform for N:M / pattern; with "
+                        "--structured sensitivity for --target macs or params, else uniform; chosen by "
+                        "benchmarks/RESULTS.md sections 2, 4 and 4b)")
     p.add_argument(
         "--score-norm", choices=("lamp", "max", "l2"), help="per-layer score normalisation for --scope global"
     )
@@ -124,6 +126,9 @@ def _allocation(args: argparse.Namespace, granularity: Any) -> Any:
         if implied is None:
             raise UsageError(f"--sparsity is required with --granularity {args.granularity}")
         s = implied
+    if args.scope == "sensitivity":
+        raise UsageError("--scope sensitivity applies to --structured; for masks run `prunekit sensitivity "
+                         "--sparsity S --prune-out FILE`, or use --scope global (the measured default for masks)")
     if args.scope is None:  # measured: global beats uniform for element masks (RESULTS.md sections 2 and 4)
         fixed = getattr(granularity, "fixed_sparsity", getattr(granularity, "min_sparsity", None)) is not None
         args.scope = "uniform" if fixed else "global"

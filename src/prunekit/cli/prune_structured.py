@@ -1,8 +1,14 @@
 """``prunekit prune --structured``: physically remove channels and save the smaller model.
 
 ``--sparsity`` is the fraction of ``--target`` (channels, MACs or parameters) to remove; the
-importance is ``--criterion``; ``--scope`` global/uniform, ``--min-keep``, ``--reduction`` and
-``--exclude`` keep their ``prunekit prune`` meaning. Example::
+importance is ``--criterion``; ``--min-keep``, ``--reduction`` and ``--exclude`` keep their ``prunekit
+prune`` meaning. ``--scope`` says how much each channel group loses: ``uniform`` (the same share),
+``global`` (one ranking) or ``sensitivity``: each group is cut alone at 0.1 ... 0.9 and scored on
+``--search-images`` class-balanced training images, and per-group ratios that meet the budget at the
+least accuracy cost come from the curves (:mod:`prunekit.search.channels`). ``sensitivity`` is the default
+for ``--target macs`` / ``params``: it measured best after fine-tuning (benchmarks/RESULTS.md section
+4b: +1.1 and +1.9 points over uniform on ResNet-56 and ResNet-20) at the cost of the scan (0.6 min
+for ResNet-20, 12 min for ResNet-56 on 2 cores); ``--scope uniform`` skips it. Example::
 
     prunekit prune --structured --checkpoint checkpoints/resnet20_cifar10jpeg.pt --criterion l1 \\
         --target macs --sparsity 0.5 --round-to 4 --out r20_half.pt --plan-out r20_half.plan.json
@@ -33,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--members", choices=("out", "all"), default="out",
         help="score a channel group by its producing slices only, or also its consumers' (default out)",
     )  # fmt: skip
+    g.add_argument("--search-images", type=positive_int, default=1000, metavar="N",
+                   help="--scope sensitivity: class-balanced training images each probe is scored on (default 1000)")
     g.add_argument("--no-verify", action="store_true", help="skip the small-vs-masked output check")
     g.add_argument("--latency-repeats", type=positive_int, default=20, metavar="N",
                    help="timed forward passes per model for the before/after table (default 20)")  # fmt: skip
@@ -54,6 +62,42 @@ def _check_args(args: argparse.Namespace) -> None:
     check_args_outputs(args)  # --out / --plan-out writable, distinct, not an input: before any work
 
 
+def _scope(args: argparse.Namespace) -> str:
+    """The channel allocation: chosen by measurement (RESULTS.md section 4b) unless ``--scope`` says."""
+    if args.scope is None:  # a search beat uniform and global after fine-tuning at a MACs budget; for a share of
+        # the channels (no cost to meet) uniform led global
+        return "sensitivity" if args.target in ("macs", "params") else "uniform"
+    if args.scope == "sensitivity" and args.target == "channels":
+        raise UsageError("--scope sensitivity meets a --target macs or params budget; with --target channels use "
+                         "--scope uniform or global")
+    return str(args.scope)
+
+
+def _searched(args: argparse.Namespace, model: Any, example: Any, importance: Any, exclude: list[str], graph: Any,
+              name: str, info: dict) -> Any:
+    """``PerLayer`` ratios of the channel groups from a sensitivity scan that meet the ``--target`` budget."""
+    from prunekit.allocation import PerLayer
+    from prunekit.cli.common import validation_loader
+    from prunekit.metrics import count_macs, count_params
+    from prunekit.probe import Probe
+    from prunekit.search.channels import DEFAULT_RATIOS, exact_ratios, ratios_for_cost, scan_channels
+
+    count = (lambda m: count_macs(m, example)) if args.target == "macs" else count_params
+    val = validation_loader(args, name, info["metadata"], args.search_images)
+    print(f"allocation: sensitivity scan, each channel group cut alone at 0.1 ... 0.9, scored on "
+          f"{len(val.dataset)} training images (--scope uniform skips it)", flush=True)
+    last = DEFAULT_RATIOS[-1]
+    curves = scan_channels(model, example, Probe(model, val), DEFAULT_RATIOS, importance, exclude,
+                           progress=lambda label, r, top1: print(f"  {label} scanned (top-1 {100 * top1:.1f}% with "
+                                                                 f"{r:.0%} cut)", flush=True) if r == last else None)
+    dense = count(model)
+    ratios, _, _, kept = ratios_for_cost(curves, model, example, lambda small: count(small) / dense,
+                                         1.0 - args.sparsity, args.target, importance, exclude)
+    print(f"per-group ratios keeping {kept:.3f} of the {args.target} (baseline top-1 {100 * curves.baseline:.2f}% "
+          "on those images): " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()), flush=True)
+    return PerLayer(exact_ratios(model, example, ratios, importance, exclude, graph))
+
+
 def _importance(args: argparse.Namespace, model: Any, targets: list, name: str, info: dict) -> Any:
     from prunekit.cli.common import calibrated_importance
 
@@ -70,6 +114,7 @@ def _table(rows: list[tuple[str, str, str, str]]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Prune channels, print the before/after table, save checkpoint (+ plan)."""
     _check_args(args)
+    args.scope = _scope(args)
     from prunekit.allocation import Global, Uniform
     from prunekit.cli.common import (
         example_input_for,
@@ -97,13 +142,18 @@ def run(args: argparse.Namespace) -> int:
         args, model, score_targets(graph, args.members, exclude=exclude), name, {**info, "name": name}
     )
     before_top1, _ = _top1(model, args, name, info) if args.eval else (None, "")
-    args.scope = args.scope or "uniform"  # measured: uniform leads after fine-tuning (RESULTS.md section 4b)
-    allocation = Global(args.sparsity) if args.scope == "global" else Uniform(args.sparsity)
+    target = args.target
+    if args.scope == "sensitivity":
+        allocation = _searched(args, model, example, importance, exclude, graph, name, info)
+        target = "channels"  # the per-group ratios already meet the --target budget
+    else:
+        allocation = Global(args.sparsity) if args.scope == "global" else Uniform(args.sparsity)
     small, plan, report = prune_channels(
-        model, example, allocation, importance, target=args.target, exclude=exclude, graph=graph,
+        model, example, allocation, importance, target=target, exclude=exclude, graph=graph,
         scoring=ChannelScoring(reduction=args.reduction or "mean", members=args.members),
         constraints=ChannelConstraints(min_keep=args.min_keep, round_to=args.round_to), verify=not args.no_verify,
     )  # fmt: skip
+    report.target, report.ratio = args.target, args.sparsity  # what was asked (a search meets it with per-group ratios)
     lat = compare_latency(
         {"dense": model, "pruned": small},
         example,
@@ -131,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = {
         **info["metadata"],
         "dataset": dataset,
-        "pruning": {"structured": True, **plan.meta, "reached": report.reached},
+        "pruning": {"structured": True, **plan.meta, "scope": args.scope, "reached": report.reached},
     }
     normalize = resolved_normalize(args, dataset, info["metadata"])
     if normalize:

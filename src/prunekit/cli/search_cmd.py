@@ -105,10 +105,9 @@ def register(subparsers: Any) -> None:
 def _setup(args: argparse.Namespace) -> tuple[Any, str, dict, Any, Any, str]:
     """model, name, info, example input, validation loader, data set."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from prunekit.cli.common import load_model_from_args, resolve_dataset, resolved_normalize
-    from prunekit.data.choose import balanced_subset, example_input_for, make_loaders
+    from prunekit.cli.common import load_model_from_args, resolve_dataset, validation_loader
+    from prunekit.data.choose import example_input_for
 
     apply_threads(args)
     model, name, info = load_model_from_args(args)
@@ -116,11 +115,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, str, dict, Any, Any, str]:
         info["masks"].make_permanent(model)
     model.eval()
     dataset = resolve_dataset(args, name, info["metadata"])
-    if dataset == "digits" and args.data:
-        raise UsageError("the digits data set ships with scikit-learn; drop --data")
-    train, _ = make_loaders(dataset, args.data, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
-                            normalize=resolved_normalize(args, dataset, info["metadata"]), augment=False)
-    val = DataLoader(balanced_subset(train.dataset, args.val_images), args.batch_size, shuffle=False)
+    val = validation_loader(args, name, info["metadata"], args.val_images)
     torch.manual_seed(args.seed)
     return model, name, info, example_input_for(dataset), val, dataset
 
