@@ -433,3 +433,22 @@ def test_regression_reconstruction_names_a_cut_it_cannot_refit(tmp_path: Path, c
                  str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "prune.reconstruct refits convs" in err and "classifier.weight" in err and "prune.exclude" in err
+
+
+@pytest.mark.parametrize("search", [
+    "{method: sensitivity, ratios: [0.3, 0.6], images: 100}",
+    "{method: netadapt, latency_ratio: 0.95, step: 0.3, images: 100}",
+])
+def test_channel_searches_rank_channels_by_the_recipes_criterion(tmp_path: Path, search: str) -> None:
+    """prune.criterion decides which channels of each group a search removes (it was silently L1 before)."""
+    models = {}
+    for criterion in ("l1", "random"):
+        path = _recipe(tmp_path, name=criterion, prune=f"  method: channels\n  criterion: {criterion}\n  target: "
+                       f"macs\n  allocation: {{name: uniform, sparsity: 0.4}}\n  search: {search}",
+                       recover="  epochs: 0", deploy="false")
+        out = tmp_path / criterion
+        assert main(["run", str(path), "--out", str(out)]) == 0
+        models[criterion] = checkpoint.build(out / "model.pt")[0].state_dict()
+        assert _results(out)["pruning"]["criterion"] == criterion
+    a, b = models["l1"], models["random"]
+    assert a.keys() != b.keys() or any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(a.values(), b.values()))

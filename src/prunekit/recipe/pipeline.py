@@ -425,6 +425,20 @@ def _channel_exclude(run: Run) -> list[str]:
     return list(run.recipe["prune"]["exclude"] or [])
 
 
+def _channel_importance(run: Run, graph: Any = None) -> Any:
+    """``prune.criterion`` built for the channel groups' layers (calibrated on training batches when it needs
+    data): what ranks the channels inside each group, for a search as for a plain cut."""
+    from prunekit import criteria
+    from prunekit.structure import DependencyGraph, match_modules, score_targets
+
+    p = run.recipe["prune"]
+    graph = graph if graph is not None else DependencyGraph.build(run.model.eval(), run.example)
+    exclude = match_modules(p["exclude"] or [], sorted({a.module for a in graph.axes}), "prune.exclude")
+    loader = _plain_train_loader(run) if criteria.needs_data(p["criterion"]) else None
+    return criteria.build(p["criterion"], run.model, score_targets(graph, "out", exclude=exclude), loader,
+                          p["calibration_batches"])
+
+
 def sensitivity_search(run: Run) -> None:
     """Sensitivity analysis: each layer (masks) or channel group (channels) probed alone on training
     images, then per-layer ratios (by bisection over the tolerated drop; channels: until the measured
@@ -540,14 +554,13 @@ def prune_step(run: Run) -> None:
 
 
 def _prune_channels(run: Run) -> None:
-    from prunekit import criteria, registry
+    from prunekit import registry
     from prunekit.structure import (
         ChannelConstraints,
         ChannelScoring,
         DependencyGraph,
         match_modules,
         prune_channels,
-        score_targets,
     )
 
     p = run.recipe["prune"]
@@ -555,7 +568,7 @@ def _prune_channels(run: Run) -> None:
         small, plan = run.searched
         run.plan = run.plan.then(plan) if run.plan is not None else plan
         run.model = small
-        run.results["pruning"] = {"method": "channels", "search": p["search"]["method"],
+        run.results["pruning"] = {"method": "channels", "search": p["search"]["method"], "criterion": p["criterion"],
                                   "allocation": repr(registry.build("allocation", p["allocation"]))}
         run.section("channel pruning (from the search)")
         run.say(f"{sum(x.numel() for x in small.parameters()):,} parameters left")
@@ -563,11 +576,8 @@ def _prune_channels(run: Run) -> None:
     model = run.model
     model.eval()
     graph = DependencyGraph.build(model, run.example)
-    modules = sorted({a.module for a in graph.axes})
-    exclude = match_modules(p["exclude"] or [], modules, "prune.exclude")
-    targets = score_targets(graph, "out", exclude=exclude)
-    loader = _plain_train_loader(run) if criteria.needs_data(p["criterion"]) else None
-    importance = criteria.build(p["criterion"], model, targets, loader, p["calibration_batches"])
+    exclude = match_modules(p["exclude"] or [], sorted({a.module for a in graph.axes}), "prune.exclude")
+    importance = _channel_importance(run, graph)
     allocation = registry.build("allocation", p["allocation"])
     if p["layers"]:
         from prunekit.allocation import PerLayer
@@ -904,8 +914,10 @@ def _channel_sensitivity(run: Run, val: Any) -> None:
     t0 = time.perf_counter()
     run.model.eval()
     run.section(f"channel sensitivity scan: each group x {len(s['ratios'])} ratios on {s['images']} training images")
-    curves = scan_channels(run.model, run.example, Probe(run.model, val), s["ratios"], exclude=_channel_exclude(run),
-                           workers=s["workers"], pool=s["pool"], state_path=run.out / SCAN_STATE)
+    importance = _channel_importance(run)
+    curves = scan_channels(run.model, run.example, Probe(run.model, val), s["ratios"], importance,
+                           exclude=_channel_exclude(run), workers=s["workers"], pool=s["pool"],
+                           state_path=run.out / SCAN_STATE)
     (run.out / SCAN_STATE).unlink(missing_ok=True)
     target = _macs_kept(run)
     if run.recipe["prune"]["target"] == "latency":  # the share of the measured latency kept
@@ -914,11 +926,12 @@ def _channel_sensitivity(run: Run, val: Any) -> None:
 
         b = run.recipe["measure"]["latency_batch"]
         x = run.example.expand(b, *run.example.shape[1:]).contiguous()
-        ratios, small, plan, reached = ratios_for_latency(curves, run.model, x, target, exclude=_channel_exclude(run))
+        ratios, small, plan, reached = ratios_for_latency(curves, run.model, x, target, importance,
+                                                          exclude=_channel_exclude(run))
         kept = {"latency_kept": reached,
                 "macs_kept": count_macs(small, run.example) / count_macs(run.model, run.example)}
     else:
-        ratios, small, plan, reached = ratios_for_macs(curves, run.model, run.example, target,
+        ratios, small, plan, reached = ratios_for_macs(curves, run.model, run.example, target, importance,
                                                        exclude=_channel_exclude(run))
         kept = {"macs_kept": reached}
     run.searched = (small, plan)
@@ -952,7 +965,8 @@ def netadapt_search(run: Run) -> None:
     run.section(f"NetAdapt: to {s['latency_ratio']:.2f} of the dense latency (batch {run.example.shape[0]}, measured)")
     t0 = time.perf_counter()
     res = netadapt(run.model.eval(), run.example, Probe(run.model, val), latency_ratio=s["latency_ratio"],
-                   step=s["step"], short_term=short, exclude=_channel_exclude(run), threads=run.recipe["threads"],
+                   step=s["step"], short_term=short, importance=_channel_importance(run),
+                   exclude=_channel_exclude(run), threads=run.recipe["threads"],
                    state_path=run.out / "netadapt.state",
                    progress=lambda r: run.say(f"iteration {r.iteration}: {r.group} -{r.removed}, latency "
                                               f"{r.latency_ratio:.3f} of dense, val top-1 {100 * r.accuracy:.2f}%"))
@@ -978,10 +992,11 @@ def amc_search_step(run: Run) -> None:
     target = _macs_kept(run)
     run.section(f"AMC: {s['episodes']} episodes ({s['warmup']} warm-up), keep {target:.2f} of the MACs")
     t0 = time.perf_counter()
-    res = amc_search(run.model.eval(), run.example, Probe(run.model, val), macs_ratio=target,
+    importance = _channel_importance(run)
+    res = amc_search(run.model.eval(), run.example, Probe(run.model, val), macs_ratio=target, importance=importance,
                      exclude=_channel_exclude(run), episodes=s["episodes"], warmup=s["warmup"],
                      seed=run.recipe["seed"], checkpoint_path=run.out / "amc.state")
-    small, plan, _ = prune_channels(run.model, run.example, res.allocation(), target="channels",
+    small, plan, _ = prune_channels(run.model, run.example, res.allocation(), importance, target="channels",
                                     exclude=_channel_exclude(run), verify=False)
     run.searched = (small, plan)
     run.results["search"] = {"method": "amc", "metric": "top1", "seconds": time.perf_counter() - t0,
