@@ -128,6 +128,7 @@ def test_structured_default_scope_searches_at_a_budget(tmp_path, capsys, budget)
     assert "sensitivity scan" in out and "per-group ratios keeping" in out
     meta = checkpoint.read(tmp_path / "s.pt").metadata["pruning"]
     assert meta["scope"] == "sensitivity" and meta["allocation"].startswith("PerLayer(")
+    assert meta["target"] == budget and meta["ratio"] == 0.5
     assert 0.5 <= meta["reached"][budget] < 0.6
     code, out, err = _run(capsys, "--structured", "--sparsity", "0.25", "--latency-repeats", "2",
                           "--out", str(tmp_path / "c.pt"))

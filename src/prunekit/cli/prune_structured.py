@@ -181,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     metadata = {
         **info["metadata"],
         "dataset": dataset,
-        "pruning": {"structured": True, **plan.meta, "scope": args.scope, "reached": report.reached},
+        "pruning": {"structured": True, **plan.meta, "target": args.target, "ratio": args.sparsity, "scope": args.scope,
+                    "reached": report.reached},  # what was asked (a search's plan cuts per-group channel shares)
     }
     normalize = resolved_normalize(args, dataset, info["metadata"])
     if normalize:
