@@ -1,0 +1,137 @@
+"""Recovering accuracy after channel pruning: the JPEG-adapted ResNet-56 cut to >= 2x fewer MACs and
+fine-tuned for whole epochs, with and without distillation, against Torch-Pruning and against the
+dense model fine-tuned equally long (same run, same data order).
+
+Every row starts from ``checkpoints/resnet56_cifar10jpeg.pt`` and trains ``--epochs`` epochs with one
+recipe (SGD momentum 0.9, wd 5e-4, batch 128, crop+flip, cosine from ``--lr``, seed 0). The cut is the
+one of ``structured_resnet.py resnet56``: the inner channels of every basic block (conv1 out / bn1 /
+conv2 in), uniformly, since Torch-Pruning mis-handles the option-A shortcut's residual stream; the
+small model is trained, not a masked one.
+
+    python benchmarks/recovery_resnet56.py --data ../shared/data --epochs 5   # ~2 h on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from prunekit import Magnitude, PerLayer, Uniform
+from prunekit.checkpoint import build
+from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_loaders
+from prunekit.io import atomic_write_text
+from prunekit.metrics import count_macs, count_params
+from prunekit.search.channels import exact_ratios
+from prunekit.structure import prune_channels
+from prunekit.train import TrainConfig, evaluate, fit
+from prunekit.train.distill import Distillation
+from structured_resnet import _tp_prune, _tp_version, blocks
+
+OUT = Path(__file__).parent / "results" / "recovery_resnet56"
+NAMES = {
+    "dense": "dense, fine-tuned as long",
+    "l1": "prunekit L1, uniform per block",
+    "l1-kd": "prunekit L1, uniform per block, distillation (T 4, alpha 0.7)",
+    "tp": "Torch-Pruning (group L1, MetaPruner)",
+    "tp-kd": "Torch-Pruning (group L1, MetaPruner), distillation (T 4, alpha 0.7)",
+    "sens": "prunekit L1, per-block ratios from the sensitivity search (section 4b)",
+    "sens-kd": "prunekit L1, sensitivity ratios, distillation (T 4, alpha 0.7)",
+}
+SEARCHED = Path(__file__).parent / "results" / "search_resnet56.json"  # section 4b's run: its sensitivity row's ratios
+
+
+def _prune(row: str, dense: torch.nn.Module, macs_ratio: float) -> tuple[torch.nn.Module, str]:
+    example = torch.zeros(1, 3, 32, 32)
+    goal = 1.0 - 1.0 / macs_ratio
+    if row.startswith("tp"):
+        small, ratio = _tp_prune(dense, example, goal, 5)
+        return small, f"torch-pruning {_tp_version()}, pruning_ratio {ratio:.4f}"
+    exclude = ["bn1"] + [f"{b}.bn2" for b in blocks(dense)]  # the residual stream stays whole
+    if row.startswith("sens"):  # the block-internal groups' ratios the search found (same exclude, L1 order)
+        ratios = next(r["ratios"] for r in json.loads(SEARCHED.read_text())["rows"] if r["method"] == "sensitivity")
+        allocation = PerLayer(exact_ratios(dense, example, ratios, exclude=exclude))
+        small, _, report = prune_channels(dense, example, allocation, importance=Magnitude(p=1), target="channels",
+                                          exclude=exclude)
+        return small, f"ratios from {SEARCHED.name}; prune_channels verified: {report.verified}"
+    small, _, report = prune_channels(dense, example, Uniform(goal), importance=Magnitude(p=1), target="macs",
+                                      exclude=exclude)
+    return small, f"prune_channels verified: {report.verified}"
+
+
+def _write(out: Path, meta: dict, results: dict, rows: list[str]) -> None:
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "results": results}, indent=1))
+    lines = ["# Recovery after channel pruning on the JPEG-adapted ResNet-56", "",
+             f"`{meta['command']}` ({meta['started']}; {meta['machine']}). Start: dense checkpoint "
+             f"{results['dense_start']['top1']:.2%}. Every row trains {meta['epochs']} epochs ({meta['steps']} steps), "
+             f"SGD momentum 0.9, wd 5e-4, batch 128, cosine from lr {meta['lr']}, seed 0.", "",
+             "| row | MACs ratio | params | top-1 right after pruning | top-1 per epoch | top-1 after training | minutes |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for row in rows:
+        if row not in results:
+            continue
+        r = results[row]
+        ap_ = f"{r['after_prune_top1']:.2%}" if r["after_prune_top1"] is not None else "-"
+        curve = " / ".join(f"{x:.2%}" for x in r["per_epoch"])
+        lines.append(f"| {NAMES[row]} | {r['macs_ratio']:.2f}x | {r['params']:,} | {ap_} | {curve} | "
+                     f"**{r['top1']:.2%}** | {r['minutes']:.1f} |")
+    notes = [f"- {row}: {results[row]['note']}" for row in rows if results.get(row, {}).get("note")]
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines + [""] + notes) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--checkpoint", default="checkpoints/resnet56_cifar10jpeg.pt")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--macs-ratio", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", nargs="+", choices=sorted(NAMES), default=["dense", "l1", "tp", "l1-kd"])
+    ap.add_argument("--limit", type=int, default=None, help="images per split (a smoke run only)")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    train, test = cifar10_loaders(Path(args.data) / "cifar10-jpeg75.npz", 128, IMAGENET_MEAN, IMAGENET_STD,
+                                   limit=args.limit)
+    dense, _ = build(args.checkpoint)
+    dense.eval()
+    example = torch.zeros(1, 3, 32, 32)
+    dense_macs = count_macs(dense, example)
+    meta = {"command": f"python benchmarks/recovery_resnet56.py --data {args.data} --epochs {args.epochs} "
+                       f"--rows {' '.join(args.rows)} --out {args.out}",
+            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
+            "epochs": args.epochs, "lr": args.lr, "steps": args.epochs * len(train)}
+    results: dict[str, dict] = {"dense_start": {"top1": evaluate(dense, test).top1}}
+    print(f"dense checkpoint: {results['dense_start']['top1']:.4f}", flush=True)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, schedule="cosine", seed=0, progress=False)
+    out = Path(args.out)
+    for row in args.rows:
+        t0 = time.perf_counter()
+        kw: dict = {}
+        after_prune, note = None, ""
+        if row == "dense":
+            model = copy.deepcopy(dense)
+        else:
+            model, note = _prune(row, dense, args.macs_ratio)
+            after_prune = evaluate(model, test).top1
+        if row.endswith("-kd"):
+            kw["task"] = Distillation(copy.deepcopy(dense).eval(), temperature=4.0, alpha=0.7)
+        history = fit(model, train, test, cfg, **kw)
+        results[row] = {"top1": evaluate(model, test).top1, "after_prune_top1": after_prune,
+                        "macs_ratio": dense_macs / count_macs(model, example), "params": count_params(model),
+                        "per_epoch": [r.test.top1 for r in history], "note": note,
+                        "minutes": (time.perf_counter() - t0) / 60}
+        print(f"{row}: {results[row]}", flush=True)
+        _write(out, meta, results, args.rows)
+    print(f"wrote {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
