@@ -143,3 +143,11 @@ def test_structured_default_scope_searches_at_a_budget(tmp_path, capsys, budget)
 def test_sensitivity_scope_refuses_what_it_cannot_do(tmp_path, capsys, argv, message) -> None:
     code, _, err = _run(capsys, *argv, "--sparsity", "0.5", "--out", str(tmp_path / "x.pt"))
     assert code == 2 and message in err and not (tmp_path / "x.pt").exists()
+
+
+def test_default_search_without_data_names_the_scope_and_the_fix(tmp_path, capsys) -> None:
+    code = main(["prune", "--structured", "--model", "resnet20", "--data", str(tmp_path / "missing.npz"), "--target",
+                 "macs", "--sparsity", "0.5", "--out", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert code != 0 and "--scope sensitivity (the default for --target macs)" in err and "--scope uniform" in err
+    assert "missing.npz" in err and not (tmp_path / "x.pt").exists()

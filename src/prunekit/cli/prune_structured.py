@@ -78,12 +78,17 @@ def _searched(args: argparse.Namespace, model: Any, example: Any, importance: An
     """``PerLayer`` ratios of the channel groups from a sensitivity scan that meet the ``--target`` budget."""
     from prunekit.allocation import PerLayer
     from prunekit.cli.common import validation_loader
+    from prunekit.errors import PrunekitError
     from prunekit.metrics import count_macs, count_params
     from prunekit.probe import Probe
     from prunekit.search.channels import DEFAULT_RATIOS, exact_ratios, ratios_for_cost, scan_channels
 
     count = (lambda m: count_macs(m, example)) if args.target == "macs" else count_params
-    val = validation_loader(args, name, info["metadata"], args.search_images)
+    try:
+        val = validation_loader(args, name, info["metadata"], args.search_images)
+    except PrunekitError as exc:
+        raise type(exc)(f"--scope sensitivity (the default for --target {args.target}) scores the channel groups on "
+                        f"training images: {exc}; or pass --scope uniform to cut without data") from None
     print(f"allocation: sensitivity scan, each channel group cut alone at 0.1 ... 0.9, scored on "
           f"{len(val.dataset)} training images (--scope uniform skips it)", flush=True)
     last = DEFAULT_RATIOS[-1]
