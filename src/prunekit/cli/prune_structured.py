@@ -7,8 +7,8 @@ prune`` meaning. ``--scope`` says how much each channel group loses: ``uniform``
 ``--search-images`` class-balanced training images, and per-group ratios that meet the budget at the
 least accuracy cost come from the curves (:mod:`prunekit.search.channels`). ``sensitivity`` is the default
 for ``--target macs`` / ``params``: it measured best after fine-tuning (benchmarks/RESULTS.md section
-4b: +1.1 and +1.9 points over uniform on ResNet-56 and ResNet-20) at the cost of the scan (0.6 min
-for ResNet-20, 12 min for ResNet-56 on 2 cores); ``--scope uniform`` skips it. Example::
+4b: +1.1 and +1.9 points over uniform on ResNet-56 and ResNet-20) at the cost of the scan (on 2 cores
+about 0.3 min for ResNet-20 on 1,000 images, 12 min for ResNet-56 on 500); ``--scope uniform`` skips it. Example::
 
     prunekit prune --structured --checkpoint checkpoints/resnet20_cifar10jpeg.pt --criterion l1 \\
         --target macs --sparsity 0.5 --round-to 4 --out r20_half.pt --plan-out r20_half.plan.json

@@ -209,14 +209,14 @@ def _selector_args(allocation: Any, graph: DependencyGraph, constraints: Channel
                 match_modules([pattern], names, "PerLayer")
         import fnmatch
 
+        def matches(pattern: str, g: Any) -> bool:  # a group's name names that group; a glob, any of its modules
+            if pattern in labels:
+                return pattern == str(g.axes[0])
+            return any(fnmatch.fnmatchcase(a.module, pattern) for a in g.axes)
+
         per_group: dict[int, float] = {}
         for g in graph.groups:
-            ratio = allocation.default
-            for pattern, r in allocation.ratios.items():
-                if pattern == str(g.axes[0]) if pattern in labels else any(
-                        fnmatch.fnmatchcase(a.module, pattern) for a in g.axes):
-                    ratio = r
-                    break
+            ratio = next((r for pattern, r in allocation.ratios.items() if matches(pattern, g)), allocation.default)
             per_group[g.index] = 0.0 if ratio is None else ratio
         return "uniform", 0.0, constraints.min_keep, per_group
     raise ConfigError(
