@@ -4,6 +4,8 @@ with and without distillation, all against the dense model fine-tuned equally lo
 Every row starts from ``checkpoints/resnet20_cifar10jpeg.pt`` and trains the same number of epochs
 with the same recipe (SGD momentum 0.9, wd 5e-4, batch 128, crop+flip, cosine from ``--lr``);
 pruning is global L1 magnitude over every conv and the classifier, enforced by masks throughout.
+The ADMM row (Zhang et al. 2018) spends the first ``--admm-share`` of the epochs in ADMM training
+toward the same global 90 % masks, hard-prunes, and fine-tunes the rest with the masks in force.
 
     python benchmarks/recovery_resnet20.py --data ../shared/data --epochs 2   # ~25 min on 2 cores
 """
@@ -15,6 +17,7 @@ import copy
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_loaders
 from prunekit.io import atomic_write_text
 from prunekit.schedule import AGP, Iterative, Pruner
 from prunekit.train import TrainConfig, evaluate, fit
+from prunekit.train.admm import ADMM
 from prunekit.train.distill import Distillation
 
 OUT = Path(__file__).parent / "results" / "recovery_resnet20"
@@ -38,6 +42,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", nargs="+", default=["dense", "oneshot90", "oneshot90-kd", "oneshot95", "agp95"])
+    ap.add_argument("--admm-share", type=float, default=0.6, help="share of the epochs spent in ADMM")
+    ap.add_argument("--rho", type=float, default=0.05, help="ADMM's starting rho")
+    ap.add_argument("--rho-growth", type=float, default=1.2)
+    ap.add_argument("--every", type=int, default=32, help="steps between ADMM's Z/U updates")
     ap.add_argument("--limit", type=int, default=None, help="images per split (a smoke run only)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -55,6 +63,7 @@ def main() -> None:
         t0 = time.perf_counter()
         kw: dict = {}
         after_prune = None
+        cfg_row = cfg
         if row.startswith("oneshot"):
             s = int(row[7:9]) / 100
             masks = prune(model, select(model), Magnitude(), Element(), Global(s))
@@ -76,9 +85,21 @@ def main() -> None:
                             Iterative(s, rounds=4, every=max(1, steps // 6)))
             kw["pruner"] = pruner
             masks = pruner.masks
+        elif row.startswith("admm"):
+            s = int(row[4:6]) / 100
+            admm_epochs = max(1, round(args.admm_share * args.epochs))
+            admm = ADMM(model, select(model), Element(), Global(s), rho=args.rho, every=args.every,
+                        rho_growth=args.rho_growth)
+            fit(model, train, None, replace(cfg, epochs=admm_epochs), regularizer=admm, pruner=admm)
+            residual = admm.residual()
+            masks = admm.hard_prune()
+            after_prune = evaluate(model, test).top1
+            print(f"{row}: {admm_epochs} ADMM epochs, rho {admm.rho:g}, residual ||W-Z||/||W|| {residual:.3f}, "
+                  f"after hard prune {after_prune:.4f}", flush=True)
+            cfg_row = replace(cfg, epochs=args.epochs - admm_epochs)
         else:
             masks = None
-        history = fit(model, train, test, cfg, **kw)
+        history = fit(model, train, test, cfg_row, **kw)
         final = evaluate(model, test)
         if masks is not None:
             masks.remove()
@@ -88,7 +109,9 @@ def main() -> None:
                         "per_epoch": [r.test.top1 for r in history], "minutes": (time.perf_counter() - t0) / 60}
         print(f"{row}: {final.top1:.4f} (sparsity {zeros / total:.4f}, {results[row]['minutes']:.1f} min)", flush=True)
     meta = {"command": f"python benchmarks/recovery_resnet20.py --data {args.data} --epochs {args.epochs} "
-                       f"--rows {' '.join(args.rows)} --out {args.out}",
+                       f"--rows {' '.join(args.rows)} --out {args.out}"
+                       + (f" --admm-share {args.admm_share} --rho {args.rho} --rho-growth {args.rho_growth} "
+                          f"--every {args.every}" if any(r.startswith("admm") for r in args.rows) else ""),
             "started": started, "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
             "epochs": args.epochs, "lr": args.lr, "steps": steps}
     out = Path(args.out)
@@ -96,7 +119,9 @@ def main() -> None:
     names = {"dense": "dense, fine-tuned as long", "oneshot90": "90 % one-shot + fine-tune",
              "oneshot90-kd": "90 % one-shot + fine-tune with distillation (T 4, alpha 0.7)",
              "oneshot95": "95 % one-shot + fine-tune", "agp95": "95 % AGP (cubic, masks every 50 steps, to 2/3)",
-             "iter95": "95 % iterative (4 rounds, one every 1/6 of training)"}
+             "iter95": "95 % iterative (4 rounds, one every 1/6 of training)",
+             "admm90": f"90 % ADMM ({args.admm_share:.0%} of the epochs, rho {args.rho} x{args.rho_growth} every "
+                       f"{args.every} steps), hard prune, fine-tune the rest"}
     lines = ["# Recovery on the JPEG-adapted ResNet-20", "", f"`{meta['command']}` ({started}; {meta['machine']}). "
              f"Start: dense checkpoint {results['dense_start']['top1']:.2%}. Every row trains {args.epochs} epochs "
              f"({steps} steps), SGD momentum 0.9, wd 5e-4, cosine from lr {args.lr}; global L1 masks.", "",
