@@ -452,3 +452,94 @@ def test_channel_searches_rank_channels_by_the_recipes_criterion(tmp_path: Path,
         assert _results(out)["pruning"]["criterion"] == criterion
     a, b = models["l1"], models["random"]
     assert a.keys() != b.keys() or any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(a.values(), b.values()))
+
+
+class _StopAt:
+    """An echo that raises KeyboardInterrupt (as Ctrl-C would) when a line starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __call__(self, line: str) -> None:
+        if line.startswith(self.prefix):
+            raise KeyboardInterrupt
+
+
+def _rows(results: dict) -> dict:
+    return {label: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+            for label, rows in results["training"].items()}
+
+
+RESUMABLE = {  # recover section, the line at which the first run is stopped
+    "dense training": ("  epochs: 1\n  lr: 0.01", "dense epoch 1/2"),
+    "fine-tuning": ("  epochs: 2\n  lr: 0.01", "recovery epoch 1/2"),
+    "distillation": ("  epochs: 2\n  lr: 0.01\n  distill: {temperature: 2, alpha: 0.5}", "recovery epoch 1/2"),
+    "agp": ("  epochs: 2\n  lr: 0.01\n  schedule: {name: agp, every: 5}", "recovery epoch 1/2"),
+    "admm": ("  epochs: 2\n  lr: 0.01\n  admm: {epochs: 2, rho: 0.01, every: 5}", "admm epoch 1/2"),
+    "admm, then fine-tuning": ("  epochs: 2\n  lr: 0.01\n  admm: {epochs: 1, rho: 0.01, every: 5}",
+                               "fine-tune epoch 1/2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUMABLE))
+def test_a_stopped_run_resumes_to_the_same_model_as_an_uninterrupted_one(case: str, tmp_path: Path) -> None:
+    recover, stop = RESUMABLE[case]
+    path = _recipe(tmp_path, recover=recover + "\n  steps_per_epoch: 6", deploy="false")
+    recipe = rc.load(path)
+    whole = rc.run_recipe(recipe, tmp_path / "whole", echo=lambda line: None)
+    with pytest.raises(KeyboardInterrupt):
+        rc.run_recipe(recipe, tmp_path / "stopped", echo=_StopAt(stop))
+    stopped = _results(tmp_path / "stopped")
+    assert stopped["status"].startswith("interrupted") and list((tmp_path / "stopped").glob("fit-*.state"))
+    lines: list[str] = []
+    resumed = rc.run_recipe(recipe, tmp_path / "stopped", resume=True, echo=lines.append)
+    assert resumed["status"] == "complete" and resumed["resumed"][0]["earlier_status"] == stopped["status"]
+    assert any("resuming after epoch 1/2" in line for line in lines), lines
+    assert _rows(resumed) == _rows(whole)
+    a = checkpoint.read(tmp_path / "whole" / "model.pt")
+    b = checkpoint.read(tmp_path / "stopped" / "model.pt")
+    assert a.state_dict.keys() == b.state_dict.keys()
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict), "not bit-exact"
+    assert resumed["summary"]["pruned"]["top1"] == whole["summary"]["pruned"]["top1"]
+    assert not list((tmp_path / "stopped").glob("fit-*.state"))  # a complete run cannot be resumed
+    log = (tmp_path / "stopped" / "log.txt").read_text()
+    assert "run stopped: interrupted" in log and "== resumed" in log  # both runs' lines are kept
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, capsys) -> None:
+    path = _recipe(tmp_path, recover="  epochs: 2\n  steps_per_epoch: 4", deploy="false")
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 1
+    assert "holds no earlier run" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        rc.run_recipe(rc.load(path), out, echo=_StopAt("recovery epoch 1/2"))
+    other = _recipe(tmp_path, name="other", recover="  epochs: 3\n  steps_per_epoch: 4", deploy="false")
+    assert main(["run", str(other), "--out", str(out), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "recover.epochs" in err and f"{out / 'recipe.yaml'} --out {out} --resume" in err
+    state = next(out.glob("fit-*.state"))
+    saved = torch.load(state, weights_only=True)
+    name = next(iter(saved["masks"]))
+    saved["masks"][name] = ~saved["masks"][name]  # as if the criterion had cut other weights this time
+    torch.save(saved, state)
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 1
+    assert f"the model pruned now differs from the interrupted run's ({name})" in capsys.readouterr().err
+    state.write_bytes(b"not a torch file")
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 1
+    assert f"{state} cannot be read" in capsys.readouterr().err
+    state.unlink()  # no saved epoch: that training starts over, the rest of the run goes on
+    assert main(["run", str(path), "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "no saved epoch" in capsys.readouterr().out
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 1
+    assert "completed, there is nothing to continue" in capsys.readouterr().err
+
+
+def test_resume_without_out_continues_the_last_numbered_folder(tmp_path: Path) -> None:
+    recipe = rc.load(_recipe(tmp_path, name="job"))
+    root = tmp_path / "runs"
+    assert rc.default_folder(recipe, root, resume=True) == root / "job"  # nothing yet: refused later
+    for folder in ("job", "job-2"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "results.json").write_text("{}")
+    assert rc.default_folder(recipe, root) == root / "job-3"
+    assert rc.default_folder(recipe, root, resume=True) == root / "job-2"

@@ -5,6 +5,7 @@ Without a recipe it runs the embedded default (digits CNN, offline, under 2 minu
     prunekit run                                  # the default recipe -> runs/default/
     prunekit run recipes/resnet20_masks80.yaml --out runs/r20
     prunekit run runs/r20/recipe.yaml --out runs/r20-again   # a run folder's recipe repeats the run
+    prunekit run runs/r20/recipe.yaml --out runs/r20 --resume  # a stopped run goes on where it stopped
     prunekit run recipes/resnet20_masks80.yaml --check        # check the recipe only, run nothing
     prunekit run --set prune.allocation.sparsity=0.9          # any key overridden from the command line
 
@@ -24,7 +25,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help=HELP, description=HELP + ".")
     p.add_argument("recipe", nargs="?", metavar="RECIPE", help="recipe file (.yaml); default: the embedded one")
     p.add_argument("--out", metavar="DIR", help="run folder (default: outputs.dir, else runs/<recipe name>)")
-    p.add_argument("--force", action="store_true", help="replace an earlier run in --out")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true", help="replace an earlier run in --out")
+    again.add_argument("--resume", action="store_true",
+                       help="continue the stopped run of this recipe in --out (default: the last runs/<name> folder): "
+                            "trainings go on after their last finished epoch, searches from their state files")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a recipe key, e.g. --set prune.allocation.sparsity=0.9 (repeatable; the run "
                    "folder's recipe.yaml records it)")
@@ -63,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
             rc.check_against_model(recipe, model, example_input_for(dataset_of(recipe)))
         print(f"{recipe.source}: ok")
         return 0
-    out = Path(args.out) if args.out else rc.default_folder(recipe)
-    print(f"run folder: {out}")
-    results = rc.run_recipe(recipe, out, force=args.force, progress=args.progress)
+    out = Path(args.out) if args.out else rc.default_folder(recipe, resume=args.resume)
+    print(f"run folder: {out}" + (" (resuming)" if args.resume else ""))
+    results = rc.run_recipe(recipe, out, force=args.force, progress=args.progress, resume=args.resume)
     made = "recipe.yaml, results.json, log.txt, report.html"
     print(f"\nrun {results['status']}: {out}/ ({'model.pt, ' if (out / 'model.pt').exists() else ''}{made})")
     return 0

@@ -12,9 +12,12 @@ recover -> share weights -> verify -> deploy -> pruned measurements. The folder 
     report.html   the report (self-contained) and report.md, its markdown twin (figures/ beside it)
 
 Ctrl-C or an error stops the run between two writes: results.json, the log and a partial report
-say where it stopped (``status``), and model.pt is the last good checkpoint. A stop during a
-sensitivity scan also leaves ``sensitivity.state`` (the layers already scanned): the same recipe
-run again into the same folder (``--force``) continues the scan instead of starting it over.
+say where it stopped (``status``), and model.pt is the last good checkpoint. Each training leaves
+``fit-<label>[-<phase>].state`` after every epoch (weights, masks, :class:`TrainState`, its rows):
+``--resume`` (:func:`run_recipe`) runs the steps again and every training goes on after its last
+finished epoch, bit-exactly. A stop during a sensitivity scan also leaves ``sensitivity.state``
+(the layers already scanned): the same recipe run again into the same folder (``--force`` or
+``--resume``) continues the scan instead of starting it over.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from prunekit.recipe.kernels import title as kernels_title
 RESULTS_FORMAT = "prunekit.run-results"
 
 
+FIT_STATE_FORMAT = "prunekit.run-fit-state/1"  # fit-<label>[-<phase>].state: see _fit
 SCAN_STATE = "sensitivity.state"  # a scan's finished layers while it runs: a run stopped mid-scan and started
 # again into the same folder (--force) continues the scan (prunekit.sensitivity.ScanRows)
 
@@ -55,6 +59,7 @@ class Run:
     out: Path
     progress: bool = False
     echo: Callable[[str], None] = print
+    resume: bool = False  # continue the trainings of an interrupted run from their fit-*.state files
     results: dict[str, Any] = field(default_factory=dict)
     log_lines: list[str] = field(default_factory=list)
     train_loader: Any = None
@@ -162,12 +167,21 @@ def build_model(run: Run) -> None:
     run.say(f"{m['name']} ({source}): {count_params(model):,} parameters")
 
 
+def _fit_state_path(run: Run, label: str, phase: str | None) -> Path:
+    return run.out / f"fit-{label}{'-' + phase if phase else ''}.state"
+
+
 def _fit(run: Run, model: nn.Module, section: dict[str, Any], label: str, *, epochs: int | None = None,
-         phase: str | None = None, save_each: Callable[[], None] | None = None, task: Any = None,
-         pruner: Any = None, regularizer: Any = None, state: Any = None) -> list:
+         phase: str | None = None, save_each: Callable[[Any], None] | None = None, task: Any = None,
+         pruner: Any = None, regularizer: Any = None) -> list:
     """Train ``model`` with ``section``'s optimizer settings (``epochs`` overrides its epochs); each
-    epoch is appended to ``results["training"][label]`` (numbered on after earlier ``phase`` rows)."""
-    from prunekit.train import TrainConfig, fit
+    epoch is appended to ``results["training"][label]`` (numbered on after earlier ``phase`` rows).
+
+    After every epoch the weights, masks, training state and rows go to ``fit-<label>[-<phase>].state``
+    in the run folder (then ``save_each(train_state)`` runs); a resumed run (``--resume``) loads that
+    file and continues after the last finished epoch (:func:`_resume_fit`)."""
+    from prunekit.io import atomic_torch_save
+    from prunekit.train import TrainConfig, TrainState, fit
 
     r = run.recipe
     epochs = section["epochs"] if epochs is None else epochs
@@ -177,8 +191,11 @@ def _fit(run: Run, model: nn.Module, section: dict[str, Any], label: str, *, epo
     history: list[dict[str, Any]] = run.results.setdefault("training", {}).setdefault(label, [])
     offset = len(history)
     name = phase or label
+    path = _fit_state_path(run, label, phase)
+    state = _resume_fit(run, path, model, name, epochs, history, pruner) if run.resume else None
+    state = TrainState() if state is None else state
 
-    def on_epoch(rec: Any) -> None:
+    def on_epoch(rec: Any, st: Any) -> None:
         row = {"epoch": offset + rec.epoch, "train_loss": rec.train_loss, "top1": rec.test.top1, "lr": rec.lr,
                "seconds": rec.seconds}
         if phase is not None:
@@ -189,6 +206,12 @@ def _fit(run: Run, model: nn.Module, section: dict[str, Any], label: str, *, epo
         if hasattr(pruner, "residual"):  # ADMM: how far the weights are from the masks' constraint set
             row["admm_residual"], row["admm_rho"] = float(pruner.residual()), float(pruner.rho)
         history.append(row)
+        atomic_torch_save({"format": FIT_STATE_FORMAT, "phase": name, "epochs": epochs,
+                           "model": model.state_dict(), "train_state": st.state_dict(),
+                           "masks": None if run.masks is None else {n: k.clone() for n, k in run.masks.items()},
+                           "rows": json.dumps(history[offset:])}, path)
+        if save_each is not None:
+            save_each(st)
         run.say(f"{name} epoch {rec.epoch}/{epochs}: loss {rec.train_loss:.4f}, top-1 {100 * rec.test.top1:.2f}%, "
                 f"lr {rec.lr:.4g}, {rec.seconds:.1f}s" + (f", sparsity {100 * row['sparsity']:.1f}%"
                                                           if "sparsity" in row else "")
@@ -197,12 +220,50 @@ def _fit(run: Run, model: nn.Module, section: dict[str, Any], label: str, *, epo
             for key in ("train_loss", "top1", "lr") + (("sparsity",) if "sparsity" in row else ()):
                 run.writer.add_scalar(f"{label}/{key}", row[key], row["epoch"])
             run.writer.flush()
-        if save_each is not None:
-            save_each()
 
-    fit(model, run.train_loader, run.eval_loader, cfg, on_epoch=on_epoch, task=task, pruner=pruner,
+    fit(model, run.train_loader, run.eval_loader, cfg, on_epoch_state=on_epoch, task=task, pruner=pruner,
         regularizer=regularizer, state=state)
     return history
+
+
+def _resume_fit(run: Run, path: Path, model: nn.Module, name: str, epochs: int, history: list[dict[str, Any]],
+                pruner: Any) -> Any:
+    """The training state of an interrupted ``_fit`` (weights loaded into ``model``, its rows appended
+    to ``history``), or ``None`` when that training had not finished an epoch."""
+    from prunekit.train import TrainState
+
+    if not path.is_file():
+        run.say(f"{name}: no saved epoch in {path.name}; training from the start")
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        ok = isinstance(saved, dict) and saved.get("format") == FIT_STATE_FORMAT
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file gets the same clear error
+        raise ConfigError(f"{path} cannot be read ({type(exc).__name__}: {exc}); delete it to train {name} from "
+                          "the start, or run afresh with --force") from None
+    if not ok:
+        raise ConfigError(f"{path} is not a prunekit training state ({FIT_STATE_FORMAT}); delete it to train {name} "
+                          "from the start, or run afresh with --force")
+    current = model.state_dict()
+    weights = saved["model"]
+    differ = sorted(k for k in set(current) | set(weights)
+                    if k not in current or k not in weights or current[k].shape != weights[k].shape)
+    masks = saved["masks"]
+    if not differ and pruner is None and run.masks is not None and masks is not None:
+        differ = sorted(n for n, k in run.masks.items() if n not in masks or not torch.equal(masks[n], k))
+    if differ or (masks is None) != (run.masks is None) and pruner is None:
+        raise ConfigError(f"resuming {name}: the model pruned now differs from the interrupted run's "
+                          f"({', '.join(differ[:3]) or 'masks'}{' ...' if len(differ) > 3 else ''}), so its saved "
+                          f"epochs ({path.name}) do not apply (a criterion that is not deterministic?); run afresh "
+                          "with --force")
+    if int(saved["epochs"]) != epochs:
+        raise ConfigError(f"{path} was written for {saved['epochs']} epochs of {name}, the recipe asks {epochs}; "
+                          "resume with the recipe of the interrupted run, or run afresh with --force")
+    model.load_state_dict(weights)
+    state = TrainState.from_state_dict(saved["train_state"])
+    history.extend(json.loads(saved["rows"]))
+    run.say(f"{name}: resuming after epoch {state.epoch}/{epochs} ({path.name})")
+    return state
 
 
 # ------------------------------------------------------------------------------------ loss terms
@@ -671,8 +732,6 @@ def recover(run: Run) -> None:
     rc = run.recipe["recover"]
     if not rc["epochs"] and rc["admm"] is None:
         return
-    from prunekit.train import TrainState
-
     task = None
     if rc["distill"] is not None:
         from prunekit.train.distill import Distillation
@@ -690,7 +749,6 @@ def recover(run: Run) -> None:
         if rc["admm"] is not None:
             _admm(run, task)
         if rc["epochs"]:
-            state = TrainState()
             run.section(f"recovery: {rc['epochs']} epochs, lr {rc['lr']:g} cosine"
                         + (", distilling from the dense model" if rc["distill"] is not None else ""))
             start = None
@@ -698,8 +756,8 @@ def recover(run: Run) -> None:
                 start = _evaluate(run, run.model)
                 run.say(f"top-1 right after pruning: {100 * start:.2f}%")
             _fit(run, run.model, rc, "recovery", phase="fine-tune" if rc["admm"] is not None else None,
-                 save_each=lambda: _save(run, state.state_dict()), task=task, pruner=pruner,
-                 regularizer=_regularizer(run, rc["regularizer"]), state=state)
+                 save_each=lambda st: _save(run, st.state_dict()), task=task, pruner=pruner,
+                 regularizer=_regularizer(run, rc["regularizer"]))
             if start is not None:  # epoch 0 of the accuracy curve
                 run.results["training"]["recovery"].insert(0, {"epoch": 0, "top1": start, "phase": "after pruning"})
     finally:
@@ -767,7 +825,6 @@ def share_weights(run: Run) -> None:
 
 def _admm(run: Run, task: Any) -> None:
     """``recover.admm``: ADMM epochs towards the allocation's masks, then the hard prune (masks in force)."""
-    from prunekit.train import TrainState
     from prunekit.train.admm import ADMM
 
     rc, a = run.recipe["recover"], run.recipe["recover"]["admm"]
@@ -775,9 +832,8 @@ def _admm(run: Run, task: Any) -> None:
                 rho_growth=a["rho_growth"], rho_max=a["rho_max"])
     run.section(f"ADMM: {a['epochs']} epochs, rho {a['rho']:g} x {a['rho_growth']:g} every {a['every']} steps "
                 f"(max {a['rho_max']:g}), lr {rc['lr']:g} cosine")
-    state = TrainState()
     _fit(run, run.model, rc, "recovery", epochs=a["epochs"], phase="admm",
-         save_each=lambda: _save(run, state.state_dict()), task=task, pruner=admm, regularizer=admm, state=state)
+         save_each=lambda st: _save(run, st.state_dict()), task=task, pruner=admm, regularizer=admm)
     residual = admm.residual()
     run.masks = admm.hard_prune()
     top1 = _evaluate(run, run.model)
@@ -1058,32 +1114,69 @@ def _title(recipe: Recipe) -> str:
     return f"{recipe['model']['name']}: {p['method']}, {p['allocation']}"
 
 
-def prepare_folder(out: Path, force: bool = False) -> Path:
-    """Create the run folder; an existing one must be empty or (with ``force``) an earlier run folder."""
+def prepare_folder(out: Path, force: bool = False, resume: Recipe | None = None) -> Path:
+    """Create the run folder; an existing one must be empty or (with ``force``) an earlier run folder.
+    With ``resume`` (the recipe to continue) it must hold an unfinished run of that same recipe."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"run folder {out} is a file; choose another --out")
+    if resume is not None:
+        _check_resumable(out, resume)
+        return out
     if out.is_dir() and any(out.iterdir()):
         if not (out / "results.json").is_file():
             raise ConfigError(f"run folder {out} exists and is not a prunekit run folder (no results.json); "
                               "choose another --out")
         if not force:
-            raise ConfigError(f"run folder {out} holds an earlier run; pass --force to replace it or choose "
-                              "another --out")
+            raise ConfigError(f"run folder {out} holds an earlier run; pass --force to replace it, --resume to "
+                              "continue it if it stopped, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def default_folder(recipe: Recipe, root: Path = Path("runs")) -> Path:
-    """``outputs.dir``, else ``runs/<recipe name>``, numbered (``-2``, ``-3``...) so no run is overwritten."""
+def _check_resumable(out: Path, recipe: Recipe) -> None:
+    """``out`` holds a run of ``recipe`` that did not complete, else a ConfigError naming the fix."""
+    from prunekit.recipe.core import load
+
+    results = out / "results.json"
+    if not results.is_file():
+        raise ConfigError(f"--resume: {out} holds no earlier run (no results.json); drop --resume to start one")
+    try:
+        status = json.loads(results.read_text()).get("status", "")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"--resume: {results} cannot be read ({exc}); run afresh with --force") from None
+    if status == "complete":
+        raise ConfigError(f"--resume: the run in {out} completed, there is nothing to continue; pass --force to run "
+                          "it again")
+    if not (out / "recipe.yaml").is_file():
+        raise ConfigError(f"--resume: {out} has no recipe.yaml; run afresh with --force")
+    earlier = load(out / "recipe.yaml", check_files=False).data
+    differ = _differences(earlier, recipe.data)
+    if differ:
+        raise ConfigError(f"--resume: the recipe differs from the interrupted run's ({out / 'recipe.yaml'}) at "
+                          f"{', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}; resume with that recipe "
+                          f"(prunekit run {out / 'recipe.yaml'} --out {out} --resume) or run afresh with --force")
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two recipe mappings differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".") or "(top level)"]
+
+
+def default_folder(recipe: Recipe, root: Path = Path("runs"), resume: bool = False) -> Path:
+    """``outputs.dir``, else ``runs/<recipe name>``, numbered (``-2``, ``-3``...) so no run is overwritten;
+    with ``resume``, the last of those folders that exists."""
     if recipe["outputs"]["dir"]:
         return Path(recipe["outputs"]["dir"])
     base = root / recipe.name
     out, i = base, 1
     while out.exists() and any(out.iterdir()):
         i += 1
-        out = base.with_name(f"{base.name}-{i}")
-    return out
+        last, out = out, base.with_name(f"{base.name}-{i}")
+    return last if resume and i > 1 else out
 
 
 def _finish(run: Run, status: str) -> None:
@@ -1091,6 +1184,9 @@ def _finish(run: Run, status: str) -> None:
 
     run.results["status"] = status
     run.results["finished"] = _now()
+    if status == "complete":  # a complete run cannot be resumed: its training states go
+        for path in run.out.glob("fit-*.state"):
+            path.unlink()
     run.results["artifacts"] = {k: v for k, v in {"checkpoint": "model.pt", "recipe": "recipe.yaml",
                                                    "log": "log.txt"}.items() if (run.out / v).exists() or k != "checkpoint"}
     atomic_write_text(run.out / "results.json", json.dumps(_jsonable(run.results), indent=1, allow_nan=True) + "\n")
@@ -1115,20 +1211,32 @@ def _jsonable(obj: Any) -> Any:
 
 
 def run_recipe(recipe: Recipe, out: str | Path, *, force: bool = False, progress: bool | None = None,
-               echo: Callable[[str], None] = print) -> dict[str, Any]:
+               echo: Callable[[str], None] = print, resume: bool = False) -> dict[str, Any]:
     """Run ``recipe`` into the folder ``out``; returns the results (also in ``out/results.json``).
 
     ``progress``: progress bars (default: ``outputs.progress``, ``auto`` = on when stderr is a
     terminal). An error or Ctrl-C still writes results.json, the log and a partial report whose
     ``status`` says where the run stopped, then re-raises.
+
+    ``resume``: continue the unfinished run of this same recipe in ``out``. Every step runs again,
+    but each training (dense training, ADMM, fine-tuning) starts after its last finished epoch,
+    from the weights, masks, optimizer, schedule and RNG states saved then (bit-exact), and
+    searches continue from their state files; what ran before is recomputed (deterministic
+    criteria give the same cut; a different one is refused). Lottery rounds start over.
     """
     from prunekit.io import atomic_write_text
 
-    out = prepare_folder(Path(out), force)
+    out = prepare_folder(Path(out), force, recipe if resume else None)
     mode = recipe["outputs"]["progress"]
     if progress is None:
         progress = mode == "on" or (mode == "auto" and sys.stderr.isatty())
-    run = Run(recipe, out, progress=bool(progress), echo=echo)
+    run = Run(recipe, out, progress=bool(progress), echo=echo, resume=resume)
+    if resume:
+        earlier = json.loads((out / "results.json").read_text())
+        log = out / "log.txt"
+        run.log_lines = (log.read_text().rstrip("\n").splitlines() if log.is_file() else []) + [""]
+        run.say(f"== resumed {_now()}: the earlier run stopped with {earlier.get('status', 'no status')!r} ==")
+        run.results["resumed"] = earlier.get("resumed", []) + [{"at": _now(), "earlier_status": earlier.get("status")}]
     run.results.update({"format": RESULTS_FORMAT, "version": 1, "title": _title(recipe), "recipe": "recipe.yaml",
                         "source": recipe.source, "status": "running", "started": _now(),
                         "machine": _machine(recipe["threads"]), "steps": []})
