@@ -251,14 +251,11 @@ def _resume_fit(run: Run, path: Path, model: nn.Module, name: str, epochs: int, 
     masks = saved["masks"]
     if not differ and pruner is None and run.masks is not None and masks is not None:
         differ = sorted(n for n, k in run.masks.items() if n not in masks or not torch.equal(masks[n], k))
-    if differ or (masks is None) != (run.masks is None) and pruner is None:
+    if differ or (pruner is None and (masks is None) != (run.masks is None)):
         raise ConfigError(f"resuming {name}: the model pruned now differs from the interrupted run's "
                           f"({', '.join(differ[:3]) or 'masks'}{' ...' if len(differ) > 3 else ''}), so its saved "
                           f"epochs ({path.name}) do not apply (a criterion that is not deterministic?); run afresh "
                           "with --force")
-    if int(saved["epochs"]) != epochs:
-        raise ConfigError(f"{path} was written for {saved['epochs']} epochs of {name}, the recipe asks {epochs}; "
-                          "resume with the recipe of the interrupted run, or run afresh with --force")
     model.load_state_dict(weights)
     state = TrainState.from_state_dict(saved["train_state"])
     history.extend(json.loads(saved["rows"]))
