@@ -205,6 +205,21 @@ def test_lottery_rounds_prune_the_survivors_and_rewind_exactly() -> None:
         find_ticket(_mlp(), _flat_data(), _flat_data(), cfg, rounds=1, rewind_step=10_000)
 
 
+@pytest.mark.parametrize("rewind_step", [1, 5])
+def test_rewinding_with_nothing_pruned_replays_the_training_exactly(rewind_step: int) -> None:
+    """From step k the rewound round sees the weights, momentum, schedule and RNG of step k; pruning
+    nothing, it must end where round 0 ended (it would not with the momentum of the last step)."""
+    from prunekit.train.lottery import find_ticket
+
+    cfg = TrainConfig(epochs=2, lr=0.05, momentum=0.9, seed=0, progress=False)
+    model = _mlp()
+    ends: list[dict[str, torch.Tensor]] = []
+    find_ticket(model, _flat_data(), _flat_data(64, 3), cfg, rounds=1, rate=1e-6, rewind_step=rewind_step,
+                on_round=lambda r: ends.append({k: v.clone() for k, v in model.state_dict().items()}))
+    assert rewind_step < 2 * len(_flat_data())  # a step inside the training
+    assert all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+
+
 def test_iterative_channel_pruning_rounds_make_one_plan_history() -> None:
     from prunekit.checkpoint import load_pruned, save_pruned
     from prunekit.metrics import count_macs

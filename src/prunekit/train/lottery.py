@@ -88,7 +88,9 @@ def find_ticket(
 
     def capture(state: TrainState) -> None:
         if state.step == rewind_step and "weights" not in snapshot:
-            snapshot.update(weights=copy.deepcopy(model.state_dict()), state=state.state_dict())
+            # deep copies: state_dict()s share storage with the live tensors (the optimizer's momentum
+            # buffers are updated in place), and the rewind needs the values of this step
+            snapshot.update(weights=copy.deepcopy(model.state_dict()), state=copy.deepcopy(state.state_dict()))
 
     history: list[TicketRound] = []
     masks: Masks | None = None
