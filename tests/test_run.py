@@ -532,6 +532,11 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, capsys) -> None:
     assert "no saved epoch" in capsys.readouterr().out
     assert main(["run", str(path), "--out", str(out), "--resume"]) == 1
     assert "completed, there is nothing to continue" in capsys.readouterr().err
+    stale = out / "fit-recovery-admm.state"  # left by some earlier run in this folder
+    stale.write_bytes(b"")
+    with pytest.raises(KeyboardInterrupt):
+        rc.run_recipe(rc.load(other), out, force=True, echo=_StopAt("recovery epoch 1/3"))
+    assert not stale.exists() and (out / "fit-recovery.state").is_file()  # --force replaces the run
 
 
 def test_resume_without_out_continues_the_last_numbered_folder(tmp_path: Path) -> None:

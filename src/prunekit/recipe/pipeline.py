@@ -1127,6 +1127,8 @@ def prepare_folder(out: Path, force: bool = False, resume: Recipe | None = None)
         if not force:
             raise ConfigError(f"run folder {out} holds an earlier run; pass --force to replace it, --resume to "
                               "continue it if it stopped, or choose another --out")
+        for path in out.glob("fit-*.state"):  # the replaced run's trainings: never resumed into this one
+            path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 
