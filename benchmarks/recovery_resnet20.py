@@ -66,6 +66,10 @@ def main() -> None:
         cfg_row = cfg
         if row.startswith("oneshot"):
             s = int(row[7:9]) / 100
+            if row.endswith("-late"):  # ADMM's design on LeNet: as many dense epochs first, the same fine-tune after
+                dense_epochs = max(1, round(args.admm_share * args.epochs))
+                fit(model, train, None, replace(cfg, epochs=dense_epochs))
+                cfg_row = replace(cfg, epochs=args.epochs - dense_epochs)
             masks = prune(model, select(model), Magnitude(), Element(), Global(s))
             after_prune = evaluate(model, test).top1
             if row.endswith("-kd"):
@@ -111,14 +115,17 @@ def main() -> None:
     meta = {"command": f"python benchmarks/recovery_resnet20.py --data {args.data} --epochs {args.epochs} "
                        f"--rows {' '.join(args.rows)} --out {args.out}"
                        + (f" --admm-share {args.admm_share} --rho {args.rho} --rho-growth {args.rho_growth} "
-                          f"--every {args.every}" if any(r.startswith("admm") for r in args.rows) else ""),
+                          f"--every {args.every}" if any(r.startswith("admm") or r.endswith("-late")
+                                                         for r in args.rows) else ""),
             "started": started, "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
             "epochs": args.epochs, "lr": args.lr, "steps": steps}
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "results": results}, indent=1))
     names = {"dense": "dense, fine-tuned as long", "oneshot90": "90 % one-shot + fine-tune",
              "oneshot90-kd": "90 % one-shot + fine-tune with distillation (T 4, alpha 0.7)",
-             "oneshot95": "95 % one-shot + fine-tune", "agp95": "95 % AGP (cubic, masks every 50 steps, to 2/3)",
+             "oneshot95": "95 % one-shot + fine-tune",
+             "oneshot90-late": f"90 % one-shot after {args.admm_share:.0%} of the epochs of dense training, fine-tune the "
+                               "rest (ADMM's fine-tune)", "agp95": "95 % AGP (cubic, masks every 50 steps, to 2/3)",
              "iter95": "95 % iterative (4 rounds, one every 1/6 of training)",
              "admm90": f"90 % ADMM ({args.admm_share:.0%} of the epochs, rho {args.rho} x{args.rho_growth} every "
                        f"{args.every} steps), hard prune, fine-tune the rest"}
