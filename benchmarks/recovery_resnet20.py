@@ -56,6 +56,7 @@ def main() -> None:
     steps = args.epochs * len(train)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, schedule="cosine", seed=0, progress=False)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    first = max(1, round(args.admm_share * args.epochs))  # epochs of ADMM (or of dense training, "-late") first
     results: dict[str, dict] = {"dense_start": {"top1": evaluate(dense, test).top1}}
     print(f"dense checkpoint: {results['dense_start']['top1']:.4f}", flush=True)
     for row in args.rows:
@@ -67,9 +68,8 @@ def main() -> None:
         if row.startswith("oneshot"):
             s = int(row[7:9]) / 100
             if row.endswith("-late"):  # ADMM's design on LeNet: as many dense epochs first, the same fine-tune after
-                dense_epochs = max(1, round(args.admm_share * args.epochs))
-                fit(model, train, None, replace(cfg, epochs=dense_epochs))
-                cfg_row = replace(cfg, epochs=args.epochs - dense_epochs)
+                fit(model, train, None, replace(cfg, epochs=first))
+                cfg_row = replace(cfg, epochs=args.epochs - first)
             masks = prune(model, select(model), Magnitude(), Element(), Global(s))
             after_prune = evaluate(model, test).top1
             if row.endswith("-kd"):
@@ -91,16 +91,15 @@ def main() -> None:
             masks = pruner.masks
         elif row.startswith("admm"):
             s = int(row[4:6]) / 100
-            admm_epochs = max(1, round(args.admm_share * args.epochs))
             admm = ADMM(model, select(model), Element(), Global(s), rho=args.rho, every=args.every,
                         rho_growth=args.rho_growth)
-            fit(model, train, None, replace(cfg, epochs=admm_epochs), regularizer=admm, pruner=admm)
+            fit(model, train, None, replace(cfg, epochs=first), regularizer=admm, pruner=admm)
             residual = admm.residual()
             masks = admm.hard_prune()
             after_prune = evaluate(model, test).top1
-            print(f"{row}: {admm_epochs} ADMM epochs, rho {admm.rho:g}, residual ||W-Z||/||W|| {residual:.3f}, "
+            print(f"{row}: {first} ADMM epochs, rho {admm.rho:g}, residual ||W-Z||/||W|| {residual:.3f}, "
                   f"after hard prune {after_prune:.4f}", flush=True)
-            cfg_row = replace(cfg, epochs=args.epochs - admm_epochs)
+            cfg_row = replace(cfg, epochs=args.epochs - first)
         else:
             masks = None
         history = fit(model, train, test, cfg_row, **kw)
