@@ -3,7 +3,8 @@ with and without distillation, all against the dense model fine-tuned equally lo
 
 Every row starts from ``checkpoints/resnet20_cifar10jpeg.pt`` and trains the same number of epochs
 with the same recipe (SGD momentum 0.9, wd 5e-4, batch 128, crop+flip, cosine from ``--lr``);
-pruning is global L1 magnitude over every conv and the classifier, enforced by masks throughout.
+pruning is global L1 magnitude over every conv and the classifier (rows with ``-lamp``: LAMP scores of
+squared magnitudes, ranked globally), enforced by masks throughout.
 The ADMM row (Zhang et al. 2018) spends the first ``--admm-share`` of the epochs in ADMM training
 toward the same global 90 % masks, hard-prunes, and fine-tunes the rest with the masks in force.
 
@@ -70,7 +71,10 @@ def main() -> None:
             if row.endswith("-late"):  # ADMM's design on LeNet: as many dense epochs first, the same fine-tune after
                 fit(model, train, None, replace(cfg, epochs=first))
                 cfg_row = replace(cfg, epochs=args.epochs - first)
-            masks = prune(model, select(model), Magnitude(), Element(), Global(s))
+            if "-lamp" in row:  # LAMP scores (Lee et al. 2021) on squared magnitudes rank all layers together
+                masks = prune(model, select(model), Magnitude(p=2), Element(), Global(s, normalize="lamp"))
+            else:
+                masks = prune(model, select(model), Magnitude(), Element(), Global(s))
             after_prune = evaluate(model, test).top1
             if row.endswith("-kd"):
                 kw["task"] = Distillation(copy.deepcopy(dense).eval(), temperature=4.0, alpha=0.7)
@@ -122,6 +126,8 @@ def main() -> None:
     atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "results": results}, indent=1))
     names = {"dense": "dense, fine-tuned as long", "oneshot90": "90 % one-shot + fine-tune",
              "oneshot90-kd": "90 % one-shot + fine-tune with distillation (T 4, alpha 0.7)",
+             "oneshot90-lamp": "90 % one-shot, LAMP allocation, + fine-tune",
+             "oneshot90-lamp-kd": "90 % one-shot, LAMP allocation, + fine-tune with distillation (T 4, alpha 0.7)",
              "oneshot95": "95 % one-shot + fine-tune",
              "oneshot90-late": f"90 % one-shot after {args.admm_share:.0%} of the epochs of dense training, fine-tune the "
                                "rest (ADMM's fine-tune)", "agp95": "95 % AGP (cubic, masks every 50 steps, to 2/3)",

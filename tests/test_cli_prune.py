@@ -151,3 +151,35 @@ def test_default_search_without_data_names_the_scope_and_the_fix(tmp_path, capsy
     err = capsys.readouterr().err
     assert code != 0 and "--scope sensitivity (the default for --target macs)" in err and "--scope uniform" in err
     assert "missing.npz" in err and not (tmp_path / "x.pt").exists()
+
+
+def _bn_buffers(path) -> dict[str, torch.Tensor]:
+    model, _ = build_from_checkpoint(path)
+    return {k: v for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_recalibrate_bn_saves_fresh_statistics_and_nothing_else(tmp_path, capsys, structured) -> None:
+    start = tmp_path / "start.pt"  # one set of weights for both runs (a bare --model starts from a random init)
+    assert _run(capsys, "--sparsity", "0.1", "--out", str(start))[0] == 0
+    extra = ["--checkpoint", str(start), "--sparsity", "0.5"]
+    extra += ["--structured", "--latency-repeats", "2"] if structured else []
+    plain, recal = tmp_path / "plain.pt", tmp_path / "recal.pt"
+    assert main(["prune", *extra, "--out", str(plain)]) == 0
+    code = main(["prune", *extra, "--recalibrate-bn", "3", "--out", str(recal)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "BatchNorm recalibration: 4 layers re-estimated from 3 batches" in out
+    a, b = _bn_buffers(plain), _bn_buffers(recal)
+    assert a.keys() == b.keys() and all(not torch.equal(a[k], b[k]) for k in a)
+    wa, wb = (build_from_checkpoint(p)[0].state_dict() for p in (plain, recal))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa if not k.endswith(("running_mean", "running_var",
+                                                                          "num_batches_tracked")))
+
+
+def test_recalibrate_bn_without_batchnorm_is_refused_before_any_work(tmp_path, capsys) -> None:
+    code = main(["prune", "--model", "lenet300_100", "--sparsity", "0.5", "--recalibrate-bn", "2",
+                 "--out", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--recalibrate-bn: lenet300_100 has no BatchNorm layer" in err
+    assert not (tmp_path / "x.pt").exists()

@@ -315,6 +315,62 @@ def test_admm_trains_towards_the_masks_then_hard_prunes_and_fine_tunes(tmp_path:
         assert not weight[~keep.bool()].any()
 
 
+def _bn_stats(folder: Path) -> dict[str, torch.Tensor]:
+    state = checkpoint.read(folder / "model.pt").state_dict
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+@pytest.mark.parametrize("method", ["masks", "channels"])
+def test_batchnorm_recalibration_saves_fresh_statistics_and_reports_the_gain(tmp_path: Path, method: str) -> None:
+    prune = f"  method: {method}\n  allocation: {{name: {'global' if method == 'masks' else 'uniform'}, sparsity: 0.6}}"
+    plain, recal = tmp_path / "plain", tmp_path / "recal"
+    assert main(["run", str(_recipe(tmp_path, "p", prune=prune, recover="  epochs: 0", deploy="false")),
+                 "--out", str(plain)]) == 0
+    assert main(["run", str(_recipe(tmp_path, "r", prune=prune, recover="  epochs: 0\n  recalibrate_bn: 4",
+                                    deploy="false")), "--out", str(recal)]) == 0
+    res, before, after = _results(recal), _bn_stats(plain), _bn_stats(recal)
+    assert before.keys() == after.keys() and before
+    assert all(not torch.equal(before[k], after[k]) for k in before), "statistics not re-estimated"
+    bn = res["recalibrate_bn"]
+    assert bn["batches"] == 4 and bn["images"] == 4 * 64 and bn["layers"] == len(before) // 2
+    assert bn["top1_before"] == _results(plain)["summary"]["pruned"]["top1"]  # the model right after pruning
+    assert bn["top1"] == res["summary"]["pruned"]["top1"]  # the saved model is the recalibrated one
+    text = f"from {100 * bn['top1_before']:.2f} % to {100 * bn['top1']:.2f} %"
+    assert text in (recal / "report.md").read_text() and text in (recal / "report.html").read_text()
+
+
+def test_batchnorm_recalibration_comes_first_in_the_recovery_curve(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["run", str(_recipe(tmp_path, recover="  epochs: 1\n  lr: 0.01\n  recalibrate_bn: 2",
+                                    deploy="false")), "--out", str(out)]) == 0
+    res = _results(out)
+    rows = res["training"]["recovery"]
+    assert [r.get("phase") for r in rows[:2]] == ["after pruning", "after BN recalibration"] and len(rows) == 3
+    assert rows[1]["top1"] == res["recalibrate_bn"]["top1"] and rows[0]["top1"] == res["recalibrate_bn"]["top1_before"]
+
+
+@pytest.mark.parametrize("recover, prune, needle", [
+    ("  epochs: 2\n  recalibrate_bn: 2\n  schedule: {name: agp}", "  allocation: {name: global, sparsity: 0.5}",
+     "masks change while fine-tuning"),
+    ("  epochs: 1\n  recalibrate_bn: 2", "  method: none", "prunes nothing"),
+    ("  epochs: 1\n  recalibrate_bn: -1", "  allocation: {name: global, sparsity: 0.5}", "recalibrate_bn"),
+])
+def test_batchnorm_recalibration_refuses_what_it_cannot_do(tmp_path: Path, capsys, recover: str, prune: str,
+                                                         needle: str) -> None:
+    assert main(["run", str(_recipe(tmp_path, prune=prune, recover=recover)), "--out", str(tmp_path / "x"),
+                 "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "recover.recalibrate_bn" in err and needle in err and not (tmp_path / "x").exists()
+
+
+def test_batchnorm_recalibration_of_a_model_without_batchnorm_fails_at_load(tmp_path: Path) -> None:
+    recipe = rc.load(_recipe(tmp_path, recover="  epochs: 1\n  recalibrate_bn: 2"))
+    no_bn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(rc.RecipeError) as err:
+        rc.check_against_model(recipe, no_bn, torch.zeros(2, 1, 8, 8))
+    assert all(s in str(err.value) for s in ("recover.recalibrate_bn", "no BatchNorm layer", "recalibrate_bn: 0"))
+
+
 def _gamma_l1(folder: Path) -> float:
     model, _ = checkpoint.build(folder / "model.pt")
     return sum(float(m.weight.detach().abs().sum()) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -476,6 +532,7 @@ RESUMABLE = {  # recover section, the line at which the first run is stopped
     "distillation": ("  epochs: 2\n  lr: 0.01\n  distill: {temperature: 2, alpha: 0.5}", "recovery epoch 1/2"),
     "agp": ("  epochs: 2\n  lr: 0.01\n  schedule: {name: agp, every: 5}", "recovery epoch 1/2"),
     "admm": ("  epochs: 2\n  lr: 0.01\n  admm: {epochs: 2, rho: 0.01, every: 5}", "admm epoch 1/2"),
+    "BN recalibration, then fine-tuning": ("  epochs: 2\n  lr: 0.01\n  recalibrate_bn: 3", "recovery epoch 1/2"),
     "admm, then fine-tuning": ("  epochs: 2\n  lr: 0.01\n  admm: {epochs: 1, rho: 0.01, every: 5}",
                                "fine-tune epoch 1/2"),
 }

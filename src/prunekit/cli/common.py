@@ -138,6 +138,9 @@ def check_model_fits(model: nn.Module, model_name: str, dataset: str) -> None:
 def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict[str, Any]]:
     """Build the model named by ``--model`` / ``--checkpoint`` / ``--pretrained``.
 
+    A model built from its name alone starts from the random initialisation of ``--seed`` (0 when
+    the command has no such option), so two runs of one command line start from the same weights.
+
     Returns ``(model, model_name, info)`` where ``info`` has the model ``config`` and the
     checkpoint ``metadata`` (empty unless a prunekit checkpoint was loaded), and for a prunekit
     checkpoint its ``masks`` and ``plan`` (None when absent) and the whole ``checkpoint``.
@@ -163,7 +166,11 @@ def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str, dict
         return load_pretrained(create(name), checkpoint), name, {"config": {}, "metadata": dict(ckpt["metadata"])}
     if not name:
         raise UsageError("give --model NAME (with --pretrained PATH to load weights) or --checkpoint PATH")
-    model = create(name)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # a fresh model's initial weights follow --seed (default 0)
+        torch.manual_seed(int(getattr(args, "seed", 0) or 0))
+        model = create(name)
     if pretrained:
         model = load_pretrained(model, pretrained)
     return model, name, {"config": {}, "metadata": {}}

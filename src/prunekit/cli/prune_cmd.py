@@ -90,6 +90,9 @@ def register(subparsers: Any) -> None:
                    help="with --eval: N batches' worth of test images, class-balanced (seed 0)")
     p.add_argument("--out", metavar="PATH", help="where to write the pruned checkpoint")
     add_force_arg(p)
+    p.add_argument("--recalibrate-bn", type=positive_int, default=None, metavar="N",
+                   help="re-estimate the BatchNorm statistics from N training batches right after pruning, before "
+                   "--eval's pruned top-1 and any fine-tuning (default off)")
     p.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
                    help="fine-tune N epochs after pruning (masks in force, or the small model with --structured; "
                    "default 0)")
@@ -174,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     check_args_outputs(args)
     model, name, info = load_model_from_args(args)
     info = {**info, "name": name}
+    check_recalibration(model, name, args)
     g = component("granularity", args.granularity)
     if hasattr(g, "reduction") and args.reduction not in (None, "sum"):
         g.reduction = args.reduction
@@ -188,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
     masks = prune(model, targets, importance, g, allocation, enforce=False)
     print(f"{name}: {importance!r} scores, {g!r}, {allocation!r}")
     print(masks.format_report(model))
+    recalibrate(model, name, info, args)
     if args.eval:
         after, used = _top1(model, args, info)
         print(f"test top-1 on {used}: dense {100 * before:.2f}%  pruned {100 * after:.2f}%")
@@ -209,6 +214,27 @@ def run(args: argparse.Namespace) -> int:
         save_checkpoint(args.out, model, name, info["config"], metadata, masks=masks, plan=info.get("plan"))
     print(f"wrote {args.out}")
     return 0
+
+
+def check_recalibration(model: nn.Module, name: str, args: argparse.Namespace) -> None:
+    """Refuse ``--recalibrate-bn`` for a model without BatchNorm before any work."""
+    from prunekit.train.bn import batchnorms
+
+    if args.recalibrate_bn is not None and not batchnorms(model):
+        raise UsageError(f"--recalibrate-bn: {name} has no BatchNorm layer to recalibrate; drop the option")
+
+
+def recalibrate(model: nn.Module, name: str, info: dict, args: argparse.Namespace) -> None:
+    """``--recalibrate-bn N``: fresh BatchNorm statistics from N training batches (no augmentation)."""
+    if args.recalibrate_bn is None:
+        return
+    from prunekit.cli.common import make_loaders_from_args
+    from prunekit.train.bn import recalibrate_bn
+
+    train, _ = make_loaders_from_args(args, name, info["metadata"], augment=False)
+    done = recalibrate_bn(model, train, max_batches=args.recalibrate_bn)
+    print(f"BatchNorm recalibration: {done.layers} layers re-estimated from {done.batches} batches "
+          f"({done.samples} images)")
 
 
 def finetune(model: nn.Module, name: str, info: dict, args: argparse.Namespace, metadata: dict,

@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_dataset,
         resolved_normalize,
     )
+    from prunekit.cli.prune_cmd import check_recalibration, recalibrate
     from prunekit.metrics import compare_latency
     from prunekit.structure import (
         ChannelConstraints,
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     model, name, info = load_model_from_args(args)
+    check_recalibration(model, name, args)
     model.eval()
     dataset = resolve_dataset(args, name, info["metadata"])
     example = example_input_for(dataset)
@@ -180,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         f"latency: {lat['dense'].threads} thread(s), {args.latency_repeats} interleaved repeats; shared machine"
     )
     print(report)
+    recalibrate(small, name, info, args)
     if args.eval:
         after_top1, used = _top1(small, args, name, info)
         print(f"test top-1 on {used}: dense {100 * before_top1:.2f}%  pruned {100 * after_top1:.2f}%")

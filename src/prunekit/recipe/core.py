@@ -275,6 +275,11 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
     dataset = dataset_of(r)
     if recover["schedule"] is not None and not recover["epochs"]:
         out.append(("recover.schedule", "a schedule prunes while fine-tuning: set recover.epochs > 0"))
+    if recover["recalibrate_bn"] and (prune["method"] == "none" or recover["schedule"] is not None):
+        out.append(("recover.recalibrate_bn", "recalibration follows a one-shot prune; "
+                    + ("prune.method none prunes nothing" if prune["method"] == "none" else
+                       "with recover.schedule the masks change while fine-tuning")
+                    + ": set recover.recalibrate_bn: 0"))
     if recover["distill"] is not None and not recover["epochs"]:
         out.append(("recover.distill", "distillation is a fine-tuning term: set recover.epochs > 0"))
     from prunekit.recipe.pipeline import REGULARIZERS
@@ -368,6 +373,12 @@ def check_against_model(recipe: Recipe, model: Any, example: Any) -> None:
         if not any(fnmatchcase(n, pattern) for n in names):
             problems.append((f"prune.layers.{pattern}", f"matches no {kind}; "
                                                         f"{close_matches(pattern, names)}"))
+    if recipe["recover"]["recalibrate_bn"]:
+        from prunekit.train.bn import batchnorms
+
+        if not batchnorms(model):
+            problems.append(("recover.recalibrate_bn", f"model {recipe['model']['name']!r} has no BatchNorm layer "
+                                                       "to recalibrate: set recover.recalibrate_bn: 0"))
     if prune["method"] == "masks" and not problems:  # (none and channels have no granularity)
         types = tuple({"conv": torch.nn.Conv2d, "linear": torch.nn.Linear}[t] for t in prune["types"])
         targets = select(model, types=types, include=prune["include"], exclude=prune["exclude"])

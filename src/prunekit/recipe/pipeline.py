@@ -727,7 +727,7 @@ def recover(run: Run) -> None:
     """Fine-tune with masks in force (or the smaller model), optionally distilling from the dense model,
     with a loss term, or after ADMM training and a hard prune (``recover.admm``)."""
     rc = run.recipe["recover"]
-    if not rc["epochs"] and rc["admm"] is None:
+    if not rc["epochs"] and rc["admm"] is None and not rc["recalibrate_bn"]:
         return
     task = None
     if rc["distill"] is not None:
@@ -745,18 +745,21 @@ def recover(run: Run) -> None:
     try:
         if rc["admm"] is not None:
             _admm(run, task)
+        curve = []  # epoch 0 of the accuracy curve: right after pruning, after recalibration
+        if pruner is None and rc["admm"] is None:  # the pruned model before any recovery
+            start = _evaluate(run, run.model)
+            run.say(f"top-1 right after pruning: {100 * start:.2f}%")
+            curve.append({"epoch": 0, "top1": start, "phase": "after pruning"})
+        if rc["recalibrate_bn"]:
+            before = curve[0]["top1"] if curve else run.results["admm"]["top1_after_hard_prune"]
+            curve.append(_recalibrate_bn(run, rc["recalibrate_bn"], before))
         if rc["epochs"]:
             run.section(f"recovery: {rc['epochs']} epochs, lr {rc['lr']:g} cosine"
                         + (", distilling from the dense model" if rc["distill"] is not None else ""))
-            start = None
-            if pruner is None and rc["admm"] is None:  # the pruned model before any recovery
-                start = _evaluate(run, run.model)
-                run.say(f"top-1 right after pruning: {100 * start:.2f}%")
             _fit(run, run.model, rc, "recovery", phase="fine-tune" if rc["admm"] is not None else None,
                  save_each=lambda st: _save(run, st.state_dict()), task=task, pruner=pruner,
                  regularizer=_regularizer(run, rc["regularizer"]))
-            if start is not None:  # epoch 0 of the accuracy curve
-                run.results["training"]["recovery"].insert(0, {"epoch": 0, "top1": start, "phase": "after pruning"})
+            run.results["training"]["recovery"][0:0] = curve
     finally:
         if run.writer is not None:
             run.writer.close()
@@ -818,6 +821,21 @@ def share_weights(run: Run) -> None:
             f"Linear weights {total['dense_bytes']:,} B dense, {total['csr_bytes']:,} B CSR, "
             f"{total['eie_bytes']:,} B EIE ({total['dense_bytes'] / total['eie_bytes']:.1f}x)")
     _save(run)
+
+
+def _recalibrate_bn(run: Run, batches: int, before: float) -> dict[str, Any]:
+    """``recover.recalibrate_bn``: fresh BatchNorm statistics for the pruned model (no gradient step)."""
+    from prunekit.train.bn import recalibrate_bn
+
+    done = recalibrate_bn(run.model, _plain_train_loader(run), max_batches=batches)  # BN found at load
+    top1 = _evaluate(run, run.model)
+    run.results["recalibrate_bn"] = {"layers": done.layers, "batches": done.batches, "images": done.samples,
+                                     "top1_before": before, "top1": top1}
+    run.section("BatchNorm recalibration")
+    run.say(f"{done.layers} BatchNorm layers re-estimated from {done.batches} batches ({done.samples} images): "
+            f"top-1 {100 * before:.2f}% -> {100 * top1:.2f}%")
+    _save(run)
+    return {"epoch": 0, "top1": top1, "phase": "after BN recalibration"}
 
 
 def _admm(run: Run, task: Any) -> None:

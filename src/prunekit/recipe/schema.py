@@ -169,6 +169,9 @@ SCHEMA: dict[str, Key] = {
         "optimizer": Key("str", "sgd", choices=("sgd", "adamw")),
         "steps_per_epoch": Key("int", None, "stop each epoch after this many steps (default: the whole split)",
                                low=1),
+        "recalibrate_bn": Key("int", 0, "re-estimate every BatchNorm's running statistics from this many "
+                              "training batches (no augmentation) right after the one-shot prune (after ADMM's "
+                              "hard prune), before fine-tuning; 0: off", low=0),
         "schedule": Key("component:schedule", None, "masks: prune gradually while fine-tuning, e.g. "
                         "{name: agp, every: 10} (final and end default to the allocation's sparsity and 2/3 of "
                         "the steps)"),

@@ -504,6 +504,18 @@ def _admm(results: dict) -> list[_Block]:
     return [_Block("h2", ("ADMM",), "admm"), _p("p", ", ".join(parts) + ".")]
 
 
+def _recalibration(results: dict) -> list[_Block]:
+    """BatchNorm recalibration (recover.recalibrate_bn): the top-1 before and after it."""
+    bn = _dict(results.get("recalibrate_bn"))
+    if not bn:
+        return []
+    text = (f"{_text(bn.get('layers'))} BatchNorm layers re-estimated from {_text(bn.get('batches'))} training "
+            f"batches ({_text(bn.get('images'))} images), no gradient step")
+    if _is_num(bn.get("top1_before")) and _is_num(bn.get("top1")):
+        text += f": top-1 from {100 * bn['top1_before']:.2f} % to {100 * bn['top1']:.2f} % before fine-tuning"
+    return [_Block("h2", ("BatchNorm recalibration",), "recalibrate-bn"), _p("p", text + ".")]
+
+
 def _lottery(results: dict) -> list[_Block]:
     """Lottery tickets (recover.lottery): every round's weights left and top-1, and the random re-init control."""
     lot = _dict(results.get("lottery"))
@@ -584,7 +596,7 @@ def _document(results: dict, others: Sequence[dict], figs: list[DrawnFigure] | N
     blocks = _header(results) + _summary(results)
     if others:
         blocks += _comparison(results, others)
-    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _kernels(results) + _weight_sharing(results) + _admm(results) + _lottery(results) + _deploy(results) \
+    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _kernels(results) + _weight_sharing(results) + _admm(results) + _recalibration(results) + _lottery(results) + _deploy(results) \
         + _steps(results) \
         + _artifacts(results)
 

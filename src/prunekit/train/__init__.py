@@ -1,6 +1,7 @@
 """Training engine: fit / fine-tune / evaluate for any task, resumable training state, checkpoints."""
 
 from prunekit.train import distributed
+from prunekit.train.bn import Recalibrated, recalibrate_bn
 from prunekit.train.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 from prunekit.train.engine import (
     Classification,
@@ -26,6 +27,7 @@ __all__ = [
     "Classification",
     "EpochRecord",
     "EvalResult",
+    "Recalibrated",
     "StepHook",
     "StopTraining",
     "Task",
@@ -41,6 +43,7 @@ __all__ = [
     "lr_at",
     "make_optimizer",
     "model_device",
+    "recalibrate_bn",
     "save_checkpoint",
     "seed_everything",
     "train_epoch",
