@@ -1,8 +1,9 @@
 """BatchNorm recalibration after a one-shot prune (``prunekit.train.recalibrate_bn``): top-1 right after
 pruning with the dense model's BatchNorm statistics and with statistics re-estimated from N training
-batches (no augmentation, no gradient step), and whether starting the fine-tune from them helps.
+batches (augmented as in training, no gradient step; one column with un-augmented batches), and whether
+starting the fine-tune from them helps.
 
-Rows: the JPEG-adapted ResNet-20 with global L1 masks at several sparsities, and the JPEG-adapted
+Rows: the JPEG-adapted ResNet-20 unpruned and with global L1 masks at several sparsities, and the JPEG-adapted
 ResNet-56 cut to 2x fewer MACs by the channel rows of ``recovery_resnet56.py`` (prunekit L1 uniform per
 block, sensitivity ratios, Torch-Pruning when installed). Top-1 on the whole 10,000-image test split.
 
@@ -32,8 +33,9 @@ OUT = Path(__file__).parent / "results" / "bn_recalibration"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9])
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.5, 0.7, 0.8, 0.9])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 10, 50], help="recalibration batches (of 128)")
+    ap.add_argument("--plain-batches", type=int, default=50, help="the un-augmented column's batches")
     ap.add_argument("--channel-rows", nargs="*", default=["l1", "sens", "tp"])
     ap.add_argument("--finetune-epochs", type=int, default=1,
                     help="ResNet-20 at the highest sparsity: fine-tune this long with and without recalibration")
@@ -45,32 +47,36 @@ def main() -> None:
     started, t_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.perf_counter()
     npz = Path(args.data) / "cifar10-jpeg75.npz"
     train, test = cifar10_loaders(npz, 128, IMAGENET_MEAN, IMAGENET_STD, limit=args.limit)
-    plain_set, _ = cifar10_datasets(npz, IMAGENET_MEAN, IMAGENET_STD, augment=False, limit=args.limit)
+    sets = {aug: cifar10_datasets(npz, IMAGENET_MEAN, IMAGENET_STD, augment=aug, limit=args.limit)[0]
+            for aug in (True, False)}
 
-    def plain() -> torch.utils.data.DataLoader:  # the same shuffled batches for every row
-        return torch.utils.data.DataLoader(plain_set, batch_size=128, shuffle=True,
+    def batches(augment: bool = True) -> torch.utils.data.DataLoader:  # the same shuffled images for every row
+        torch.manual_seed(0)  # and the same crops and flips
+        return torch.utils.data.DataLoader(sets[augment], batch_size=128, shuffle=True,
                                            generator=torch.Generator().manual_seed(0))
 
     def measure(name: str, pruned: torch.nn.Module) -> dict:
         row = {"row": name, "stale": evaluate(pruned, test).top1}
         for n in args.batches:
             model = copy.deepcopy(pruned)
-            recalibrate_bn(model, plain(), max_batches=n)
+            recalibrate_bn(model, batches(), max_batches=n)
             row[f"recal{n}"] = evaluate(model, test).top1
+        model = copy.deepcopy(pruned)
+        recalibrate_bn(model, batches(augment=False), max_batches=args.plain_batches)
+        row["plain"] = evaluate(model, test).top1
         print(row, flush=True)
         return row
 
     rows = []
     r20, _ = build("checkpoints/resnet20_cifar10jpeg.pt")
-    rows.append({"row": "ResNet-20 dense", "stale": evaluate(r20, test).top1})
     for s in args.sparsities:
         model = copy.deepcopy(r20)
         masks = prune(model, select(model), Magnitude(), Element(), Global(s))
-        rows.append(measure(f"ResNet-20, {s:.0%} global L1 masks", model))
+        rows.append(measure(f"ResNet-20, {s:.0%} global L1 masks" if s else "ResNet-20, unpruned", model))
         masks.remove()
     r56, _ = build("checkpoints/resnet56_cifar10jpeg.pt")
     r56.eval()
-    rows.append({"row": "ResNet-56 dense", "stale": evaluate(r56, test).top1})
+    rows.append(measure("ResNet-56, unpruned", r56))
     for kind in args.channel_rows:
         try:
             small, _ = _prune(kind, r56, 2.0)
@@ -89,7 +95,7 @@ def main() -> None:
             model = copy.deepcopy(r20)
             masks = prune(model, select(model), Magnitude(), Element(), Global(s))
             if recal:
-                recalibrate_bn(model, plain(), max_batches=recal)
+                recalibrate_bn(model, batches(), max_batches=recal)
             fit(model, train, None, cfg)
             finetune.append({"recalibration_batches": recal, "top1": evaluate(model, test).top1})
             masks.remove()
@@ -99,17 +105,19 @@ def main() -> None:
 
 def write(args: argparse.Namespace, rows: list[dict], finetune: list[dict], started: str, minutes: float) -> None:
     cmd = (f"python benchmarks/bn_recalibration.py --data {args.data} --sparsities "
-           f"{' '.join(map(str, args.sparsities))} --batches {' '.join(map(str, args.batches))} --channel-rows "
+           f"{' '.join(map(str, args.sparsities))} --batches {' '.join(map(str, args.batches))} --plain-batches "
+           f"{args.plain_batches} --channel-rows "
            f"{' '.join(args.channel_rows)} --finetune-epochs {args.finetune_epochs}")
     lines = ["# BatchNorm recalibration after a one-shot prune", "",
              f"`{cmd}` ({started}, {platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
-             f"{minutes:.1f} min in all). Top-1 on the 10,000 test images; recalibration batches of 128 "
-             "un-augmented training images, the same shuffled order for every row.", "",
+             f"{minutes:.1f} min in all). Top-1 on the 10,000 test images; recalibration batches of 128 training "
+             "images, crop + flip as in training (last column: un-augmented), the same images for every row.", "",
              "| model | dense BN statistics | " + " | ".join(f"recalibrated, {n} batch{'es' if n > 1 else ''}"
-                                                         for n in args.batches) + " |",
-             "| --- | ---: |" + " ---: |" * len(args.batches)]
+                                                         for n in args.batches)
+             + f" | {args.plain_batches} un-augmented batches |",
+             "| --- | ---: |" + " ---: |" * (len(args.batches) + 1)]
     for r in rows:
-        cells = [f"{100 * r[f'recal{n}']:.2f}" if f"recal{n}" in r else "-" for n in args.batches]
+        cells = [f"{100 * r[k]:.2f}" if k in r else "-" for k in [f"recal{n}" for n in args.batches] + ["plain"]]
         lines.append(f"| {r['row']} | {100 * r['stale']:.2f} | " + " | ".join(cells) + " |")
     if finetune:
         lines += ["", f"Then {args.finetune_epochs} fine-tune epoch(s) at {max(args.sparsities):.0%} (ResNet-20, "

@@ -225,13 +225,14 @@ def check_recalibration(model: nn.Module, name: str, args: argparse.Namespace) -
 
 
 def recalibrate(model: nn.Module, name: str, info: dict, args: argparse.Namespace) -> None:
-    """``--recalibrate-bn N``: fresh BatchNorm statistics from N training batches (no augmentation)."""
+    """``--recalibrate-bn N``: fresh BatchNorm statistics from N training batches, augmented as in
+    training (un-augmented ones describe other statistics than the model was trained under)."""
     if args.recalibrate_bn is None:
         return
     from prunekit.cli.common import make_loaders_from_args
     from prunekit.train.bn import recalibrate_bn
 
-    train, _ = make_loaders_from_args(args, name, info["metadata"], augment=False)
+    train, _ = make_loaders_from_args(args, name, info["metadata"])
     done = recalibrate_bn(model, train, max_batches=args.recalibrate_bn)
     print(f"BatchNorm recalibration: {done.layers} layers re-estimated from {done.batches} batches "
           f"({done.samples} images)")

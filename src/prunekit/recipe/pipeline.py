@@ -827,7 +827,9 @@ def _recalibrate_bn(run: Run, batches: int, before: float) -> dict[str, Any]:
     """``recover.recalibrate_bn``: fresh BatchNorm statistics for the pruned model (no gradient step)."""
     from prunekit.train.bn import recalibrate_bn
 
-    done = recalibrate_bn(run.model, _plain_train_loader(run), max_batches=batches)  # BN found at load
+    # the training loader, augmentation included: the statistics the model was trained under (un-augmented
+    # batches cost the JPEG ResNet-20 3.7 points even unpruned; benchmarks/RESULTS.md)
+    done = recalibrate_bn(run.model, run.train_loader, max_batches=batches)  # BatchNorm found at load
     top1 = _evaluate(run, run.model)
     run.results["recalibrate_bn"] = {"layers": done.layers, "batches": done.batches, "images": done.samples,
                                      "top1_before": before, "top1": top1}

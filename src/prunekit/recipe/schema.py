@@ -170,7 +170,7 @@ SCHEMA: dict[str, Key] = {
         "steps_per_epoch": Key("int", None, "stop each epoch after this many steps (default: the whole split)",
                                low=1),
         "recalibrate_bn": Key("int", 0, "re-estimate every BatchNorm's running statistics from this many "
-                              "training batches (no augmentation) right after the one-shot prune (after ADMM's "
+                              "training batches (augmented as in training) right after the one-shot prune (after ADMM's "
                               "hard prune), before fine-tuning; 0: off", low=0),
         "schedule": Key("component:schedule", None, "masks: prune gradually while fine-tuning, e.g. "
                         "{name: agp, every: 10} (final and end default to the allocation's sparsity and 2/3 of "

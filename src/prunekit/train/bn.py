@@ -40,7 +40,9 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 def recalibrate_bn(model: nn.Module, batches: Iterable[Any], *, max_batches: int | None = None) -> Recalibrated:
     """Re-estimate the running mean and variance of every BatchNorm layer of ``model`` in place.
 
-    ``batches`` are training batches: ``(inputs, targets)`` pairs, bare input tensors, or mappings
+    ``batches`` are training batches, augmented as in training (statistics of un-augmented images
+    differ from those the model was trained under and can cost accuracy even in an unpruned
+    model): ``(inputs, targets)`` pairs, bare input tensors, or mappings
     passed as keyword arguments (a ``DataLoader`` as it is; targets are ignored). The statistics
     are reset and averaged over the first ``max_batches`` batches (all when ``None``) with equal
     weight (``momentum=None``), with only the BatchNorm layers in training mode: dropout and the
