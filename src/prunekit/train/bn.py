@@ -4,7 +4,7 @@ Pruning changes every activation downstream of a cut, but the BatchNorm layers s
 with the dense model's running means and variances. Re-estimating them from a few training
 batches (the "adaptive BatchNorm" of Li et al., EagleEye, 2020) recovers much of the accuracy a
 one-shot prune loses, at the cost of forward passes only: the JPEG-adapted ResNet-20 at 90 %
-global magnitude sparsity goes from chance to about 45 % top-1 with 10 batches
+global magnitude sparsity goes from chance (10 %) to 44 % top-1 with 10 batches
 (``benchmarks/RESULTS.md``).
 """
 
