@@ -148,7 +148,7 @@ def test_a_worker_masks_a_private_copy_not_the_tensors_it_was_sent(monkeypatch) 
 
     monkeypatch.setattr(sens, "_layer_row", spy)
     keeps = [torch.rand(3, 8) > 0.5]
-    row = sens._layer_task((model, _data((4,), classes=3, n=1), 64.0, "2", "weight", keeps))
+    row = sens._layer_task((model, _data((4,), classes=3, n=1), 64.0, None, "2", "weight", keeps))
     assert len(row) == 1 and seen and not (seen[0] & shared)  # it probed a copy with storage of its own
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

@@ -151,6 +151,44 @@ def test_a_sensitivity_search_puts_curves_and_ratios_in_the_report(tmp_path: Pat
     assert 'data-figure="sensitivity"' in html and 'data-figure="ratios"' in html
 
 
+@pytest.mark.parametrize("method", ["masks", "channels"])
+def test_a_sensitivity_search_can_score_probes_with_recalibrated_batchnorm(tmp_path: Path, method: str) -> None:
+    """prune.search.recalibrate_bn: the same scan, each probe scored after fresh statistics; the batches
+    are fixed by the seed (two runs give the same curves) and the report says what the probes did."""
+    alloc = "{name: global, sparsity: 0.6}" if method == "masks" else "{name: uniform, sparsity: 0.3}"
+    extra = "" if method == "masks" else "  target: macs\n"
+    runs = {}
+    for name, n in (("plain", 0), ("recal", 3), ("again", 3)):
+        prune = (f"  method: {method}\n{extra}  allocation: {alloc}\n"
+                 f"  search: {{ratios: [0.3, 0.6, 0.9], images: 100, recalibrate_bn: {n}}}")
+        out = tmp_path / name
+        assert main(["run", str(_recipe(tmp_path, name, prune=prune, recover="  epochs: 0", deploy="false")),
+                     "--out", str(out)]) == 0
+        runs[name] = _results(out)["search"]
+    assert runs["recal"]["recalibrate_bn"] == 3 and runs["plain"]["recalibrate_bn"] == 0
+    assert runs["recal"]["curves"] != runs["plain"]["curves"]
+    assert runs["recal"]["curves"] == runs["again"]["curves"] and runs["recal"]["baseline"] == runs["again"]["baseline"]
+    text = "re-estimating the BatchNorm statistics downstream of each cut from 3 augmented training batches"
+    assert text in (tmp_path / "recal" / "report.md").read_text()
+    assert text not in (tmp_path / "plain" / "report.md").read_text()
+    assert "from 3 augmented training batches (192 images)" in (tmp_path / "recal" / "log.txt").read_text()
+
+
+def test_recalibrated_probes_are_refused_where_they_do_not_apply(tmp_path: Path, capsys) -> None:
+    prune = ("  method: channels\n  target: macs\n  allocation: {name: uniform, sparsity: 0.3}\n"
+             "  search: {method: amc, episodes: 4, warmup: 2, images: 100, recalibrate_bn: 2}")
+    assert main(["run", str(_recipe(tmp_path, prune=prune, recover="  epochs: 0")), "--out", str(tmp_path / "x"),
+                 "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "prune.search.recalibrate_bn" in err and "not 'amc'" in err and not (tmp_path / "x").exists()
+    recipe = rc.load(_recipe(tmp_path, prune="  allocation: {name: global, sparsity: 0.5}\n"
+                                             "  search: {images: 100, recalibrate_bn: 2}"))
+    no_bn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(rc.RecipeError) as exc:
+        rc.check_against_model(recipe, no_bn, torch.zeros(2, 1, 8, 8))
+    assert all(s in str(exc.value) for s in ("prune.search.recalibrate_bn", "no BatchNorm", "recalibrate_bn: 0"))
+
+
 def test_ctrl_c_keeps_the_last_checkpoint_and_a_partial_report(tmp_path: Path, monkeypatch, capsys) -> None:
     from prunekit.recipe import pipeline
 

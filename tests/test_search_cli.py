@@ -77,6 +77,37 @@ def test_sensitivity_continues_an_interrupted_scan(trained: Path, tmp_path: Path
     assert not out.with_suffix(".state").exists()
 
 
+def test_recalibrated_scan_differs_and_resumes_with_the_same_batches(trained: Path, tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """--recalibrate-bn: fresh statistics per probe; the batches come from --seed, so a scan stopped
+    half-way and run again ends with the curves of an uninterrupted one."""
+    import prunekit.sensitivity as sens
+
+    base = ["sensitivity", "--checkpoint", str(trained), "--val-images", "100", "--ratios", "0.5,0.8", "--force"]
+    assert main(base + ["--out", str(tmp_path / "plain.json")]) == 0
+    out = tmp_path / "r.json"
+    args = base + ["--out", str(out), "--recalibrate-bn", "3"]
+    assert main(args) == 0
+    assert "from 3 augmented training batches" in capsys.readouterr().out
+    whole = json.loads(out.read_text())
+    assert whole["values"] != json.loads((tmp_path / "plain.json").read_text())["values"]
+    real, calls = sens._layer_row, []
+
+    def stopping(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sens, "_layer_row", stopping)
+    assert main(args) == 130
+    monkeypatch.setattr(sens, "_layer_row", real)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert json.loads(out.read_text())["values"] == whole["values"]
+
+
 def test_netadapt_search_writes_a_plan_checkpoint_and_resumes(trained: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "n.pt"
     args = ["search", "--method", "netadapt", "--checkpoint", str(trained), "--val-images", "100",
@@ -95,6 +126,7 @@ def test_netadapt_search_writes_a_plan_checkpoint_and_resumes(trained: Path, tmp
     (["--macs-ratio", "0.5"], "--macs-ratio applies with --channels"),
     (["--channels", "--sparsity", "0.5"], "--sparsity applies to weight masks"),
     (["--prune-out", "x.pt"], "--prune-out needs a target"),
+    (["--curves", "c.json", "--recalibrate-bn", "2"], "--recalibrate-bn applies to a scan"),
 ])
 def test_sensitivity_usage_errors(trained: Path, tmp_path: Path, capsys, argv, match) -> None:
     assert main(["sensitivity", "--checkpoint", str(trained), "--out", str(tmp_path / "s.json"), *argv]) == 2

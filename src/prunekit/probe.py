@@ -9,6 +9,14 @@ dependency graph's trace); a model that does not trace, or a variant whose graph
 scored by a plain full forward pass instead (``Probe.reuse`` and ``Probe.reason`` say which).
 Scores are top-1 accuracy, exactly what :func:`prunekit.train.evaluate` reports on the same batches.
 
+With ``recalibrate=`` training batches, every variant is scored with fresh BatchNorm statistics
+(the "adaptive BatchNorm" evaluation of Li et al., EagleEye 2020): a pruned layer shifts every
+activation after it, and scored with the dense model's running statistics a variant at a high
+ratio collapses towards chance for that reason alone, so the scan measures stale statistics
+rather than what the layer can lose and recover. Only the BatchNorm layers downstream of the change
+are re-estimated (upstream ones see the same inputs), on the recalibration batches' cached prefix,
+and the model's statistics are restored after each variant.
+
 >>> import torch
 >>> from torch import nn
 >>> torch.manual_seed(0) and None
@@ -47,6 +55,7 @@ from torch import fx, nn
 from prunekit.errors import ConfigError
 from prunekit.moduletools import eval_mode as _eval_mode
 from prunekit.tracing import trace
+from prunekit.train.bn import batchnorms, estimating, restore, snapshot
 
 __all__ = ["Probe"]
 
@@ -59,12 +68,27 @@ class Probe:
 
     ``batches`` are materialised once (an iterable such as a ``DataLoader`` is read here), so every
     probe sees the same images. Calling the probe (``probe(model)``) is a plain full evaluation;
-    a probe is therefore also a drop-in ``evaluate`` callable."""
+    a probe is therefore also a drop-in ``evaluate`` callable.
 
-    def __init__(self, model: nn.Module, batches: Iterable[Any], cache_mb: float = 512.0) -> None:
+    ``recalibrate``: training batches (augmented as in training; ``(inputs, labels)`` pairs or bare
+    input tensors, materialised once) on which every scored model's BatchNorm statistics are
+    re-estimated first -- all of them by ``probe(model)``, those downstream of the change by
+    :meth:`sweep`. The model's own statistics are back afterwards. ``None``: scored as it is."""
+
+    def __init__(self, model: nn.Module, batches: Iterable[Any], cache_mb: float = 512.0,
+                 recalibrate: Iterable[Any] | None = None) -> None:
         self.batches = [_pair(b) for b in batches]
         if not self.batches:
             raise ConfigError("Probe got no batches: give at least one (inputs, labels) pair")
+        self.recalibrate: list[torch.Tensor] | None = None
+        if recalibrate is not None:
+            self.recalibrate = [_inputs(b) for b in recalibrate]
+            if not self.recalibrate:
+                raise ConfigError("Probe got recalibrate= with no batches: give at least one training batch, "
+                                  "or recalibrate=None to score with the model's own BatchNorm statistics")
+            if not _batchnorms(model):
+                raise ConfigError("Probe got recalibrate= but the model has no BatchNorm layer that tracks "
+                                  "running statistics: there is nothing to recalibrate; drop recalibrate=")
         if not cache_mb > 0 or not math.isfinite(cache_mb):
             raise ConfigError(f"cache_mb must be a positive number of megabytes, got {cache_mb!r}")
         self.cache_mb = float(cache_mb)
@@ -86,7 +110,21 @@ class Probe:
         self.reuse = True
 
     def __call__(self, model: nn.Module) -> float:
-        """Top-1 of ``model`` on the batches (a full forward pass each)."""
+        """Top-1 of ``model`` on the batches (a full forward pass each; with ``recalibrate``, after
+        re-estimating all its BatchNorm statistics, which are restored afterwards)."""
+        if self.recalibrate is None:
+            return self._score(model)
+        layers = _batchnorms(model)
+        saved = snapshot(layers)
+        try:
+            with torch.no_grad(), _eval_mode(model), estimating(layers):
+                for x in self.recalibrate:
+                    model(x)
+            return self._score(model)
+        finally:
+            restore(layers, saved)
+
+    def _score(self, model: nn.Module) -> float:
         correct = total = 0
         with torch.no_grad(), _eval_mode(model):
             for x, y in self.batches:
@@ -109,17 +147,31 @@ class Probe:
         graphs: dict[int, fx.Graph | None] = {}
         correct = [0] * len(variants)
         total = 0
+        estimated: dict[int, list[dict[str, torch.Tensor]]] = {}  # variant -> its recalibrated statistics
+        recal: list[dict[str, Any]] = []
+        if self.recalibrate is not None:
+            with torch.no_grad(), _eval_mode(model):
+                recal = [{**_run_prefix(self._graph, model, x, prefix, frontier), "__input__": x}
+                         for x in self.recalibrate]
 
         def flush(chunk: list[tuple[dict[str, Any], torch.Tensor]]) -> None:
             for i, v in enumerate(variants):
                 with v() as m, torch.no_grad(), _eval_mode(m):
                     g = graphs[i] if i in graphs else _variant_graph(self._graph, m, model, graphs, i)
-                    for values, y in chunk:
-                        logits = _logits(m(chunk_x(values))) if g is None else _run_suffix(g, m, values, suffix)
-                        correct[i] += _top1(logits, y)[0]
-
-        def chunk_x(values: dict[str, Any]) -> torch.Tensor:
-            return values["__input__"]
+                    layers = [] if self.recalibrate is None else _suffix_batchnorms(m, g, suffix)
+                    saved = snapshot(layers)
+                    try:
+                        if i in estimated:  # a later chunk: the statistics estimated for this variant
+                            restore(layers, estimated[i])
+                        elif layers:
+                            with estimating(layers):
+                                for values in recal:
+                                    _run_variant(g, m, values, suffix)
+                            estimated[i] = snapshot(layers)
+                        for values, y in chunk:
+                            correct[i] += _top1(_run_variant(g, m, values, suffix), y)[0]
+                    finally:
+                        restore(layers, saved)
 
         chunk: list[tuple[dict[str, Any], torch.Tensor]] = []
         size = 0
@@ -139,6 +191,36 @@ class Probe:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+
+
+def _inputs(batch: Any) -> torch.Tensor:
+    """The input tensor of a recalibration batch: a bare tensor or the first of an (inputs, ...) pair."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise ConfigError(f"Probe's recalibrate= takes input tensors or (inputs, labels) pairs, got a "
+                      f"{type(batch).__name__}; recalibrate other models with prunekit.train.recalibrate_bn")
+
+
+def _batchnorms(model: nn.Module) -> list[nn.Module]:
+    return list(batchnorms(model))
+
+
+def _suffix_batchnorms(m: nn.Module, graph: fx.Graph | None, suffix: list[str]) -> list[nn.Module]:
+    """The BatchNorm layers of ``m`` the suffix runs (all of them when ``m`` runs by a full forward)."""
+    if graph is None:
+        return _batchnorms(m)
+    tracked = {id(bn) for bn in _batchnorms(m)}
+    by_name = {n.name: n for n in graph.nodes}
+    mods = _modules(m)
+    out: list[nn.Module] = []
+    for name in suffix:
+        node = by_name[name]
+        mod = mods.get(str(node.target)) if node.op == "call_module" else None
+        if mod is not None and id(mod) in tracked and all(mod is not o for o in out):
+            out.append(mod)
+    return out
 
 
 def _pair(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,6 +368,12 @@ def _run_prefix(graph: fx.Graph, model: nn.Module, x: torch.Tensor, prefix: list
 
 def _run_suffix(graph: fx.Graph, model: nn.Module, values: dict[str, Any], suffix: list[str]) -> torch.Tensor:
     return _logits(_run_steps(_steps(graph, suffix), dict(values), model))
+
+
+def _run_variant(graph: fx.Graph | None, m: nn.Module, values: dict[str, Any], suffix: list[str]) -> torch.Tensor:
+    """Logits of variant ``m``: its suffix on the cached frontier ``values``, or (no usable graph) a
+    full forward of the batch's input."""
+    return _logits(m(values["__input__"])) if graph is None else _run_suffix(graph, m, values, suffix)
 
 
 def _variant_graph(base: fx.Graph | None, m: nn.Module, model: nn.Module, cache: dict[int, fx.Graph | None],

@@ -193,7 +193,8 @@ def scan(
         from prunekit.parallel import make_pool
 
         copy = clean_copy(model)
-        tasks = [(copy, evaluate.batches, evaluate.cache_mb, t.name, t.param_name, keeps[t.name]) for t in todo]
+        tasks = [(copy, evaluate.batches, evaluate.cache_mb, evaluate.recalibrate, t.name, t.param_name,
+                      keeps[t.name]) for t in todo]
         with make_pool(pool, workers) as p:
             for t, row in zip(todo, p.map(_layer_task, tasks)):
                 finish(t.name, row)
@@ -254,7 +255,6 @@ class ScanRows:
     FORMAT = "prunekit.sensitivity-state"
 
     def __init__(self, path: str | os.PathLike[str] | None, key: dict, model: nn.Module, evaluate: object) -> None:
-        from prunekit.probe import Probe
 
         self.path = None if path is None else Path(path)
         self.baseline: float | None = None
@@ -263,7 +263,7 @@ class ScanRows:
             self.key = key
             return
         self.key = {**key, "model": _fingerprint(model),
-                    "data": _fingerprint(evaluate.batches) if isinstance(evaluate, Probe) else None}
+                    "data": _probe_data(evaluate)}
         if self.path.exists():
             self._load()
 
@@ -323,6 +323,17 @@ class ScanRows:
                                                  "baseline": self.baseline, "rows": self.done}, indent=1))
 
 
+def _probe_data(evaluate: object) -> str | None:
+    """A hash of a probe's batches (and of its recalibration batches, when it has them)."""
+    from prunekit.probe import Probe
+
+    if not isinstance(evaluate, Probe):
+        return None
+    if evaluate.recalibrate is None:
+        return _fingerprint(evaluate.batches)
+    return _fingerprint([evaluate.batches, "recalibrate", evaluate.recalibrate])
+
+
 def _layer_row(probe, model: nn.Module, name: str, param_name: str, keeps: list) -> list[float]:
     from prunekit.masks import Masks
 
@@ -331,7 +342,7 @@ def _layer_row(probe, model: nn.Module, name: str, param_name: str, keeps: list)
 
 
 def _layer_task(task: tuple) -> list[float]:
-    """One layer's row in a worker: ``(model, batches, cache_mb, name, param_name, keeps)``.
+    """One layer's row in a worker: ``(model, batches, cache_mb, recalibrate, name, param_name, keeps)``.
 
     The probe masks the layer's weight in place, so it works on a private copy: the tensors a worker
     receives may sit in shared memory (torch's multiprocessing pickler moves them there), where every
@@ -339,9 +350,9 @@ def _layer_task(task: tuple) -> list[float]:
     from prunekit.masks import clean_copy
     from prunekit.probe import Probe
 
-    shared, batches, cache_mb, name, param_name, keeps = task
+    shared, batches, cache_mb, recalibrate, name, param_name, keeps = task
     model = clean_copy(shared)
-    return _layer_row(Probe(model, batches, cache_mb), model, name, param_name, keeps)
+    return _layer_row(Probe(model, batches, cache_mb, recalibrate), model, name, param_name, keeps)
 
 
 def _ratios_at(curves: SensitivityCurves, tolerance: float) -> dict[str, float]:

@@ -78,6 +78,10 @@ def register(subparsers: Any) -> None:
                    help="score the layers in N worker processes, threads shared out (default 1: here)")
     p.add_argument("--pool", default="process", metavar="P",
                    help="where the workers run: process (default) or ray (pip install \"prunekit[ray]\")")
+    p.add_argument("--recalibrate-bn", type=positive_int, default=None, metavar="N",
+                   help="score every probe after re-estimating the BatchNorm statistics downstream of the cut "
+                        "from N augmented training batches, fixed by --seed (adaptive BN; the model's own "
+                        "statistics come back after each probe)")
     p.add_argument("--curves", metavar="PATH", help="reuse the curves of an earlier scan (JSON) instead of scanning")
     p.add_argument("--out", required=True, metavar="PATH", help="curves file (.json; .csv and .png beside it)")
     p.add_argument("--prune-out", metavar="PATH", help="also write the model pruned with the derived ratios")
@@ -127,6 +131,25 @@ def _scorer(model: Any, val: Any) -> Any:
     return Probe(model, val)
 
 
+def _sensitivity_probe(args: argparse.Namespace, model: Any, name: str, info: dict, val: Any) -> Any:
+    """The scan's probe; with ``--recalibrate-bn N``, the first N batches of the augmented training
+    loader seeded by ``--seed`` (the global random state forked: the same batches on a resumed scan)."""
+    import torch
+
+    from prunekit.cli.common import make_loaders_from_args
+    from prunekit.probe import Probe
+
+    if args.recalibrate_bn is None:
+        return Probe(model, val)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        train, _ = make_loaders_from_args(args, name, info["metadata"])
+        batches = [b for _, b in zip(range(args.recalibrate_bn), train)]
+    print(f"each probe re-estimates the BatchNorm statistics after the cut from {len(batches)} augmented "
+          f"training batches")
+    return Probe(model, val, recalibrate=batches)
+
+
 def _save_small(path: str, small: Any, plan: Any, name: str, info: dict, dataset: str, note: dict) -> None:
     from prunekit.checkpoint import save
 
@@ -150,11 +173,17 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     check_outputs({"--out": out.with_suffix(".json"), "--prune-out": args.prune_out, "--state": state},
                   [args.checkpoint, args.pretrained, args.curves], force=args.force)
     from prunekit.parallel import POOLS
-    from prunekit.probe import Probe
 
     if args.pool not in POOLS:
         raise UsageError(f"--pool {args.pool!r}: choose one of {', '.join(sorted(POOLS))}")
+    if args.curves and args.recalibrate_bn is not None:
+        raise UsageError("--recalibrate-bn applies to a scan; --curves reuses one: drop one of them")
     model, name, info, x, val, dataset = _setup(args)
+    if args.recalibrate_bn is not None:
+        from prunekit.train.bn import batchnorms
+
+        if not batchnorms(model):
+            raise UsageError(f"--recalibrate-bn: {name} has no BatchNorm layer to recalibrate; drop the option")
     if args.curves:
         try:
             curves = SensitivityCurves.from_json(Path(args.curves).read_text(encoding="utf-8"))
@@ -164,10 +193,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         if state.exists():
             print(f"resuming from {state}")
         bar = _bar(args.progress)
+        probe = _sensitivity_probe(args, model, name, info, val)
         if args.channels:
             from prunekit.search.channels import scan_channels
 
-            curves = scan_channels(model, x, Probe(model, val), args.ratios, exclude=args.exclude or (),
+            curves = scan_channels(model, x, probe, args.ratios, exclude=args.exclude or (),
                                    progress=lambda *a: bar(f"{a[0]} @ {a[1]:.2f}: {a[2]:.4f}"),
                                    workers=args.workers, pool=args.pool, state_path=state)
         else:
@@ -178,7 +208,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
             targets = select(model, exclude=args.exclude)
             imp = criteria.build(args.criterion, model, targets, val if criteria.needs_data(args.criterion) else None)
-            curves = scan(model, targets, imp, build("granularity", "element"), Probe(model, val), args.ratios,
+            curves = scan(model, targets, imp, build("granularity", "element"), probe, args.ratios,
                           progress=lambda *a: bar(f"{a[0]} @ {a[1]:.2f}: {a[2]:.4f}"), workers=args.workers,
                           pool=args.pool, state_path=state)
     curves.save(out)

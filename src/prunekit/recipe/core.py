@@ -280,6 +280,10 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
                     + ("prune.method none prunes nothing" if prune["method"] == "none" else
                        "with recover.schedule the masks change while fine-tuning")
                     + ": set recover.recalibrate_bn: 0"))
+    search = prune["search"]
+    if search is not None and search["recalibrate_bn"] and search["method"] != "sensitivity":
+        out.append(("prune.search.recalibrate_bn", f"recalibrated probes are built for the sensitivity search, "
+                                                   f"not {search['method']!r}: set prune.search.recalibrate_bn: 0"))
     if recover["distill"] is not None and not recover["epochs"]:
         out.append(("recover.distill", "distillation is a fine-tuning term: set recover.epochs > 0"))
     from prunekit.recipe.pipeline import REGULARIZERS
@@ -379,6 +383,12 @@ def check_against_model(recipe: Recipe, model: Any, example: Any) -> None:
         if not batchnorms(model):
             problems.append(("recover.recalibrate_bn", f"model {recipe['model']['name']!r} has no BatchNorm layer "
                                                        "to recalibrate: set recover.recalibrate_bn: 0"))
+    if prune["search"] is not None and prune["search"]["recalibrate_bn"]:
+        from prunekit.train.bn import batchnorms
+
+        if not batchnorms(model):
+            problems.append(("prune.search.recalibrate_bn", f"model {recipe['model']['name']!r} has no BatchNorm "
+                                                            "layer to recalibrate: set prune.search.recalibrate_bn: 0"))
     if prune["method"] == "masks" and not problems:  # (none and channels have no granularity)
         types = tuple({"conv": torch.nn.Conv2d, "linear": torch.nn.Linear}[t] for t in prune["types"])
         targets = select(model, types=types, include=prune["include"], exclude=prune["exclude"])

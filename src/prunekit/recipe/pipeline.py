@@ -502,7 +502,6 @@ def sensitivity_search(run: Run) -> None:
     images, then per-layer ratios (by bisection over the tolerated drop; channels: until the measured
     MACs meet the target)."""
     s = run.recipe["prune"]["search"]
-    from prunekit.probe import Probe
     from prunekit.sensitivity import ratios_for, scan
 
     val = _validation(run)
@@ -513,7 +512,7 @@ def sensitivity_search(run: Run) -> None:
                 "training images")
     t0 = time.perf_counter()
     with _bar(run, len(run.targets) * len(s["ratios"]), "sensitivity probes") as bar:
-        curves = scan(run.model, run.targets, run.importance, run.granularity, Probe(run.model, val),
+        curves = scan(run.model, run.targets, run.importance, run.granularity, _probe(run, val),
                       ratios=s["ratios"], progress=lambda name, ratio, value: bar.update(1), workers=s["workers"],
                       pool=s["pool"], state_path=run.out / SCAN_STATE)
     (run.out / SCAN_STATE).unlink(missing_ok=True)
@@ -524,7 +523,7 @@ def sensitivity_search(run: Run) -> None:
     run.results["search"] = {"method": "sensitivity", "metric": "top1", "ratios_tested": list(curves.ratios),
                              "baseline": curves.baseline, "curves": {k: list(v) for k, v in curves.values.items()},
                              "ratios": {k: float(v) for k, v in alloc.ratios.items()}, "seconds": seconds,
-                             "target": target}
+                             "target": target, "recalibrate_bn": s["recalibrate_bn"]}
     run.say(f"scan took {seconds:.1f}s; per-layer ratios for {100 * target:.0f}% overall: "
             + ", ".join(f"{k} {v:.2f}" for k, v in alloc.ratios.items()))
 
@@ -979,8 +978,29 @@ def measure_pruned(run: Run) -> None:
             f"{s['pruned']['latency_ms']:.3f} ms")
 
 
-def _channel_sensitivity(run: Run, val: Any) -> None:
+def _probe(run: Run, val: Any) -> Any:
+    """The scan's :class:`~prunekit.probe.Probe` on ``val``; with ``prune.search.recalibrate_bn: N`` each
+    probe first re-estimates the BatchNorm statistics downstream of the cut from N augmented training
+    batches, the same batches on every run with this seed (a fresh loader, the global random state
+    forked), so a stopped scan resumes with the same probes."""
+    from prunekit.data.choose import make_loaders
     from prunekit.probe import Probe
+
+    n = run.recipe["prune"]["search"]["recalibrate_bn"]
+    if not n:
+        return Probe(run.model, val)
+    data, seed = run.recipe["data"], run.recipe["seed"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        train, _ = make_loaders(dataset_of(run.recipe), data["path"], batch_size=data["batch_size"],
+                                normalize=run.normalize, limit=data["limit"], seed=seed, augment=True)
+        batches = [b for _, b in zip(range(n), train)]
+    run.say(f"each probe re-estimates the BatchNorm statistics after the cut from {len(batches)} augmented "
+            f"training batches ({sum(len(b[1]) for b in batches)} images)")
+    return Probe(run.model, val, recalibrate=batches)
+
+
+def _channel_sensitivity(run: Run, val: Any) -> None:
     from prunekit.search.channels import ratios_for_macs, scan_channels
 
     s = run.recipe["prune"]["search"]
@@ -988,7 +1008,7 @@ def _channel_sensitivity(run: Run, val: Any) -> None:
     run.model.eval()
     run.section(f"channel sensitivity scan: each group x {len(s['ratios'])} ratios on {s['images']} training images")
     importance = _channel_importance(run)
-    curves = scan_channels(run.model, run.example, Probe(run.model, val), s["ratios"], importance,
+    curves = scan_channels(run.model, run.example, _probe(run, val), s["ratios"], importance,
                            exclude=_channel_exclude(run), workers=s["workers"], pool=s["pool"],
                            state_path=run.out / SCAN_STATE)
     (run.out / SCAN_STATE).unlink(missing_ok=True)
@@ -1012,7 +1032,7 @@ def _channel_sensitivity(run: Run, val: Any) -> None:
     run.results["search"] = {"method": "sensitivity", "metric": "top1", "ratios_tested": list(curves.ratios),
                              "baseline": curves.baseline, "curves": {k: list(v) for k, v in curves.values.items()},
                              "ratios": ratios, "seconds": seconds, **kept, "target": target,
-                             "budget": run.recipe["prune"]["target"]}
+                             "budget": run.recipe["prune"]["target"], "recalibrate_bn": s["recalibrate_bn"]}
     run.say(f"scan took {seconds:.1f}s; per-group ratios keeping "
             + ", ".join(f"{v:.3f} of the {k.split('_')[0].replace('macs', 'MACs')}" for k, v in kept.items()) + ": "
             + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))

@@ -152,6 +152,10 @@ SCHEMA: dict[str, Key] = {
                            "shared out)", low=1),
             "pool": Key("str", "process", "sensitivity: where the workers run, a pool of "
                         "prunekit.parallel.POOLS (process, or ray with prunekit[ray])"),
+            "recalibrate_bn": Key("int", 0, "sensitivity: score every probe after re-estimating the BatchNorm "
+                                  "statistics downstream of the cut from this many augmented training batches "
+                                  "(adaptive BN, Li et al. 2020; the model's own statistics come back after "
+                                  "each probe); 0: the dense model's statistics", low=0),
             "latency_ratio": Key("float", 0.7, "netadapt: measured latency / dense latency to reach", low=0.01,
                                  high=1.0, high_open=True),
             "step": Key("float", 0.05, "netadapt: latency cut asked of each iteration (fraction)", low=0.001,

@@ -553,6 +553,9 @@ def _search(results: dict) -> list[_Block]:
             parts.append(f"{search[key]:.3f} of the {what} kept")
     if search.get("reached") is not None:
         parts.append("target reached" if search["reached"] is True else "target NOT reached")
+    if _is_num(search.get("recalibrate_bn")) and search["recalibrate_bn"] > 0:
+        parts.append(f"probes scored after re-estimating the BatchNorm statistics downstream of each cut from "
+                     f"{_text(search['recalibrate_bn'])} augmented training batches")
     blocks.append(_p("p", ", ".join(parts) + "."))
     rows = []
     for r in (r for r in _list(search.get("iterations")) if isinstance(r, dict)):

@@ -178,8 +178,8 @@ def scan_channels(model: nn.Module, example_input: Any, evaluate: Callable[[nn.M
             from prunekit.parallel import make_pool
 
             copy = clean_copy(model)
-            tasks = [(copy, example_input, evaluate.batches, evaluate.cache_mb, label, ratios, importance,
-                      tuple(exclude)) for label in todo]
+            tasks = [(copy, example_input, evaluate.batches, evaluate.cache_mb, evaluate.recalibrate, label, ratios,
+                      importance, tuple(exclude)) for label in todo]
             with make_pool(pool, workers) as p:
                 for label, row in zip(todo, p.map(_group_task, tasks)):
                     finish(label, row)
@@ -207,14 +207,16 @@ def _group_row(probe: Any, model: nn.Module, example_input: Any, graph: Any, lab
 
 
 def _group_task(task: tuple) -> list[float]:
-    """One group's row in a worker: ``(model, example, batches, cache_mb, label, ratios, importance, exclude)``."""
+    """One group's row in a worker: ``(model, example, batches, cache_mb, recalibrate, label, ratios, importance,
+    exclude)``."""
     from prunekit.probe import Probe
     from prunekit.structure import DependencyGraph
 
-    model, example, batches, cache_mb, label, ratios, importance, exclude = task
+    model, example, batches, cache_mb, recalibrate, label, ratios, importance, exclude = task
     model.eval()
     graph = DependencyGraph.build(model, example)
-    return _group_row(Probe(model, batches, cache_mb), model, example, graph, label, ratios, importance, exclude)
+    return _group_row(Probe(model, batches, cache_mb, recalibrate), model, example, graph, label, ratios, importance,
+                      exclude)
 
 
 def ratios_for_macs(curves: Any, model: nn.Module, example_input: Any, macs_ratio: float, importance: Any = None,

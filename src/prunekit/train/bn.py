@@ -11,7 +11,8 @@ global magnitude sparsity goes from chance (10 %) to 44 % top-1 with 10 batches
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,30 +64,56 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Any], *, max_batches: int
     if not layers:
         raise ConfigError("recalibrate_bn: the model has no BatchNorm layer that tracks running statistics, so "
                           "there is nothing to recalibrate; drop the recalibration for this model")
-    saved = [(bn, bn.momentum, {k: v.clone() for k, v in bn.named_buffers(recurse=False)}) for bn in layers]
+    saved = snapshot(layers)
     device = model_device(model)
     seen = samples = 0
     ok = False
     try:
         with preserved_modes(model), torch.no_grad():
             model.eval()
-            for bn in layers:
-                bn.reset_running_stats()
-                bn.momentum = None  # a cumulative average: every batch weighs the same
-                bn.train()
-            for batch in itertools.islice(batches, max_batches):
-                samples += _forward(model, batch, device)
-                seen += 1
+            with estimating(layers):
+                for batch in itertools.islice(batches, max_batches):
+                    samples += _forward(model, batch, device)
+                    seen += 1
         if seen == 0:
             raise DataError("recalibrate_bn: the batches are empty; pass a loader over training data")
         ok = True
     finally:
-        for bn, momentum, buffers in saved:
-            bn.momentum = momentum
-            if not ok:
-                for k, v in buffers.items():
-                    getattr(bn, k).copy_(v)
+        if not ok:
+            restore(layers, saved)
     return Recalibrated(len(layers), seen, samples)
+
+
+def snapshot(layers: Sequence[nn.Module]) -> list[dict[str, torch.Tensor]]:
+    """Copies of the buffers (running statistics, batch count) of each of ``layers``."""
+    return [{k: v.detach().clone() for k, v in bn.named_buffers(recurse=False)} for bn in layers]
+
+
+def restore(layers: Sequence[nn.Module], saved: Sequence[dict[str, torch.Tensor]]) -> None:
+    """Put back buffers taken by :func:`snapshot` (in place: the tensors stay the model's own)."""
+    with torch.no_grad():
+        for bn, buffers in zip(layers, saved):
+            for k, v in buffers.items():
+                getattr(bn, k).copy_(v)
+
+
+@contextmanager
+def estimating(layers: Sequence[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """Inside the block the BatchNorm ``layers`` re-estimate their running statistics from scratch
+    from the forwards run there, every batch with equal weight (a cumulative average,
+    ``momentum=None``), and they alone are in training mode; their momentum and train/eval flag
+    come back afterwards (the new statistics stay)."""
+    old = [(bn, bn.momentum, bn.training) for bn in layers]
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    try:
+        yield
+    finally:
+        for bn, momentum, training in old:
+            bn.momentum = momentum
+            bn.train(training)
 
 
 def _forward(model: nn.Module, batch: Any, device: torch.device) -> int:
