@@ -33,6 +33,7 @@ from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_datasets, cifar10
 from prunekit.probe import Probe
 from prunekit.sensitivity import ratios_for, scan
 from prunekit.train import TrainConfig, evaluate, fit, recalibrate_bn
+from prunekit.train.bn import fixed_batches
 
 OUT = Path(__file__).parent / "results" / "recalibrated_probes"
 
@@ -61,10 +62,8 @@ def main() -> None:
                                      replace=False) for c in range(10)])
     val = DataLoader(Subset(plain, idx.tolist()), batch_size=250)
     test = DataLoader(test_set, batch_size=500)
-    with torch.random.fork_rng(devices=[]):  # the same recalibration batches on every run
-        torch.manual_seed(0)
-        train, _ = cifar10_loaders(npz, 128, IMAGENET_MEAN, IMAGENET_STD, limit=args.limit, seed=0)
-        recal = [b for _, b in zip(range(args.recal_batches), train)]
+    train, _ = cifar10_loaders(npz, 128, IMAGENET_MEAN, IMAGENET_STD, limit=args.limit, seed=0)
+    recal = fixed_batches(train, args.recal_batches, seed=0)  # the same recalibration batches on every run
     dense, _ = build(args.checkpoint)
     dense.eval()
 

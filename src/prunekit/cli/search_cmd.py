@@ -134,17 +134,14 @@ def _scorer(model: Any, val: Any) -> Any:
 def _sensitivity_probe(args: argparse.Namespace, model: Any, name: str, info: dict, val: Any) -> Any:
     """The scan's probe; with ``--recalibrate-bn N``, the first N batches of the augmented training
     loader seeded by ``--seed`` (the global random state forked: the same batches on a resumed scan)."""
-    import torch
-
     from prunekit.cli.common import make_loaders_from_args
     from prunekit.probe import Probe
+    from prunekit.train.bn import fixed_batches
 
     if args.recalibrate_bn is None:
         return Probe(model, val)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        train, _ = make_loaders_from_args(args, name, info["metadata"])
-        batches = [b for _, b in zip(range(args.recalibrate_bn), train)]
+    train, _ = make_loaders_from_args(args, name, info["metadata"])
+    batches = fixed_batches(train, args.recalibrate_bn, args.seed)
     print(f"each probe re-estimates the BatchNorm statistics after the cut from {len(batches)} augmented "
           f"training batches")
     return Probe(model, val, recalibrate=batches)

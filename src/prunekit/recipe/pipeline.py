@@ -985,16 +985,15 @@ def _probe(run: Run, val: Any) -> Any:
     forked), so a stopped scan resumes with the same probes."""
     from prunekit.data.choose import make_loaders
     from prunekit.probe import Probe
+    from prunekit.train.bn import fixed_batches
 
     n = run.recipe["prune"]["search"]["recalibrate_bn"]
     if not n:
         return Probe(run.model, val)
     data, seed = run.recipe["data"], run.recipe["seed"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        train, _ = make_loaders(dataset_of(run.recipe), data["path"], batch_size=data["batch_size"],
-                                normalize=run.normalize, limit=data["limit"], seed=seed, augment=True)
-        batches = [b for _, b in zip(range(n), train)]
+    train, _ = make_loaders(dataset_of(run.recipe), data["path"], batch_size=data["batch_size"],
+                            normalize=run.normalize, limit=data["limit"], seed=seed, augment=True)
+    batches = fixed_batches(train, n, seed)
     run.say(f"each probe re-estimates the BatchNorm statistics after the cut from {len(batches)} augmented "
             f"training batches ({sum(len(b[1]) for b in batches)} images)")
     return Probe(run.model, val, recalibrate=batches)

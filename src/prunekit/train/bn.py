@@ -84,6 +84,23 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Any], *, max_batches: int
     return Recalibrated(len(layers), seen, samples)
 
 
+def fixed_batches(loader: Iterable[Any], n: int, seed: int) -> list[Any]:
+    """The first ``n`` batches of a freshly made ``loader``, drawn with the global random state
+    forked and seeded by ``seed`` (random augmentations included) and restored afterwards: the same
+    batches on every call, so recalibrated probes of a stopped scan match when it resumes.
+
+    >>> def augmenting():  # draws from the global random state as it yields, as a loader's transforms do
+    ...     while True:
+    ...         yield torch.rand(2)
+    >>> a, b = fixed_batches(augmenting(), 2, seed=0), fixed_batches(augmenting(), 2, seed=0)
+    >>> len(a), all(torch.equal(x, y) for x, y in zip(a, b))
+    (2, True)
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return list(itertools.islice(loader, n))
+
+
 def snapshot(layers: Sequence[nn.Module]) -> list[dict[str, torch.Tensor]]:
     """Copies of the buffers (running statistics, batch count) of each of ``layers``."""
     return [{k: v.detach().clone() for k, v in bn.named_buffers(recurse=False)} for bn in layers]
