@@ -116,7 +116,8 @@ def main() -> None:
                         "per_epoch": [r.test.top1 for r in history], "minutes": (time.perf_counter() - t0) / 60}
         print(f"{row}: {final.top1:.4f} (sparsity {zeros / total:.4f}, {results[row]['minutes']:.1f} min)", flush=True)
     meta = {"command": f"python benchmarks/recovery_resnet20.py --data {args.data} --epochs {args.epochs} "
-                       f"--rows {' '.join(args.rows)} --out {args.out}"
+                       + (f"--lr {args.lr} " if args.lr != 0.01 else "")
+                       + f"--rows {' '.join(args.rows)} --out {args.out}"
                        + (f" --admm-share {args.admm_share} --rho {args.rho} --rho-growth {args.rho_growth} "
                           f"--every {args.every}" if any(r.startswith("admm") or r.endswith("-late")
                                                          for r in args.rows) else ""),

@@ -104,7 +104,8 @@ def main() -> None:
     example = torch.zeros(1, 3, 32, 32)
     dense_macs = count_macs(dense, example)
     meta = {"command": f"python benchmarks/recovery_resnet56.py --data {args.data} --epochs {args.epochs} "
-                       f"--rows {' '.join(args.rows)} --out {args.out}",
+                       + (f"--lr {args.lr} " if args.lr != 0.01 else "")
+                       + f"--rows {' '.join(args.rows)} --out {args.out}",
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
             "epochs": args.epochs, "lr": args.lr, "steps": args.epochs * len(train)}
