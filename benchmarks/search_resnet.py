@@ -8,6 +8,8 @@ section 3) to keep ``--macs-ratio`` of the dense MACs, L1 filter norms choosing 
 - ``sensitivity``: each group pruned alone at 10..90 % on held-out *training* images, then
   per-group ratios by bisection until the measured MACs meet the target
   (``prunekit.search.channels``);
+- ``sensitivity-recal``: the same, each probe scored after re-estimating the BatchNorm statistics
+  downstream of the cut from 10 augmented training batches (``Probe(recalibrate=)``);
 - ``sensitivity-latency``: the same curves, per-group ratios until the *measured* batch-1 latency
   (each candidate timed interleaved with the dense model) is ``--latency-ratio`` of the dense one;
 - ``amc``: DDPG over per-layer ratios (``prunekit.search.amc``), reward = accuracy on the same images;
@@ -91,16 +93,24 @@ def main() -> None:
     val_top1 = Probe(dense, val)  # top-1 on the held-out images, decoded once; scans reuse the unchanged prefix
     scanned: dict = {}
 
-    def curves_for() -> tuple:
-        """The channel sensitivity curves (scanned once per run) and the minutes the scan took."""
+    def curves_for(recalibrated: bool = False) -> tuple:
+        """The channel sensitivity curves (scanned once per run) and the minutes the scan took; with
+        ``recalibrated``, probes scored after re-estimating the downstream BatchNorm statistics from 10
+        augmented training batches of 128 (``Probe(recalibrate=)``)."""
         from prunekit.search.channels import scan_channels
+        from prunekit.train.bn import fixed_batches
 
-        if "curves" not in scanned:
+        key = "recal" if recalibrated else "plain"
+        if key not in scanned:
+            probe = val_top1
+            if recalibrated:
+                loader = DataLoader(train_aug, 128, shuffle=True, generator=torch.Generator().manual_seed(0))
+                probe = Probe(dense, val, recalibrate=fixed_batches(loader, 10, seed=0))
             t = time.perf_counter()
-            scanned["curves"] = scan_channels(dense, x, val_top1, exclude=EXCLUDE)
-            scanned["minutes"] = (time.perf_counter() - t) / 60
-            scanned["curves"].save(OUT / f"search_{args.model}_sensitivity.json")
-        return scanned["curves"], scanned["minutes"]
+            curves = scan_channels(dense, x, probe, exclude=EXCLUDE)
+            scanned[key] = (curves, (time.perf_counter() - t) / 60)
+            curves.save(OUT / f"search_{args.model}_sensitivity{'_recal' if recalibrated else ''}.json")
+        return scanned[key]
 
     def finetune(m: torch.nn.Module, steps: int, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -152,10 +162,10 @@ def main() -> None:
             alloc = Uniform(1 - args.macs_ratio) if method == "uniform" else Global(1 - args.macs_ratio)
             small, _, _ = prune_channels(dense, x, alloc, target="macs", exclude=[] if method == "global-all"
                                          else EXCLUDE, verify=False)
-        elif method == "sensitivity":
+        elif method in ("sensitivity", "sensitivity-recal"):
             from prunekit.search.channels import ratios_for_macs
 
-            curves, _ = curves_for()
+            curves, _ = curves_for(recalibrated=method == "sensitivity-recal")
             ratios, small, _, _ = ratios_for_macs(curves, dense, x, args.macs_ratio, exclude=EXCLUDE)
             extra["ratios"] = ratios
         elif method == "sensitivity-latency":
