@@ -20,6 +20,16 @@ def trained(tmp_path_factory) -> Path:
     return path
 
 
+def _stopping_at_second(real, calls: list):
+    """``real`` (a scan's per-layer row), but Ctrl-C while the second layer is scanned; ``calls`` counts."""
+    def stopping(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    return stopping
+
+
 def test_sensitivity_masks_writes_curves_and_the_pruned_model(trained: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "s.json"
     assert main(["sensitivity", "--checkpoint", str(trained), "--val-images", "200", "--ratios", "0.3,0.6,0.9",
@@ -57,14 +67,7 @@ def test_sensitivity_continues_an_interrupted_scan(trained: Path, tmp_path: Path
     assert main(args) == 0
     whole = json.loads(out.read_text())
     real, calls = sens._layer_row, []
-
-    def stopping(*a, **k):  # Ctrl-C while the second layer is scanned
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(sens, "_layer_row", stopping)
+    monkeypatch.setattr(sens, "_layer_row", _stopping_at_second(real, calls))
     assert main(args) == 130
     assert f"the last good file {out.with_suffix('.state')} is kept" in capsys.readouterr().err
     calls.clear()
@@ -91,15 +94,8 @@ def test_recalibrated_scan_differs_and_resumes_with_the_same_batches(trained: Pa
     assert "from 3 augmented training batches" in capsys.readouterr().out
     whole = json.loads(out.read_text())
     assert whole["values"] != json.loads((tmp_path / "plain.json").read_text())["values"]
-    real, calls = sens._layer_row, []
-
-    def stopping(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(sens, "_layer_row", stopping)
+    real = sens._layer_row
+    monkeypatch.setattr(sens, "_layer_row", _stopping_at_second(real, []))
     assert main(args) == 130
     monkeypatch.setattr(sens, "_layer_row", real)
     capsys.readouterr()

@@ -86,7 +86,7 @@ class Probe:
             if not self.recalibrate:
                 raise ConfigError("Probe got recalibrate= with no batches: give at least one training batch, "
                                   "or recalibrate=None to score with the model's own BatchNorm statistics")
-            if not _batchnorms(model):
+            if not batchnorms(model):
                 raise ConfigError("Probe got recalibrate= but the model has no BatchNorm layer that tracks "
                                   "running statistics: there is nothing to recalibrate; drop recalibrate=")
         if not cache_mb > 0 or not math.isfinite(cache_mb):
@@ -114,7 +114,7 @@ class Probe:
         re-estimating all its BatchNorm statistics, which are restored afterwards)."""
         if self.recalibrate is None:
             return self._score(model)
-        layers = _batchnorms(model)
+        layers = batchnorms(model)
         saved = snapshot(layers)
         try:
             with torch.no_grad(), _eval_mode(model), estimating(layers):
@@ -158,7 +158,7 @@ class Probe:
             for i, v in enumerate(variants):
                 with v() as m, torch.no_grad(), _eval_mode(m):
                     g = graphs[i] if i in graphs else _variant_graph(self._graph, m, model, graphs, i)
-                    layers = [] if self.recalibrate is None else _suffix_batchnorms(m, g, suffix)
+                    layers = [] if self.recalibrate is None else _suffixbatchnorms(m, g, suffix)
                     saved = snapshot(layers)
                     try:
                         if i in estimated:  # a later chunk: the statistics estimated for this variant
@@ -203,15 +203,11 @@ def _inputs(batch: Any) -> torch.Tensor:
                       f"{type(batch).__name__}; recalibrate other models with prunekit.train.recalibrate_bn")
 
 
-def _batchnorms(model: nn.Module) -> list[nn.Module]:
-    return list(batchnorms(model))
-
-
-def _suffix_batchnorms(m: nn.Module, graph: fx.Graph | None, suffix: list[str]) -> list[nn.Module]:
+def _suffixbatchnorms(m: nn.Module, graph: fx.Graph | None, suffix: list[str]) -> list[nn.Module]:
     """The BatchNorm layers of ``m`` the suffix runs (all of them when ``m`` runs by a full forward)."""
     if graph is None:
-        return _batchnorms(m)
-    tracked = {id(bn) for bn in _batchnorms(m)}
+        return batchnorms(m)
+    tracked = {id(bn) for bn in batchnorms(m)}
     by_name = {n.name: n for n in graph.nodes}
     mods = _modules(m)
     out: list[nn.Module] = []
