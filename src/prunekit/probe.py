@@ -158,7 +158,7 @@ class Probe:
             for i, v in enumerate(variants):
                 with v() as m, torch.no_grad(), _eval_mode(m):
                     g = graphs[i] if i in graphs else _variant_graph(self._graph, m, model, graphs, i)
-                    layers = [] if self.recalibrate is None else _suffixbatchnorms(m, g, suffix)
+                    layers = [] if self.recalibrate is None else _suffix_batchnorms(m, g, suffix)
                     saved = snapshot(layers)
                     try:
                         if i in estimated:  # a later chunk: the statistics estimated for this variant
@@ -203,7 +203,7 @@ def _inputs(batch: Any) -> torch.Tensor:
                       f"{type(batch).__name__}; recalibrate other models with prunekit.train.recalibrate_bn")
 
 
-def _suffixbatchnorms(m: nn.Module, graph: fx.Graph | None, suffix: list[str]) -> list[nn.Module]:
+def _suffix_batchnorms(m: nn.Module, graph: fx.Graph | None, suffix: list[str]) -> list[nn.Module]:
     """The BatchNorm layers of ``m`` the suffix runs (all of them when ``m`` runs by a full forward)."""
     if graph is None:
         return batchnorms(m)
