@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import platform
 import time
@@ -27,10 +28,11 @@ from prunekit.checkpoint import build
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_loaders
 from prunekit.io import atomic_write_text
 from prunekit.metrics import count_macs, count_params
-from prunekit.search.channels import exact_ratios
+from prunekit.search.channels import exact_ratios, ratio_rounds
 from prunekit.structure import prune_channels
 from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.distill import Distillation
+from prunekit.train.iterative import prune_channels_iteratively
 from structured_resnet import _tp_prune, _tp_version, blocks
 
 OUT = Path(__file__).parent / "results" / "recovery_resnet56"
@@ -42,7 +44,10 @@ NAMES = {
     "tp-kd": "Torch-Pruning (group L1, MetaPruner), distillation (T 4, alpha 0.7)",
     "sens": "prunekit L1, per-block ratios from the sensitivity search (section 4b)",
     "sens-kd": "prunekit L1, sensitivity ratios, distillation (T 4, alpha 0.7)",
+    "sens-iter": "prunekit L1, sensitivity ratios reached in 3 prune -> fine-tune rounds",
+    "sens-iter-kd": "prunekit L1, sensitivity ratios in 3 rounds, distillation (T 4, alpha 0.7)",
 }
+ROUNDS = 3  # the sens-iter rows: epochs split 3 / 3 / 4 (of 10), each round its own cosine from --lr
 SEARCHED = Path(__file__).parent / "results" / "search_resnet56.json"  # section 4b's run: its sensitivity row's ratios
 
 
@@ -54,7 +59,7 @@ def _prune(row: str, dense: torch.nn.Module, macs_ratio: float) -> tuple[torch.n
         return small, f"torch-pruning {_tp_version()}, pruning_ratio {ratio:.4f}"
     exclude = ["bn1"] + [f"{b}.bn2" for b in blocks(dense)]  # the residual stream stays whole
     if row.startswith("sens"):  # the block-internal groups' ratios the search found (same exclude, L1 order)
-        ratios = next(r["ratios"] for r in json.loads(SEARCHED.read_text())["rows"] if r["method"] == "sensitivity")
+        ratios = _sensitivity_ratios()
         allocation = PerLayer(exact_ratios(dense, example, ratios, exclude=exclude))
         small, _, report = prune_channels(dense, example, allocation, importance=Magnitude(p=1), target="channels",
                                           exclude=exclude)
@@ -62,6 +67,33 @@ def _prune(row: str, dense: torch.nn.Module, macs_ratio: float) -> tuple[torch.n
     small, _, report = prune_channels(dense, example, Uniform(goal), importance=Magnitude(p=1), target="macs",
                                       exclude=exclude)
     return small, f"prune_channels verified: {report.verified}"
+
+
+def _sensitivity_ratios() -> dict[str, float]:
+    return next(r["ratios"] for r in json.loads(SEARCHED.read_text())["rows"] if r["method"] == "sensitivity")
+
+
+def _iterative(dense: torch.nn.Module, cfg: TrainConfig, train, test, kw: dict) -> tuple[torch.nn.Module, list, list]:
+    """The sensitivity row's channel counts reached in ROUNDS cuts, each followed by its share of the
+    epochs (the last round gets the remainder); returns the small model, the per-epoch top-1 and the
+    top-1 right after each cut."""
+    example = torch.zeros(1, 3, 32, 32)
+    exclude = ["bn1"] + [f"{b}.bn2" for b in blocks(dense)]
+    steps = ratio_rounds(dense, example, _sensitivity_ratios(), ROUNDS, exclude=exclude)
+    epochs = [cfg.epochs // ROUNDS] * ROUNDS
+    epochs[-1] += cfg.epochs - sum(epochs)
+    per_epoch: list[float] = []
+    cuts: list[float] = []
+
+    def finetune(model: torch.nn.Module, k: int) -> None:
+        cuts.append(evaluate(model, test).top1)
+        round_cfg = dataclasses.replace(cfg, epochs=epochs[k - 1], seed=cfg.seed if k == 1 else None)
+        per_epoch.extend(r.test.top1 for r in fit(model, train, test, round_cfg, **kw))
+
+    small, _, _ = prune_channels_iteratively(dense, example, 0.5, ROUNDS, finetune, importance=Magnitude(p=1),
+                                             allocation=[PerLayer(r) for r in steps], target="channels",
+                                             exclude=exclude)
+    return small, per_epoch, cuts
 
 
 def _write(out: Path, meta: dict, results: dict, rows: list[str]) -> None:
@@ -117,17 +149,24 @@ def main() -> None:
         t0 = time.perf_counter()
         kw: dict = {}
         after_prune, note = None, ""
-        if row == "dense":
-            model = copy.deepcopy(dense)
-        else:
-            model, note = _prune(row, dense, args.macs_ratio)
-            after_prune = evaluate(model, test).top1
         if row.endswith("-kd"):
             kw["task"] = Distillation(copy.deepcopy(dense).eval(), temperature=4.0, alpha=0.7)
-        history = fit(model, train, test, cfg, **kw)
+        if row.startswith("sens-iter"):
+            model, per_epoch, cuts = _iterative(copy.deepcopy(dense), cfg, train, test, kw)
+            after_prune = cuts[0]
+            note = (f"{ROUNDS} rounds of prune_channels (ratio_rounds of {SEARCHED.name}'s ratios), each followed "
+                    "by its epochs with a fresh cosine from the lr; 'right after pruning' is after the first cut; "
+                    "right after each cut: " + " / ".join(f"{x:.2%}" for x in cuts))
+        else:
+            if row == "dense":
+                model = copy.deepcopy(dense)
+            else:
+                model, note = _prune(row, dense, args.macs_ratio)
+                after_prune = evaluate(model, test).top1
+            per_epoch = [r.test.top1 for r in fit(model, train, test, cfg, **kw)]
         results[row] = {"top1": evaluate(model, test).top1, "after_prune_top1": after_prune,
                         "macs_ratio": dense_macs / count_macs(model, example), "params": count_params(model),
-                        "per_epoch": [r.test.top1 for r in history], "note": note,
+                        "per_epoch": per_epoch, "note": note,
                         "minutes": (time.perf_counter() - t0) / 60}
         print(f"{row}: {results[row]}", flush=True)
         _write(out, meta, results, args.rows)

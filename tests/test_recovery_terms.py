@@ -239,3 +239,43 @@ def test_iterative_channel_pruning_rounds_make_one_plan_history() -> None:
     path = save_pruned(Path(tempfile.mkdtemp()) / "r.pt", "resnet20", {}, plan, small)
     again, _ = load_pruned(path)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), small.state_dict().values()))
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 3])
+def test_ratio_rounds_reach_the_one_shot_channel_counts(rounds: int) -> None:
+    from prunekit import Magnitude, PerLayer
+    from prunekit.models import create
+    from prunekit.search.channels import exact_ratios, ratio_rounds
+    from prunekit.structure import prune_channels
+    from prunekit.train.iterative import prune_channels_iteratively
+
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    x = torch.zeros(1, 3, 32, 32)
+    ratios = {"layer1.0.conv1:out": 0.9, "layer2.1.conv1:out": 0.5, "layer3.2.conv1:out": 0.3}
+    once, _, _ = prune_channels(model, x, PerLayer(exact_ratios(model, x, ratios)), importance=Magnitude(p=1),
+                                target="channels")
+    steps = ratio_rounds(model, x, ratios, rounds)
+    assert len(steps) == rounds and all(set(r) == set(ratios) for r in steps)
+    sizes = []
+    small, plan, _ = prune_channels_iteratively(model, x, 0.5, rounds, importance=Magnitude(p=1), target="channels",
+                                                allocation=[PerLayer(r) for r in steps],
+                                                finetune=lambda m, k: sizes.append(m.layer1[0].conv1.out_channels))
+    assert {n: p.shape for n, p in small.named_parameters()} == {n: p.shape for n, p in once.named_parameters()}
+    assert len(plan.steps) == rounds
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 2  # 16 channels -> round(1.6) = 2 kept
+    if rounds > 1:
+        assert sizes[0] < 16  # every round cuts: the first one too
+    # no fine-tuning between rounds: the survivors are the one-shot's (magnitude of the same weights)
+    assert torch.equal(small.layer2[1].conv1.weight, once.layer2[1].conv1.weight)
+
+
+def test_iterative_channel_rounds_refuse_a_wrong_number_of_allocations() -> None:
+    from prunekit import Uniform
+    from prunekit.errors import ConfigError
+    from prunekit.models import create
+    from prunekit.train.iterative import prune_channels_iteratively
+
+    with pytest.raises(ConfigError, match="2 allocations given for 3 rounds"):
+        prune_channels_iteratively(create("resnet20").eval(), torch.zeros(1, 3, 32, 32), 0.5, 3,
+                                   finetune=lambda m, k: None, allocation=[Uniform(0.2), Uniform(0.2)])

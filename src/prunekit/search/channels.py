@@ -33,8 +33,8 @@ from torch import nn
 
 from prunekit.errors import ConfigError, close_matches
 
-__all__ = ["exact_ratios", "group_label", "names", "prune_groups", "ratios_for_cost", "ratios_for_latency",
-           "ratios_for_macs", "scan_channels"]
+__all__ = ["exact_ratios", "group_label", "names", "prune_groups", "ratio_rounds", "ratios_for_cost",
+           "ratios_for_latency", "ratios_for_macs", "scan_channels"]
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -123,6 +123,39 @@ def exact_ratios(model: nn.Module, example_input: Any, ratios: Mapping[str, floa
     graph = graph if graph is not None else DependencyGraph.build(model, example_input)
     groups = _groups(graph, importance, exclude)
     return {label: len(units) / len(groups[label]) for label, units in _removed(graph, groups, ratios).items()}
+
+
+def ratio_rounds(model: nn.Module, example_input: Any, ratios: Mapping[str, float], rounds: int,
+                 importance: Any = None, exclude: Sequence[str] = (), graph: Any = None) -> list[dict[str, float]]:
+    """Per-group ratios for ``rounds`` successive cuts that together remove exactly what
+    ``exact_ratios(model, example_input, ratios)`` removes at once: a group of ``n`` channels that keeps
+    ``m`` in the end keeps ``round(n * (m / n) ** (k / rounds))`` after round ``k`` (the same fraction
+    of what is left each round), and round ``k``'s ratio is the exact fraction of the channels the
+    group has after round ``k - 1``. Each round's dict goes to ``PerLayer`` on that round's model.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    >>> ratio_rounds(model, torch.randn(1, 3, 8, 8), {"0:out": 0.75}, rounds=2)   # 16 -> 8 -> 4
+    [{'0:out': 0.5}, {'0:out': 0.5}]
+    """
+    from prunekit.structure import DependencyGraph
+
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"rounds must be an int >= 1, got {rounds!r}")
+    graph = graph if graph is not None else DependencyGraph.build(model, example_input)
+    groups = _groups(graph, importance, exclude)
+    removed = _removed(graph, groups, ratios)
+    out: list[dict[str, float]] = [{} for _ in range(rounds)]
+    for label, units in removed.items():
+        n = len(groups[label])
+        keep = n - len(units)
+        left = n
+        for k in range(1, rounds + 1):
+            target = keep if k == rounds else max(keep, min(left, int(round(n * (keep / n) ** (k / rounds)))))
+            out[k - 1][label] = (left - target) / left
+            left = target
+    return out
 
 
 def _group_macs(graph: Any, example_input: Any) -> dict[str, int]:

@@ -37,7 +37,7 @@ def prune_channels_iteratively(
     rounds: int,
     finetune: Callable[[nn.Module, int], None],
     importance: Any = None,
-    allocation: Callable[[float], Allocation] = Global,
+    allocation: Callable[[float], Allocation] | Sequence[Allocation] = Global,
     target: str = "channels",
     exclude: Sequence[str] = (),
 ) -> tuple[nn.Module, PruningPlan, list[PruneReport]]:
@@ -45,16 +45,25 @@ def prune_channels_iteratively(
     the plan of all rounds (replayable on the original architecture) and each round's report.
 
     ``final``: the fraction of ``target`` (channels, MACs, params) of the *original* model to remove;
-    each round removes ``1 - (1 - final) ** (1 / rounds)`` of what the previous round left.
+    each round removes ``1 - (1 - final) ** (1 / rounds)`` of what the previous round left
+    (``allocation(that fraction)`` is each round's allocation). ``allocation`` may instead be one
+    allocation per round, e.g. ``[PerLayer(r) for r in ratio_rounds(...)]`` to reach a searched
+    per-group allocation in rounds (``final`` is then only checked).
     """
     if not 0.0 < float(final) < 1.0:
         raise ConfigError(f"final (fraction to remove in the end) must be in (0, 1), got {final}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"rounds must be an int >= 1, got {rounds!r}")
     per_round = 1.0 - (1.0 - float(final)) ** (1.0 / rounds)
+    if isinstance(allocation, Sequence):
+        if len(allocation) != rounds:
+            raise ConfigError(f"allocation: {len(allocation)} allocations given for {rounds} rounds; give one per round")
+        per_round_allocations = list(allocation)
+    else:
+        per_round_allocations = [allocation(per_round) for _ in range(rounds)]
     current, plan, reports = model, None, []
     for k in range(1, rounds + 1):
-        small, step, report = prune_channels(current, example_input, allocation(per_round), importance,
+        small, step, report = prune_channels(current, example_input, per_round_allocations[k - 1], importance,
                                              target=target, exclude=exclude)
         plan = step if plan is None else plan.then(step)
         reports.append(report)
