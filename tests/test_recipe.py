@@ -113,6 +113,16 @@ MISTAKES = [
     ("reconstruction with masks", GOOD.replace("criterion: l1", "criterion: l1\n  reconstruct: {selection: lasso}"),
      "prune.reconstruct", 7, "set prune.method: channels"),
     ("ADMM penalty of zero", GOOD + "  admm: {rho: 0}\n", "recover.admm.rho", 10, "in [1e-12"),
+    ("AGP with channels", GOOD.replace("criterion: l1", "criterion: l1\n  method: channels") + "  schedule: agp\n",
+     "recover.schedule", 11, "channels are cut physically in rounds: use {name: iterative, rounds: N}"),
+    ("channel rounds with a step interval", GOOD.replace("criterion: l1", "criterion: l1\n  method: channels")
+     + "  schedule: {name: iterative, rounds: 2, every: 10}\n", "recover.schedule", 11, "give only rounds (drop every)"),
+    ("more channel rounds than epochs", GOOD.replace("criterion: l1", "criterion: l1\n  method: channels")
+     + "  schedule: {name: iterative, rounds: 3}\n", "recover.schedule", 11,
+     "3 channel rounds need at least as many recover.epochs (got 1)"),
+    ("channel rounds with reconstruction", GOOD.replace("criterion: l1", "criterion: l1\n  method: channels\n"
+                                                        "  reconstruct: {selection: lasso}")
+     + "  schedule: {name: iterative, rounds: 1}\n", "prune.reconstruct", 8, "recover.schedule (channel rounds)"),
 ]
 
 

@@ -643,3 +643,56 @@ def test_resume_without_out_continues_the_last_numbered_folder(tmp_path: Path) -
         (root / folder / "results.json").write_text("{}")
     assert rc.default_folder(recipe, root) == root / "job-3"
     assert rc.default_folder(recipe, root, resume=True) == root / "job-2"
+
+
+CHANNELS = "  method: channels\n  target: macs\n  allocation: {name: uniform, sparsity: 0.5}"
+
+
+def test_channel_rounds_reach_the_one_shot_cut_and_fine_tune_after_each(tmp_path: Path) -> None:
+    """recover.schedule iterative with channels: N physical cuts, each followed by its share of the
+    epochs, ending with exactly the channel counts the one-shot cut has; the model saves and rebuilds."""
+    from prunekit.metrics import count_params
+
+    once = tmp_path / "once"
+    assert main(["run", str(_recipe(tmp_path, name="once", prune=CHANNELS, recover="  epochs: 0", deploy="false")),
+                 "--out", str(once)]) == 0
+    rounds = tmp_path / "rounds"
+    recover = "  epochs: 4\n  lr: 0.01\n  steps_per_epoch: 3\n  schedule: {name: iterative, rounds: 3}"
+    assert main(["run", str(_recipe(tmp_path, name="rounds", prune=CHANNELS, recover=recover, deploy="false")),
+                 "--out", str(rounds)]) == 0
+    small_once, _ = checkpoint.build(once / "model.pt")
+    small, ckpt = checkpoint.build(rounds / "model.pt")
+    assert {n: p.shape for n, p in small.named_parameters()} == {n: p.shape for n, p in small_once.named_parameters()}
+    assert len(ckpt.plan.steps) == 3  # one plan step per round: rebuilt from the original architecture
+    res = _results(rounds)
+    rows = res["channel_rounds"]
+    assert [r["round"] for r in rows] == [1, 2, 3] and [r["epochs"] for r in rows] == [1, 1, 2]
+    params = [r["params"] for r in rows]
+    assert params == sorted(params, reverse=True) and len(set(params)) == 3 and params[-1] == count_params(small)
+    assert all(r["units_removed"] > 0 for r in rows)
+    curve = res["training"]["recovery"]
+    assert [(r["epoch"], r.get("phase")) for r in curve] == [
+        (0, "after cut 1"), (1, "round1"), (1, "after cut 2"), (2, "round2"), (2, "after cut 3"), (3, "round3"),
+        (4, "round3")]
+    assert rows[-1]["top1"] == curve[-1]["top1"] == res["summary"]["pruned"]["top1"]
+    assert res["verify"]["small_equals_masked"] is True and res["verify"]["round"] == 3
+    log = (rounds / "log.txt").read_text()
+    assert "reached in 3 rounds during recovery" in log and "== channel round 2/3" in log
+    assert "Channel rounds" in (rounds / "report.md").read_text()
+
+
+def test_stopped_channel_rounds_resume_to_the_uninterrupted_model(tmp_path: Path) -> None:
+    recover = "  epochs: 4\n  lr: 0.01\n  steps_per_epoch: 3\n  schedule: {name: iterative, rounds: 2}"
+    recipe = rc.load(_recipe(tmp_path, prune=CHANNELS, recover=recover, deploy="false"))
+    whole = rc.run_recipe(recipe, tmp_path / "whole", echo=lambda line: None)
+    with pytest.raises(KeyboardInterrupt):
+        rc.run_recipe(recipe, tmp_path / "stopped", echo=_StopAt("round2 epoch 1/2"))
+    lines: list[str] = []
+    resumed = rc.run_recipe(recipe, tmp_path / "stopped", resume=True, echo=lines.append)
+    assert any("round1: resuming after epoch 2/2" in line for line in lines), lines
+    assert any("round2: resuming after epoch 1/2" in line for line in lines), lines
+    assert _rows(resumed) == _rows(whole) and resumed["channel_rounds"] == whole["channel_rounds"]
+    a = checkpoint.read(tmp_path / "whole" / "model.pt")
+    b = checkpoint.read(tmp_path / "stopped" / "model.pt")
+    assert a.state_dict.keys() == b.state_dict.keys()
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict), "not bit-exact"

@@ -259,7 +259,22 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
             out.append(("prune.target", "latency budgets are met by measuring candidates: add prune.search "
                                         "(method: sensitivity), or use target: macs"))
         if recover["schedule"] is not None:
-            out.append(("recover.schedule", "gradual schedules apply to method masks; channel pruning is one-shot"))
+            from prunekit.recipe.schema import schedule_spec
+
+            name, given = schedule_spec(recover["schedule"])
+            if name != "iterative":
+                out.append(("recover.schedule", f"{name!r} updates masks while training (method masks); channels are "
+                                                "cut physically in rounds: use {name: iterative, rounds: N}"))
+            elif set(given) - {"rounds"}:
+                out.append(("recover.schedule", "channel rounds split recover.epochs between them and end at the "
+                                                f"allocation's cut: give only rounds (drop {', '.join(sorted(set(given) - {'rounds'}))})"))
+            elif isinstance(given.get("rounds", 3), int) and recover["epochs"] and given.get("rounds", 3) > recover["epochs"]:
+                out.append(("recover.schedule", f"{given.get('rounds', 3)} channel rounds need at least as many "
+                                                f"recover.epochs (got {recover['epochs']}): raise recover.epochs or "
+                                                "lower rounds"))
+            if prune["reconstruct"] is not None:
+                out.append(("prune.reconstruct", "regression reconstruction refits one cut; give prune.reconstruct or "
+                                                 "recover.schedule (channel rounds), not both"))
         if prune["types"] != ["conv", "linear"]:
             out.append(("prune.types", "applies to method masks; for channels use prune.exclude globs"))
         if prune["reconstruct"] is not None and prune["search"] is not None:

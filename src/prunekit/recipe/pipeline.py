@@ -83,6 +83,7 @@ class Run:
     normalize: str | None = None
     searched: tuple[nn.Module, Any] | None = None  # (smaller model, plan) a channel search produced
     ticket: tuple[dict, dict] | None = None  # recover.lottery: (the last round's weights, its masks)
+    channel_rounds: list[dict[str, float]] | None = None  # recover.schedule with channels: each round's group ratios
 
     def say(self, text: str) -> None:
         """Print a line and keep it for log.txt."""
@@ -189,7 +190,8 @@ def _fit(run: Run, model: nn.Module, section: dict[str, Any], label: str, *, epo
                       optimizer=section["optimizer"], seed=r["seed"], progress=run.progress,
                       max_steps_per_epoch=section["steps_per_epoch"])
     history: list[dict[str, Any]] = run.results.setdefault("training", {}).setdefault(label, [])
-    offset = len(history)
+    offset = max((int(row["epoch"]) for row in history), default=0)  # epochs of earlier phases / rounds
+    start = len(history)  # this training's rows are history[start:]
     name = phase or label
     path = _fit_state_path(run, label, phase)
     state = _resume_fit(run, path, model, name, epochs, history, pruner) if run.resume else None
@@ -209,7 +211,7 @@ def _fit(run: Run, model: nn.Module, section: dict[str, Any], label: str, *, epo
         atomic_torch_save({"format": FIT_STATE_FORMAT, "phase": name, "epochs": epochs,
                            "model": model.state_dict(), "train_state": st.state_dict(),
                            "masks": None if run.masks is None else {n: k.clone() for n, k in run.masks.items()},
-                           "rows": json.dumps(history[offset:])}, path)
+                           "rows": json.dumps(history[start:])}, path)
         if save_each is not None:
             save_each(st)
         run.say(f"{name} epoch {rec.epoch}/{epochs}: loss {rec.train_loss:.4f}, top-1 {100 * rec.test.top1:.2f}%, "
@@ -623,12 +625,14 @@ def _prune_channels(run: Run) -> None:
     p = run.recipe["prune"]
     if run.searched is not None:  # the search already made the smaller model
         small, plan = run.searched
-        run.plan = run.plan.then(plan) if run.plan is not None else plan
-        run.model = small
         run.results["pruning"] = {"method": "channels", "search": p["search"]["method"], "criterion": p["criterion"],
                                   "allocation": repr(registry.build("allocation", p["allocation"]))}
         run.section("channel pruning (from the search)")
         run.say(f"{sum(x.numel() for x in small.parameters()):,} parameters left")
+        if _plan_rounds(run, small, _channel_exclude(run)):
+            return _save(run)
+        run.plan = run.plan.then(plan) if run.plan is not None else plan
+        run.model = small
         return _save(run)
     model = run.model
     model.eval()
@@ -648,20 +652,40 @@ def _prune_channels(run: Run) -> None:
     if p["reconstruct"] is not None:
         small, plan, rebuilt = _reconstruct(run, model, small, graph)
         run.results["reconstruct"] = rebuilt
-    run.plan = run.plan.then(plan) if run.plan is not None else plan
-    run.model = small
+    rounds = _plan_rounds(run, small, exclude)
+    if not rounds:
+        run.plan = run.plan.then(plan) if run.plan is not None else plan
+        run.model = small
     pinned = [n.split(": ", 1)[1] for n in report.notes if n.startswith("kept whole (pinned)")]
     run.results["pinned"] = [{"module": x.strip(), "reason": "its channels cannot be followed (kept whole)"}
                              for x in (pinned[0].split(";") if pinned else []) if x.strip()]
     run.results["pruning"] = {"method": "channels", "criterion": repr(importance), "allocation": repr(allocation),
                               "target": p["target"], "units_removed": report.units_removed,
                               "units_prunable": report.units_prunable, "notes": list(report.notes)}
-    if report.verified is not None:  # prune_channels raises when the small model differs from the masked one
+    if report.verified is not None and not rounds:  # prune_channels raises when the small model differs from the masked one
         run.results["verify"] = {"small_equals_masked": True, "max_abs_diff": report.verified.max_abs_diff,
                                  "inputs": report.verified.inputs}
-    run.section("channel pruning")
+    run.section("channel pruning" + (f" (the cut the {len(run.channel_rounds)} rounds reach)" if rounds else ""))
     run.say(str(report))
     _save(run)
+
+
+def _plan_rounds(run: Run, small: nn.Module, exclude: list[str]) -> bool:
+    """``recover.schedule`` with channels: the cut that made ``small`` becomes ``rounds`` smaller cuts
+    (:func:`~prunekit.search.channels.ratio_rounds`, the same channel count per group in the end) made
+    during recovery; ``run.model`` stays uncut until then. False when the recipe has no channel rounds."""
+    from prunekit.recipe.schema import schedule_spec
+    from prunekit.search.channels import cut_ratios, ratio_rounds
+
+    spec = run.recipe["recover"]["schedule"]
+    if spec is None:
+        return False
+    rounds = int(schedule_spec(spec)[1].get("rounds", 3))
+    ratios = cut_ratios(run.model.eval(), small.eval(), run.example, exclude)
+    run.channel_rounds = ratio_rounds(run.model, run.example, ratios, rounds, exclude=exclude)
+    run.say(f"channel rounds: this cut is reached in {rounds} rounds during recovery, each removing the same share "
+            "of what is left in every group and followed by its share of recover.epochs")
+    return True
 
 
 def _reconstruct(run: Run, dense: nn.Module, sized: nn.Module, graph: Any) -> tuple[nn.Module, Any, list[dict]]:
@@ -734,7 +758,7 @@ def recover(run: Run) -> None:
 
         task = Distillation(run.dense, temperature=rc["distill"]["temperature"], alpha=rc["distill"]["alpha"])
     pruner = None
-    if rc["schedule"] is not None:
+    if rc["schedule"] is not None and run.channel_rounds is None:
         pruner = _pruner(run)
         run.masks = pruner.masks
     if run.recipe["outputs"]["tensorboard"]:
@@ -742,6 +766,8 @@ def recover(run: Run) -> None:
 
         run.writer = SummaryWriter(str(run.out / "tensorboard"))
     try:
+        if run.channel_rounds is not None:
+            return _recover_in_rounds(run, task)
         if rc["admm"] is not None:
             _admm(run, task)
         curve = []  # epoch 0 of the accuracy curve: right after pruning, after recalibration
@@ -765,6 +791,49 @@ def recover(run: Run) -> None:
             run.writer = None
     if pruner is not None:
         run.results["pruning"]["sparsity"] = float(run.masks.sparsity())
+
+
+def _recover_in_rounds(run: Run, task: Any) -> None:
+    """Channel rounds (``recover.schedule: {name: iterative, rounds: N}`` with method channels): each
+    round cuts the current model physically (the criterion re-scored on it), records the top-1 right
+    after the cut, and fine-tunes it for its share of ``recover.epochs`` (the last round gets the
+    remainder) with a fresh cosine from ``recover.lr``. Every round's training resumes like any other
+    (``fit-recovery-round<k>.state``); a finished round's weights are reloaded and the next cut redone."""
+    from prunekit.allocation import PerLayer
+    from prunekit.metrics import count_macs
+    from prunekit.structure import ChannelScoring, DependencyGraph, match_modules, prune_channels
+
+    rc, p = run.recipe["recover"], run.recipe["prune"]
+    steps = run.channel_rounds or []
+    epochs = [rc["epochs"] // len(steps)] * len(steps)
+    epochs[-1] += rc["epochs"] - sum(epochs)
+    history = run.results.setdefault("training", {}).setdefault("recovery", [])
+    rows = run.results["channel_rounds"] = []
+    for k, ratios in enumerate(steps, 1):
+        model = run.model.eval()
+        graph = DependencyGraph.build(model, run.example)
+        exclude = match_modules(p["exclude"] or [], sorted({a.module for a in graph.axes}), "prune.exclude")
+        small, plan, report = prune_channels(model, run.example, PerLayer(ratios), _channel_importance(run, graph),
+                                             target="channels", exclude=exclude, graph=graph,
+                                             scoring=ChannelScoring(reduction="mean"))
+        run.plan = run.plan.then(plan) if run.plan is not None else plan
+        run.model = small
+        top1 = _evaluate(run, small)
+        history.append({"epoch": sum(epochs[:k - 1]), "top1": top1, "phase": f"after cut {k}"})
+        row = {"round": k, "epochs": epochs[k - 1], "units_removed": report.units_removed,
+               "params": sum(x.numel() for x in small.parameters()), "macs": count_macs(small, run.example),
+               "top1_after_cut": top1}
+        rows.append(row)
+        run.section(f"channel round {k}/{len(steps)}: {report.units_removed} channels cut, then {epochs[k - 1]} "
+                    f"epoch{'s' if epochs[k - 1] != 1 else ''}, lr {rc['lr']:g} cosine" + (", distilling from the dense model" if task is not None else ""))
+        run.say(f"{row['params']:,} parameters, {row['macs']:,} MACs; top-1 right after the cut {100 * top1:.2f}%")
+        _save(run)
+        _fit(run, small, rc, "recovery", epochs=epochs[k - 1], phase=f"round{k}",
+             save_each=lambda st: _save(run, st.state_dict()), task=task, regularizer=_regularizer(run, rc["regularizer"]))
+        row["top1"] = history[-1]["top1"]
+    if report.verified is not None:
+        run.results["verify"] = {"small_equals_masked": True, "max_abs_diff": report.verified.max_abs_diff,
+                                 "inputs": report.verified.inputs, "round": len(steps)}
 
 
 def share_weights(run: Run) -> None:

@@ -178,7 +178,9 @@ SCHEMA: dict[str, Key] = {
                               "hard prune), before fine-tuning; 0: off", low=0),
         "schedule": Key("component:schedule", None, "masks: prune gradually while fine-tuning, e.g. "
                         "{name: agp, every: 10} (final and end default to the allocation's sparsity and 2/3 of "
-                        "the steps)"),
+                        "the steps); channels: {name: iterative, rounds: N} reaches the cut in N physical cuts, "
+                        "each removing the same share of what is left in every group and followed by its share of "
+                        "recover.epochs (the last round gets the remainder; fresh cosine each round)"),
         "distill": _section({
             "temperature": Key("float", 4.0, low=1e-6),
             "alpha": Key("float", 0.7, "weight of the distillation term", low=0.0, high=1.0),
@@ -304,13 +306,19 @@ def _component(kind: str, value: Any, path: str, problems: Problems) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
+def schedule_spec(value: Any) -> tuple[Any, dict[str, Any]]:
+    """A recipe's schedule spec (``{name: agp, every: 10}`` or ``"agp(every=10)"``) as its name and the keys given."""
+    from prunekit import registry
+
+    name, given = (value.get("name"), dict(value)) if isinstance(value, Mapping) else registry.parse_spec(value)
+    return name, {k: v for k, v in dict(given).items() if k != "name"}
+
+
 def complete_schedule(value: Any, final: float = 0.5, steps: int = 150) -> dict[str, Any]:
     """A recipe's schedule spec as a mapping, with what the run fills in: ``final`` / ``sparsity`` (the
     allocation's sparsity), ``end`` (two thirds of the ``steps``), ``rounds`` / ``every``. Given keys win.
     Loading checks the spec with placeholder values; the run builds it with the real ones."""
-    from prunekit import registry
-
-    name, given = (value.get("name"), dict(value)) if isinstance(value, Mapping) else registry.parse_spec(value)
+    name, given = schedule_spec(value)
     filled = {"agp": {"final": final, "end": max(1, 2 * steps // 3)}, "oneshot": {"sparsity": final},
               "iterative": {"sparsity": final, "rounds": 3, "every": max(1, steps // 4)}}.get(str(name), {})
     return {**filled, **{k: v for k, v in given.items() if k != "name"}, "name": name}

@@ -516,6 +516,23 @@ def _recalibration(results: dict) -> list[_Block]:
     return [_Block("h2", ("BatchNorm recalibration",), "recalibrate-bn"), _p("p", text + ".")]
 
 
+def _channel_rounds(results: dict) -> list[_Block]:
+    """Channel rounds (recover.schedule with method channels): each round's cut, size and top-1."""
+    rows = [r for r in _list(results.get("channel_rounds")) if isinstance(r, dict)]
+    if not rows:
+        return []
+    blocks = [_Block("h2", ("Channel rounds",), "channel-rounds"),
+              _p("p", f"The cut was reached in {len(rows)} rounds; each removed the same share of what was left in "
+                      "every channel group, then fine-tuned the smaller model for its epochs (fresh cosine).")]
+    blocks.append(_table("channel-rounds", ("Round", "Channels cut", "Parameters", "MACs", "Top-1 after the cut",
+                                            "Epochs", "Top-1 after the round"),
+                         [(_Cell(_text(r.get("round"))), _cell(r.get("units_removed"), "count"),
+                           _cell(r.get("params"), "count"), _cell(r.get("macs"), "count"),
+                           _cell(r.get("top1_after_cut"), "top1"), _cell(r.get("epochs"), "count"),
+                           _cell(r.get("top1"), "top1")) for r in rows]))
+    return blocks
+
+
 def _lottery(results: dict) -> list[_Block]:
     """Lottery tickets (recover.lottery): every round's weights left and top-1, and the random re-init control."""
     lot = _dict(results.get("lottery"))
@@ -599,7 +616,7 @@ def _document(results: dict, others: Sequence[dict], figs: list[DrawnFigure] | N
     blocks = _header(results) + _summary(results)
     if others:
         blocks += _comparison(results, others)
-    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _kernels(results) + _weight_sharing(results) + _admm(results) + _recalibration(results) + _lottery(results) + _deploy(results) \
+    return blocks + _layers(results) + _figure_blocks(results, figs) + _search(results) + _kernels(results) + _weight_sharing(results) + _admm(results) + _recalibration(results) + _channel_rounds(results) + _lottery(results) + _deploy(results) \
         + _steps(results) \
         + _artifacts(results)
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError, close_matches
 
-__all__ = ["exact_ratios", "group_label", "names", "prune_groups", "ratio_rounds", "ratios_for_cost",
+__all__ = ["cut_ratios", "exact_ratios", "group_label", "names", "prune_groups", "ratio_rounds", "ratios_for_cost",
            "ratios_for_latency", "ratios_for_macs", "scan_channels"]
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -123,6 +123,32 @@ def exact_ratios(model: nn.Module, example_input: Any, ratios: Mapping[str, floa
     graph = graph if graph is not None else DependencyGraph.build(model, example_input)
     groups = _groups(graph, importance, exclude)
     return {label: len(units) / len(groups[label]) for label, units in _removed(graph, groups, ratios).items()}
+
+
+def cut_ratios(model: nn.Module, small: nn.Module, example_input: Any, exclude: Sequence[str] = ()) -> dict[str, float]:
+    """The share of each channel group of ``model`` that ``small`` (a channel-pruned copy of it) lacks,
+    as exact fractions ``k / n`` (groups ``small`` left whole are left out): what
+    ``PerLayer(cut_ratios(...))`` or :func:`ratio_rounds` needs to make the same cut again.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    >>> small, _ = prune_groups(model, torch.zeros(1, 3, 8, 8), {"0:out": 0.25})
+    >>> cut_ratios(model, small, torch.zeros(1, 3, 8, 8))
+    {'0:out': 0.25}
+    """
+    from prunekit.structure import DependencyGraph
+
+    before = _groups(DependencyGraph.build(model, example_input), None, exclude)
+    after = _groups(DependencyGraph.build(small, example_input), None, exclude)
+    out = {}
+    for label, units in before.items():
+        if label not in after:
+            raise ConfigError(f"channel group {label!r} of the model has no prunable counterpart in the smaller "
+                              "model: was it cut from this model, with the same exclude?")
+        if len(after[label]) < len(units):
+            out[label] = (len(units) - len(after[label])) / len(units)
+    return out
 
 
 def ratio_rounds(model: nn.Module, example_input: Any, ratios: Mapping[str, float], rounds: int,
