@@ -696,3 +696,28 @@ def test_stopped_channel_rounds_resume_to_the_uninterrupted_model(tmp_path: Path
     b = checkpoint.read(tmp_path / "stopped" / "model.pt")
     assert a.state_dict.keys() == b.state_dict.keys()
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict), "not bit-exact"
+
+
+def test_one_channel_round_is_the_one_shot_cut_and_fine_tune(tmp_path: Path) -> None:
+    recover = "  epochs: 2\n  lr: 0.01\n  steps_per_epoch: 3"
+    models = {}
+    for name, extra in (("once", ""), ("round", "\n  schedule: {name: iterative, rounds: 1}")):
+        out = tmp_path / name
+        assert main(["run", str(_recipe(tmp_path, name=name, prune=CHANNELS, recover=recover + extra,
+                                        deploy="false")), "--out", str(out)]) == 0
+        models[name] = checkpoint.read(out / "model.pt").state_dict
+    a, b = models["once"], models["round"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "one round differs from one shot"
+
+
+def test_channel_rounds_reach_a_searched_cut(tmp_path: Path) -> None:
+    search = "\n  search: {method: sensitivity, ratios: [0.3, 0.6], images: 100}"
+    shapes = {}
+    for name, extra in (("once", "  epochs: 0"), ("rounds", "  epochs: 2\n  steps_per_epoch: 2\n  schedule: "
+                                                 "{name: iterative, rounds: 2}")):
+        out = tmp_path / name
+        assert main(["run", str(_recipe(tmp_path, name=name, prune=CHANNELS + search, recover=extra,
+                                        deploy="false")), "--out", str(out)]) == 0
+        shapes[name] = {n: p.shape for n, p in checkpoint.build(out / "model.pt")[0].named_parameters()}
+    assert shapes["rounds"] == shapes["once"]
+    assert len(_results(tmp_path / "rounds")["channel_rounds"]) == 2
