@@ -279,3 +279,16 @@ def test_iterative_channel_rounds_refuse_a_wrong_number_of_allocations() -> None
     with pytest.raises(ConfigError, match="2 allocations given for 3 rounds"):
         prune_channels_iteratively(create("resnet20").eval(), torch.zeros(1, 3, 32, 32), 0.5, 3,
                                    finetune=lambda m, k: None, allocation=[Uniform(0.2), Uniform(0.2)])
+
+
+def test_cut_ratios_read_a_cut_back_and_name_a_model_that_is_not_a_cut_of_it() -> None:
+    from prunekit.models import create
+    from prunekit.search.channels import cut_ratios, prune_groups
+
+    model = create("resnet20").eval()
+    x = torch.zeros(1, 3, 32, 32)
+    small, _ = prune_groups(model, x, {"layer1.0.conv1:out": 0.5, "layer3.1.conv1:out": 0.25})
+    assert cut_ratios(model, small.eval(), x) == {"layer1.0.conv1:out": 0.5, "layer3.1.conv1:out": 0.25}
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    with pytest.raises(ConfigError, match="no prunable counterpart in the smaller model"):
+        cut_ratios(model, other, x)
