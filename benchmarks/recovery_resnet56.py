@@ -57,7 +57,7 @@ def _prune(row: str, dense: torch.nn.Module, macs_ratio: float) -> tuple[torch.n
     if row.startswith("tp"):
         small, ratio = _tp_prune(dense, example, goal, 5)
         return small, f"torch-pruning {_tp_version()}, pruning_ratio {ratio:.4f}"
-    exclude = ["bn1"] + [f"{b}.bn2" for b in blocks(dense)]  # the residual stream stays whole
+    exclude = _exclude(dense)
     if row.startswith("sens"):  # the block-internal groups' ratios the search found (same exclude, L1 order)
         ratios = _sensitivity_ratios()
         allocation = PerLayer(exact_ratios(dense, example, ratios, exclude=exclude))
@@ -69,6 +69,11 @@ def _prune(row: str, dense: torch.nn.Module, macs_ratio: float) -> tuple[torch.n
     return small, f"prune_channels verified: {report.verified}"
 
 
+def _exclude(dense: torch.nn.Module) -> list[str]:
+    """The residual stream stays whole: its BatchNorms are excluded."""
+    return ["bn1"] + [f"{b}.bn2" for b in blocks(dense)]
+
+
 def _sensitivity_ratios() -> dict[str, float]:
     return next(r["ratios"] for r in json.loads(SEARCHED.read_text())["rows"] if r["method"] == "sensitivity")
 
@@ -78,7 +83,7 @@ def _iterative(dense: torch.nn.Module, cfg: TrainConfig, train, test, kw: dict) 
     epochs (the last round gets the remainder); returns the small model, the per-epoch top-1 and the
     top-1 right after each cut."""
     example = torch.zeros(1, 3, 32, 32)
-    exclude = ["bn1"] + [f"{b}.bn2" for b in blocks(dense)]
+    exclude = _exclude(dense)
     steps = ratio_rounds(dense, example, _sensitivity_ratios(), ROUNDS, exclude=exclude)
     epochs = [cfg.epochs // ROUNDS] * ROUNDS
     epochs[-1] += cfg.epochs - sum(epochs)

@@ -259,7 +259,7 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
             out.append(("prune.target", "latency budgets are met by measuring candidates: add prune.search "
                                         "(method: sensitivity), or use target: macs"))
         if recover["schedule"] is not None:
-            from prunekit.recipe.schema import schedule_spec
+            from prunekit.recipe.schema import complete_schedule, schedule_spec
 
             name, given = schedule_spec(recover["schedule"])
             if name != "iterative":
@@ -268,8 +268,9 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
             elif set(given) - {"rounds"}:
                 out.append(("recover.schedule", "channel rounds split recover.epochs between them and end at the "
                                                 f"allocation's cut: give only rounds (drop {', '.join(sorted(set(given) - {'rounds'}))})"))
-            elif isinstance(given.get("rounds", 3), int) and recover["epochs"] and given.get("rounds", 3) > recover["epochs"]:
-                out.append(("recover.schedule", f"{given.get('rounds', 3)} channel rounds need at least as many "
+            elif isinstance(rounds := complete_schedule(recover["schedule"])["rounds"], int) and recover["epochs"] \
+                    and rounds > recover["epochs"]:
+                out.append(("recover.schedule", f"{rounds} channel rounds need at least as many "
                                                 f"recover.epochs (got {recover['epochs']}): raise recover.epochs or "
                                                 "lower rounds"))
             if prune["reconstruct"] is not None:

@@ -648,11 +648,12 @@ def _prune_channels(run: Run) -> None:
         model, run.example, allocation, importance, target=p["target"], exclude=exclude, graph=graph,
         scoring=ChannelScoring(reduction="mean"), constraints=ChannelConstraints(min_keep=p["min_keep"],
                                                                                  round_to=p["round_to"]),
-        verify=p["reconstruct"] is None)  # with reconstruct only the sizes are kept: nothing to verify
+        # with reconstruct only the sizes are kept, and channel rounds only take the counts: nothing to verify
+        verify=p["reconstruct"] is None and run.recipe["recover"]["schedule"] is None)
     if p["reconstruct"] is not None:
         small, plan, rebuilt = _reconstruct(run, model, small, graph)
         run.results["reconstruct"] = rebuilt
-    rounds = _plan_rounds(run, small, exclude)
+    rounds = _plan_rounds(run, small, exclude, graph)
     if not rounds:
         run.plan = run.plan.then(plan) if run.plan is not None else plan
         run.model = small
@@ -670,19 +671,21 @@ def _prune_channels(run: Run) -> None:
     _save(run)
 
 
-def _plan_rounds(run: Run, small: nn.Module, exclude: list[str]) -> bool:
+def _plan_rounds(run: Run, small: nn.Module, exclude: list[str], graph: Any = None) -> bool:
     """``recover.schedule`` with channels: the cut that made ``small`` becomes ``rounds`` smaller cuts
     (:func:`~prunekit.search.channels.ratio_rounds`, the same channel count per group in the end) made
     during recovery; ``run.model`` stays uncut until then. False when the recipe has no channel rounds."""
-    from prunekit.recipe.schema import schedule_spec
+    from prunekit.recipe.schema import complete_schedule
     from prunekit.search.channels import cut_ratios, ratio_rounds
+    from prunekit.structure import DependencyGraph
 
     spec = run.recipe["recover"]["schedule"]
     if spec is None:
         return False
-    rounds = int(schedule_spec(spec)[1].get("rounds", 3))
-    ratios = cut_ratios(run.model.eval(), small.eval(), run.example, exclude)
-    run.channel_rounds = ratio_rounds(run.model, run.example, ratios, rounds, exclude=exclude)
+    rounds = int(complete_schedule(spec)["rounds"])
+    graph = graph if graph is not None else DependencyGraph.build(run.model.eval(), run.example)
+    ratios = cut_ratios(run.model, small.eval(), run.example, exclude, graph=graph)
+    run.channel_rounds = ratio_rounds(run.model, run.example, ratios, rounds, exclude=exclude, graph=graph)
     run.say(f"channel rounds: this cut is reached in {rounds} rounds during recovery, each removing the same share "
             "of what is left in every group and followed by its share of recover.epochs")
     return True

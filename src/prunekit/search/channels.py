@@ -125,7 +125,8 @@ def exact_ratios(model: nn.Module, example_input: Any, ratios: Mapping[str, floa
     return {label: len(units) / len(groups[label]) for label, units in _removed(graph, groups, ratios).items()}
 
 
-def cut_ratios(model: nn.Module, small: nn.Module, example_input: Any, exclude: Sequence[str] = ()) -> dict[str, float]:
+def cut_ratios(model: nn.Module, small: nn.Module, example_input: Any, exclude: Sequence[str] = (),
+               graph: Any = None) -> dict[str, float]:
     """The share of each channel group of ``model`` that ``small`` (a channel-pruned copy of it) lacks,
     as exact fractions ``k / n`` (groups ``small`` left whole are left out): what
     ``PerLayer(cut_ratios(...))`` or :func:`ratio_rounds` needs to make the same cut again.
@@ -139,7 +140,7 @@ def cut_ratios(model: nn.Module, small: nn.Module, example_input: Any, exclude: 
     """
     from prunekit.structure import DependencyGraph
 
-    before = _groups(DependencyGraph.build(model, example_input), None, exclude)
+    before = _groups(graph if graph is not None else DependencyGraph.build(model, example_input), None, exclude)
     after = _groups(DependencyGraph.build(small, example_input), None, exclude)
     out = {}
     for label, units in before.items():
