@@ -3,7 +3,7 @@ fine-tuned for whole epochs, with and without distillation, against Torch-Prunin
 dense model fine-tuned equally long (same run, same data order).
 
 Every row starts from ``checkpoints/resnet56_cifar10jpeg.pt`` and trains ``--epochs`` epochs with one
-recipe (SGD momentum 0.9, wd 5e-4, batch 128, crop+flip, cosine from ``--lr``, seed 0). The cut is the
+recipe (SGD momentum 0.9, wd 5e-4, batch 128, crop+flip, cosine from ``--lr``, ``--seed`` 0 by default). The cut is the
 one of ``structured_resnet.py resnet56``: the inner channels of every basic block (conv1 out / bn1 /
 conv2 in), uniformly, since Torch-Pruning mis-handles the option-A shortcut's residual stream; the
 small model is trained, not a masked one.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import itertools
 import json
 import platform
 import time
@@ -33,7 +34,7 @@ from prunekit.structure import prune_channels
 from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.distill import Distillation
 from prunekit.train.iterative import prune_channels_iteratively
-from structured_resnet import _tp_prune, _tp_version, blocks
+from structured_resnet import _tp_prune, _tp_version, blocks, regression_prune_resnet
 
 OUT = Path(__file__).parent / "results" / "recovery_resnet56"
 NAMES = {
@@ -46,12 +47,15 @@ NAMES = {
     "sens-kd": "prunekit L1, sensitivity ratios, distillation (T 4, alpha 0.7)",
     "sens-iter": "prunekit L1, sensitivity ratios reached in 3 prune -> fine-tune rounds",
     "sens-iter-kd": "prunekit L1, sensitivity ratios in 3 rounds, distillation (T 4, alpha 0.7)",
+    "sens-ls": "sensitivity ratios, LASSO selection + least-squares reconstruction (He et al. 2017)",
+    "sens-ls-kd": "sensitivity ratios, LASSO + least squares, distillation (T 4, alpha 0.7)",
 }
 ROUNDS = 3  # the sens-iter rows: epochs split 3 / 3 / 4 (of 10), each round its own cosine from --lr
 SEARCHED = Path(__file__).parent / "results" / "search_resnet56.json"  # section 4b's run: its sensitivity row's ratios
+CALIB = (8, 64, 10)  # the sens-ls rows: calibration batches, images per batch, positions per image (structured_resnet.py's)
 
 
-def _prune(row: str, dense: torch.nn.Module, macs_ratio: float) -> tuple[torch.nn.Module, str]:
+def _prune(row: str, dense: torch.nn.Module, macs_ratio: float, calib: list[torch.Tensor]) -> tuple[torch.nn.Module, str]:
     example = torch.zeros(1, 3, 32, 32)
     goal = 1.0 - 1.0 / macs_ratio
     if row.startswith("tp"):
@@ -62,7 +66,12 @@ def _prune(row: str, dense: torch.nn.Module, macs_ratio: float) -> tuple[torch.n
         ratios = _sensitivity_ratios()
         allocation = PerLayer(exact_ratios(dense, example, ratios, exclude=exclude))
         small, _, report = prune_channels(dense, example, allocation, importance=Magnitude(p=1), target="channels",
-                                          exclude=exclude)
+                                          exclude=exclude, verify=not row.startswith("sens-ls"))
+        if row.startswith("sens-ls"):  # the same channel counts, chosen and refitted by regression
+            keep = {b: small.get_submodule(b).conv1.out_channels for b in blocks(small)}
+            small, errors = regression_prune_resnet(dense, calib, keep, "lasso+ls", CALIB[2])
+            return small, (f"ratios from {SEARCHED.name}; {CALIB[0]} x {CALIB[1]} calibration images, {CALIB[2]} "
+                           f"positions each; mean relative conv2 output error {sum(errors) / len(errors):.3f}")
         return small, f"ratios from {SEARCHED.name}; prune_channels verified: {report.verified}"
     small, _, report = prune_channels(dense, example, Uniform(goal), importance=Magnitude(p=1), target="macs",
                                       exclude=exclude)
@@ -106,7 +115,7 @@ def _write(out: Path, meta: dict, results: dict, rows: list[str]) -> None:
     lines = ["# Recovery after channel pruning on the JPEG-adapted ResNet-56", "",
              f"`{meta['command']}` ({meta['started']}; {meta['machine']}). Start: dense checkpoint "
              f"{results['dense_start']['top1']:.2%}. Every row trains {meta['epochs']} epochs ({meta['steps']} steps), "
-             f"SGD momentum 0.9, wd 5e-4, batch 128, cosine from lr {meta['lr']}, seed 0.", "",
+             f"SGD momentum 0.9, wd 5e-4, batch 128, cosine from lr {meta['lr']}, seed {meta.get('seed', 0)}.", "",
              "| row | MACs ratio | params | top-1 right after pruning | top-1 per epoch | top-1 after training | minutes |",
              "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
     for row in rows:
@@ -129,26 +138,33 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--macs-ratio", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="training seed and data order (the cut is deterministic)")
     ap.add_argument("--rows", nargs="+", choices=sorted(NAMES), default=["dense", "l1", "tp", "l1-kd"])
     ap.add_argument("--limit", type=int, default=None, help="images per split (a smoke run only)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train, test = cifar10_loaders(Path(args.data) / "cifar10-jpeg75.npz", 128, IMAGENET_MEAN, IMAGENET_STD,
-                                   limit=args.limit)
+                                   limit=args.limit, seed=args.seed)
+    calib: list[torch.Tensor] = []
+    if any(r.startswith("sens-ls") for r in args.rows):  # un-augmented train images, as structured_resnet.py
+        plain, _ = cifar10_loaders(Path(args.data) / "cifar10-jpeg75.npz", CALIB[1], IMAGENET_MEAN, IMAGENET_STD,
+                                   augment=False, seed=1, limit=args.limit)
+        calib = [x for x, _ in itertools.islice(plain, CALIB[0])]
     dense, _ = build(args.checkpoint)
     dense.eval()
     example = torch.zeros(1, 3, 32, 32)
     dense_macs = count_macs(dense, example)
     meta = {"command": f"python benchmarks/recovery_resnet56.py --data {args.data} --epochs {args.epochs} "
-                       + (f"--lr {args.lr} " if args.lr != 0.01 else "")
+                       + (f"--lr {args.lr} " if args.lr != 0.01 else "") + (f"--seed {args.seed} " if args.seed else "")
                        + f"--rows {' '.join(args.rows)} --out {args.out}",
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
-            "epochs": args.epochs, "lr": args.lr, "steps": args.epochs * len(train)}
+            "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "steps": args.epochs * len(train)}
     results: dict[str, dict] = {"dense_start": {"top1": evaluate(dense, test).top1}}
     print(f"dense checkpoint: {results['dense_start']['top1']:.4f}", flush=True)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, schedule="cosine", seed=0, progress=False)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, schedule="cosine", seed=args.seed,
+                      progress=False)
     out = Path(args.out)
     for row in args.rows:
         t0 = time.perf_counter()
@@ -166,7 +182,7 @@ def main() -> None:
             if row == "dense":
                 model = copy.deepcopy(dense)
             else:
-                model, note = _prune(row, dense, args.macs_ratio)
+                model, note = _prune(row, dense, args.macs_ratio, calib)
                 after_prune = evaluate(model, test).top1
             per_epoch = [r.test.top1 for r in fit(model, train, test, cfg, **kw)]
         results[row] = {"top1": evaluate(model, test).top1, "after_prune_top1": after_prune,

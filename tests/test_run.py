@@ -521,6 +521,25 @@ def test_regression_reconstruction_cuts_each_conv_and_saves_a_plan(tmp_path: Pat
     assert "verify" not in res  # refitted weights are not the masked model's: nothing to verify against
 
 
+def test_regression_reconstruction_at_the_sizes_a_search_found(tmp_path: Path) -> None:
+    """prune.search decides how many channels each group keeps; prune.reconstruct which, and refits them."""
+    prune = ("  method: channels\n  target: macs\n  allocation: {name: uniform, sparsity: 0.4}\n  exclude: [features.11]\n"
+             "  search: {method: sensitivity, ratios: [0.3, 0.6], images: 100}\n  calibration_batches: 2")
+    states = {}
+    for name, extra in (("search", ""), ("both", "\n  reconstruct: {selection: lasso, positions: 4}")):
+        out = tmp_path / name
+        assert main(["run", str(_recipe(tmp_path, name=name, deploy="false", prune=prune + extra,
+                                        recover="  epochs: 0")), "--out", str(out)]) == 0
+        model, ckpt = checkpoint.build(out / "model.pt")
+        states[name] = model.state_dict()
+    res = _results(out)
+    assert res["pruning"]["search"] == "sensitivity" and res["reconstruct"]
+    assert len(ckpt.plan.steps) == len(res["reconstruct"])  # one plan step per refitted conv
+    a, b = states["search"], states["both"]
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}  # the searched sizes
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))  # other channels / refitted weights
+
+
 def test_regression_reconstruction_names_a_cut_it_cannot_refit(tmp_path: Path, capsys) -> None:
     prune = "  method: channels\n  allocation: {name: uniform, sparsity: 0.5}\n  reconstruct: {positions: 2}"
     assert main(["run", str(_recipe(tmp_path, deploy="false", prune=prune, recover="  epochs: 0")), "--out",

@@ -278,9 +278,6 @@ def _cross_checks(r: Recipe, check_files: bool) -> list[tuple[str, str]]:
                                                  "recover.schedule (channel rounds), not both"))
         if prune["types"] != ["conv", "linear"]:
             out.append(("prune.types", "applies to method masks; for channels use prune.exclude globs"))
-        if prune["reconstruct"] is not None and prune["search"] is not None:
-            out.append(("prune.reconstruct", "give prune.search or prune.reconstruct, not both (the search "
-                                             "makes its own smaller model)"))
     elif prune["method"] == "masks" and prune["target"] != "params" or prune["min_keep"] or prune["round_to"] != 1:
         key = next(k for k in ("target", "min_keep", "round_to") if prune[k] not in ("params", 0.0, 1))
         out.append((f"prune.{key}", "applies to method channels only"))

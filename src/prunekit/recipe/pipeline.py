@@ -628,6 +628,12 @@ def _prune_channels(run: Run) -> None:
         run.results["pruning"] = {"method": "channels", "search": p["search"]["method"], "criterion": p["criterion"],
                                   "allocation": repr(registry.build("allocation", p["allocation"]))}
         run.section("channel pruning (from the search)")
+        if p["reconstruct"] is not None:  # the search sets the sizes; regression picks and refits the channels
+            from prunekit.structure import DependencyGraph
+
+            run.model.eval()
+            small, plan, rebuilt = _reconstruct(run, run.model, small, DependencyGraph.build(run.model, run.example))
+            run.results["reconstruct"] = rebuilt
         run.say(f"{sum(x.numel() for x in small.parameters()):,} parameters left")
         if _plan_rounds(run, small, _channel_exclude(run)):
             return _save(run)
