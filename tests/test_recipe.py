@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -182,6 +183,22 @@ def test_the_default_recipe_is_valid_and_offline() -> None:
 def test_every_bundled_recipe_is_valid(path: Path) -> None:
     r = rc.load(path, check_files=False)  # the data may live elsewhere on this machine
     assert r["model"]["name"] if r.kind == "pipeline" else r["kernels"]["shape"]
+
+
+_SET_RUN = re.compile(r'(?:--set\s+(?:"[^"]*"|\S+)\s*)+')  # consecutive --set overrides (one command's)
+_SET_ONE = re.compile(r'--set\s+("[^"]*"|\S+)')
+_STRAY = re.compile(r'--set\s+(?:"[^"]*"|\S+)\s+([a-z_]+(?:\.[a-z_]+)+=\S+)')  # KEY=VALUE without its --set
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_the_overrides_a_bundled_recipe_names_in_its_comments_load(path: Path) -> None:
+    """Recipes name the --set lines that reproduce other table rows; each run of them must give a valid recipe."""
+    comments = " ".join(line.split("#", 1)[1] for line in path.read_text().splitlines() if line.lstrip().startswith("#"))
+    assert not _STRAY.findall(comments), "a KEY=VALUE without its own --set"
+    for run in _SET_RUN.finditer(comments):
+        overrides = [t.strip('"').rstrip(".,;:)") for t in _SET_ONE.findall(run.group(0))]
+        rc.load(path, check_files=False, overrides=overrides)
 
 
 def test_granularity_that_does_not_fit_a_layer_is_named_before_any_work() -> None:
