@@ -117,7 +117,7 @@ def _write(out: Path, meta: dict, results: dict, rows: list[str]) -> None:
     lines = ["# Recovery after channel pruning on the JPEG-adapted ResNet-56", "",
              f"`{meta['command']}` ({meta['started']}; {meta['machine']}). Start: dense checkpoint "
              f"{results['dense_start']['top1']:.2%}. Every row trains {meta['epochs']} epochs ({meta['steps']} steps), "
-             f"SGD momentum 0.9, wd 5e-4, batch 128, cosine from lr {meta['lr']}, seed {meta.get('seed', 0)}.", "",
+             f"SGD momentum 0.9, wd 5e-4, batch 128, cosine from lr {meta['lr']}, seed {meta['seed']}.", "",
              "| row | MACs ratio | params | top-1 right after pruning | top-1 per epoch | top-1 after training | minutes |",
              "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
     for row in rows:
@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--macs-ratio", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0, help="training seed and data order (the cut is deterministic)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed and the first row's data order (the cut is deterministic)")
     ap.add_argument("--rows", nargs="+", choices=sorted(NAMES), default=["dense", "l1", "tp", "l1-kd"])
     ap.add_argument("--limit", type=int, default=None, help="images per split (a smoke run only)")
     ap.add_argument("--out", default=str(OUT))

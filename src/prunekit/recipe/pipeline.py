@@ -629,11 +629,7 @@ def _prune_channels(run: Run) -> None:
                                   "allocation": repr(registry.build("allocation", p["allocation"]))}
         run.section("channel pruning (from the search)")
         if p["reconstruct"] is not None:  # the search sets the sizes; regression picks and refits the channels
-            from prunekit.structure import DependencyGraph
-
-            run.model.eval()
-            small, plan, rebuilt = _reconstruct(run, run.model, small, DependencyGraph.build(run.model, run.example))
-            run.results["reconstruct"] = rebuilt
+            small, plan = _reconstruct(run, run.model, small)
         run.say(f"{sum(x.numel() for x in small.parameters()):,} parameters left")
         if _plan_rounds(run, small, _channel_exclude(run)):
             return _save(run)
@@ -657,8 +653,7 @@ def _prune_channels(run: Run) -> None:
         # with reconstruct only the sizes are kept, and channel rounds only take the counts: nothing to verify
         verify=p["reconstruct"] is None and run.recipe["recover"]["schedule"] is None)
     if p["reconstruct"] is not None:
-        small, plan, rebuilt = _reconstruct(run, model, small, graph)
-        run.results["reconstruct"] = rebuilt
+        small, plan = _reconstruct(run, model, small, graph)
     rounds = _plan_rounds(run, small, exclude, graph)
     if not rounds:
         run.plan = run.plan.then(plan) if run.plan is not None else plan
@@ -697,13 +692,15 @@ def _plan_rounds(run: Run, small: nn.Module, exclude: list[str], graph: Any = No
     return True
 
 
-def _reconstruct(run: Run, dense: nn.Module, sized: nn.Module, graph: Any) -> tuple[nn.Module, Any, list[dict]]:
-    """``prune.reconstruct``: regression channel pruning (He et al. 2017) at the sizes ``sized`` has.
+def _reconstruct(run: Run, dense: nn.Module, sized: nn.Module, graph: Any = None) -> tuple[nn.Module, Any]:
+    """``prune.reconstruct``: regression channel pruning (He et al. 2017) at the sizes ``sized`` has
+    (the allocation's or a search's cut); ``graph`` is ``dense``'s dependency graph (built if None).
 
-    For each conv whose input channels the allocation cut (in model order), the selection picks
+    For each conv whose input channels the cut removed (in model order), the selection picks
     which of them stay from samples of its input in the network pruned so far and of its output in
     the dense one, least squares refits its weights, and the cut goes through the dependency graph
-    (:func:`prunekit.regression.apply_selection`), one plan step per conv.
+    (:func:`prunekit.regression.apply_selection`), one plan step per conv. Each conv's row goes to
+    ``run.results["reconstruct"]``.
     """
     from prunekit.errors import UnsupportedError
     from prunekit.masks import clean_copy
@@ -712,6 +709,7 @@ def _reconstruct(run: Run, dense: nn.Module, sized: nn.Module, graph: Any) -> tu
     from prunekit.structure.groups import AxisRef
 
     rc = run.recipe["prune"]["reconstruct"]
+    graph = graph if graph is not None else DependencyGraph.build(dense.eval(), run.example)
     sizes = dict(sized.named_modules())
     cut = [(a.module, n, sizes[a.module].in_channels) for a, n in graph.axes.items()
            if a.axis == "in" and isinstance(sizes.get(a.module), nn.Conv2d) and sizes[a.module].in_channels < n]
@@ -752,7 +750,8 @@ def _reconstruct(run: Run, dense: nn.Module, sized: nn.Module, graph: Any) -> tu
     run.say(f"{len(rows)} convs refitted; mean relative output error {mean_err:.4f}")
     if plan is None:
         raise ConfigError("prune.reconstruct: the allocation cut no conv's input channels; raise the sparsity")
-    return current, plan, rows
+    run.results["reconstruct"] = rows
+    return current, plan
 
 
 def recover(run: Run) -> None:
