@@ -1,9 +1,10 @@
 """Recovering accuracy after channel pruning: the JPEG-adapted ResNet-56 cut to >= 2x fewer MACs and
 fine-tuned for whole epochs, with and without distillation, against Torch-Pruning and against the
 dense model fine-tuned equally long (same run). Every row reseeds the RNGs and the training loader's
-shuffle generator, so every row of a run sees the same data order (paired rows). Runs before 2026-12-07
-22:30 UTC did not reseed the loader: there only the first row had ``--seed``'s order and each later row
-its own, which alone moved the lr 0.05 dense row from 90.26 % (first) to 90.03 % (second).
+shuffle generator, so every row of a run sees the same data order (paired rows). Runs before
+2026-12-07 22:04 UTC (runs A-F of RESULTS.md section 3) did not reseed the loader: there only the
+first row had ``--seed``'s order and each later row its own, which alone moved the lr 0.05 dense
+row from 90.26 % (first) to 90.03 % (second).
 
 Every row starts from ``checkpoints/resnet56_cifar10jpeg.pt`` and trains ``--epochs`` epochs with one
 recipe (SGD momentum 0.9, wd 5e-4, batch 128, crop+flip, cosine from ``--lr``, ``--seed`` 0 by default). The cut is the
