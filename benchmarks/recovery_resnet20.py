@@ -7,6 +7,11 @@ pruning is global L1 magnitude over every conv and the classifier (rows with ``-
 squared magnitudes, ranked globally), enforced by masks throughout.
 The ADMM row (Zhang et al. 2018) spends the first ``--admm-share`` of the epochs in ADMM training
 toward the same global 90 % masks, hard-prunes, and fine-tunes the rest with the masks in force.
+Every row reseeds the RNGs and the training loader's shuffle generator with ``--seed``, so the rows of
+a run see the same data order (paired rows). Runs before 2026-12-07 22:10 UTC did not reseed the
+loader (only the first row had seed 0's order, each later row its own); their commands, in RESULTS.md
+section 4, reproduce the first row only. ``--device cuda --workers 4`` runs it on a GPU (the numbers
+then differ from the CPU's: other kernels, and workers draw the augmentation from other streams).
 
     python benchmarks/recovery_resnet20.py --data ../shared/data --epochs 2   # ~25 min on 2 cores
 """
@@ -31,8 +36,16 @@ from prunekit.schedule import AGP, Iterative, Pruner
 from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.admm import ADMM
 from prunekit.train.distill import Distillation
+from prunekit.train.state import loader_generators
 
 OUT = Path(__file__).parent / "results" / "recovery_resnet20"
+
+
+def _machine(device: str, threads: int) -> str:
+    where = f"{platform.machine()}, torch {torch.__version__}, {threads} threads"
+    if device.startswith("cuda"):
+        where += f", {torch.cuda.get_device_name(torch.device(device))}"
+    return where
 
 
 def main() -> None:
@@ -42,6 +55,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="training seed and data order, the same for every row")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda where there is a GPU")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in the main one)")
     ap.add_argument("--rows", nargs="+", default=["dense", "oneshot90", "oneshot90-kd", "oneshot95", "agp95"])
     ap.add_argument("--admm-share", type=float, default=0.6, help="share of the epochs spent in ADMM")
     ap.add_argument("--rho", type=float, default=0.05, help="ADMM's starting rho")
@@ -52,10 +68,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train, test = cifar10_loaders(Path(args.data) / "cifar10-jpeg75.npz", 128, IMAGENET_MEAN, IMAGENET_STD,
-                                   limit=args.limit)
+                                   limit=args.limit, num_workers=args.workers, seed=args.seed)
     dense, _ = build(args.checkpoint)
+    dense.to(args.device)
     steps = args.epochs * len(train)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, schedule="cosine", seed=0, progress=False)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, schedule="cosine", seed=args.seed,
+                      progress=False)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     first = max(1, round(args.admm_share * args.epochs))  # epochs of ADMM (or of dense training, "-late") first
     results: dict[str, dict] = {"dense_start": {"top1": evaluate(dense, test).top1}}
@@ -63,6 +81,8 @@ def main() -> None:
     for row in args.rows:
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
+        for g in loader_generators(train):  # every row --seed's data order (fit reseeds only the global RNGs)
+            g.manual_seed(args.seed)
         kw: dict = {}
         after_prune = None
         cfg_row = cfg
@@ -116,13 +136,15 @@ def main() -> None:
                         "per_epoch": [r.test.top1 for r in history], "minutes": (time.perf_counter() - t0) / 60}
         print(f"{row}: {final.top1:.4f} (sparsity {zeros / total:.4f}, {results[row]['minutes']:.1f} min)", flush=True)
     meta = {"command": f"python benchmarks/recovery_resnet20.py --data {args.data} --epochs {args.epochs} "
-                       + (f"--lr {args.lr} " if args.lr != 0.01 else "")
+                       + (f"--lr {args.lr} " if args.lr != 0.01 else "") + (f"--seed {args.seed} " if args.seed else "")
+                       + (f"--device {args.device} " if args.device != "cpu" else "")
+                       + (f"--workers {args.workers} " if args.workers else "")
                        + f"--rows {' '.join(args.rows)} --out {args.out}"
                        + (f" --admm-share {args.admm_share} --rho {args.rho} --rho-growth {args.rho_growth} "
                           f"--every {args.every}" if any(r.startswith("admm") or r.endswith("-late")
                                                          for r in args.rows) else ""),
-            "started": started, "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
-            "epochs": args.epochs, "lr": args.lr, "steps": steps}
+            "started": started, "machine": _machine(args.device, args.threads),
+            "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "steps": steps, "same_order": True}
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "results": results}, indent=1))
     names = {"dense": "dense, fine-tuned as long", "oneshot90": "90 % one-shot + fine-tune",
