@@ -5,6 +5,8 @@ shuffle generator, so every row of a run sees the same data order (paired rows).
 2026-12-07 22:04 UTC (runs A-F of RESULTS.md section 3) did not reseed the loader: there only the
 first row had ``--seed``'s order and each later row its own, which alone moved the lr 0.05 dense
 row from 90.26 % (first) to 90.03 % (second).
+``--device cuda --workers 4`` trains on a GPU (cuts stay on the CPU; the numbers then differ from the
+CPU's: other kernels, and workers draw the augmentation from other streams).
 
 Every row starts from ``checkpoints/resnet56_cifar10jpeg.pt`` and trains ``--epochs`` epochs with one
 recipe (SGD momentum 0.9, wd 5e-4, batch 128, crop+flip, cosine from ``--lr``, ``--seed`` 0 by default). The cut is the
@@ -92,7 +94,8 @@ def _sensitivity_ratios() -> dict[str, float]:
     return next(r["ratios"] for r in json.loads(SEARCHED.read_text())["rows"] if r["method"] == "sensitivity")
 
 
-def _iterative(dense: torch.nn.Module, cfg: TrainConfig, train, test, kw: dict) -> tuple[torch.nn.Module, list, list]:
+def _iterative(dense: torch.nn.Module, cfg: TrainConfig, train, test, kw: dict,
+               device: str) -> tuple[torch.nn.Module, list, list]:
     """The sensitivity row's channel counts reached in ROUNDS cuts, each followed by its share of the
     epochs (the last round gets the remainder); returns the small model, the per-epoch top-1 and the
     top-1 right after each cut."""
@@ -107,7 +110,9 @@ def _iterative(dense: torch.nn.Module, cfg: TrainConfig, train, test, kw: dict) 
     def finetune(model: torch.nn.Module, k: int) -> None:
         cuts.append(evaluate(model, test).top1)
         round_cfg = dataclasses.replace(cfg, epochs=epochs[k - 1], seed=cfg.seed if k == 1 else None)
+        model.to(device)  # trained on the device, cut on the CPU (the cut traces with a CPU example)
         per_epoch.extend(r.test.top1 for r in fit(model, train, test, round_cfg, **kw))
+        model.to("cpu")
 
     small, _, _ = prune_channels_iteratively(dense, example, 0.5, ROUNDS, finetune, importance=Magnitude(p=1),
                                              allocation=[PerLayer(r) for r in steps], target="channels",
@@ -143,6 +148,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--macs-ratio", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where rows train: cpu, or cuda where there is a GPU (cuts run on the CPU)")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in the main one)")
     ap.add_argument("--seed", type=int, default=0, help="training seed and data order, the same for every row (the cut is deterministic)")
     ap.add_argument("--rows", nargs="+", choices=sorted(NAMES), default=["dense", "l1", "tp", "l1-kd"])
     ap.add_argument("--limit", type=int, default=None, help="images per split (a smoke run only)")
@@ -150,7 +157,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train, test = cifar10_loaders(Path(args.data) / "cifar10-jpeg75.npz", 128, IMAGENET_MEAN, IMAGENET_STD,
-                                   limit=args.limit, seed=args.seed)
+                                   limit=args.limit, seed=args.seed, num_workers=args.workers)
     calib: list[torch.Tensor] = []
     if any(r.startswith("sens-ls") for r in args.rows):  # un-augmented train images, as structured_resnet.py
         plain, _ = cifar10_loaders(Path(args.data) / "cifar10-jpeg75.npz", CALIB[1], IMAGENET_MEAN, IMAGENET_STD,
@@ -162,9 +169,12 @@ def main() -> None:
     dense_macs = count_macs(dense, example)
     meta = {"command": f"python benchmarks/recovery_resnet56.py --data {args.data} --epochs {args.epochs} "
                        + (f"--lr {args.lr} " if args.lr != 0.01 else "") + (f"--seed {args.seed} " if args.seed else "")
+                       + (f"--device {args.device} " if args.device != "cpu" else "")
+                       + (f"--workers {args.workers} " if args.workers else "")
                        + f"--rows {' '.join(args.rows)} --out {args.out}",
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
+            "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads"
+                       + (f", {torch.cuda.get_device_name(torch.device(args.device))}" if args.device.startswith("cuda") else ""),
             "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "steps": args.epochs * len(train),
             "same_order": True}
     results: dict[str, dict] = {"dense_start": {"top1": evaluate(dense, test).top1}}
@@ -179,9 +189,9 @@ def main() -> None:
         kw: dict = {}
         after_prune, note = None, ""
         if row.endswith("-kd"):
-            kw["task"] = Distillation(copy.deepcopy(dense).eval(), temperature=4.0, alpha=0.7)
+            kw["task"] = Distillation(copy.deepcopy(dense).to(args.device).eval(), temperature=4.0, alpha=0.7)
         if row.startswith("sens-iter"):
-            model, per_epoch, cuts = _iterative(copy.deepcopy(dense), cfg, train, test, kw)
+            model, per_epoch, cuts = _iterative(copy.deepcopy(dense), cfg, train, test, kw, args.device)
             after_prune = cuts[0]
             note = (f"{ROUNDS} rounds of prune_channels (ratio_rounds of {SEARCHED.name}'s ratios), each followed "
                     "by its epochs with a fresh cosine from the lr; 'right after pruning' is after the first cut; "
@@ -192,8 +202,11 @@ def main() -> None:
             else:
                 model, note = _prune(row, dense, args.macs_ratio, calib)
                 after_prune = evaluate(model, test).top1
+            model.to(args.device)
             per_epoch = [r.test.top1 for r in fit(model, train, test, cfg, **kw)]
-        results[row] = {"top1": evaluate(model, test).top1, "after_prune_top1": after_prune,
+        top1 = evaluate(model, test).top1
+        model.to("cpu")  # counted on the CPU, with the CPU example
+        results[row] = {"top1": top1, "after_prune_top1": after_prune,
                         "macs_ratio": dense_macs / count_macs(model, example), "params": count_params(model),
                         "per_epoch": per_epoch, "note": note,
                         "minutes": (time.perf_counter() - t0) / 60}
