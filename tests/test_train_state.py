@@ -511,6 +511,30 @@ def test_fit_does_not_reseed_unless_asked() -> None:
     assert random.getstate() == expected  # seeded: python random reset to seed 3 and not drawn from
 
 
+def test_a_seeded_fit_leaves_the_loaders_own_generator_and_reseeding_it_pairs_two_runs() -> None:
+    """cfg.seed reseeds the global RNGs, not a generator the loader was built with (fit's docstring):
+    two seeded fits over one loader see different data orders until the caller reseeds it."""
+    from prunekit.train.state import loader_generators
+
+    cfg = dataclasses.replace(CFG, epochs=1, seed=0)
+
+    def run(loader: DataLoader) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        model = make_model()
+        model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()) if _m.training else None)
+        fit(model, loader, None, cfg)
+        return seen
+
+    train, _ = make_loaders(with_generator=True)
+    first, second = run(train), run(train)
+    assert len(first) == len(second) == STEPS_PER_EPOCH
+    assert not all(torch.equal(a, b) for a, b in zip(first, second))  # the shuffle ran on
+    for g in loader_generators(train):
+        g.manual_seed(3)
+    again = run(train)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # same order and, seeded, same augmentation
+
+
 def test_cli_train_seed_defaults_to_zero() -> None:
     from prunekit.cli.main import build_parser
     from prunekit.cli.train_cmd import make_config

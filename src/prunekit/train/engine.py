@@ -653,6 +653,10 @@ def fit(
       bit-identical to an uninterrupted run (same loaders, config and single-process or
       non-persistent workers; callbacks must not draw random numbers). A resumed run is not reseeded.
     - ``cfg.seed``: when not ``None``, a fresh (not resumed) run calls :func:`seed_everything` first.
+      That does not reseed a generator the train loader was built with (``DataLoader(generator=g)``):
+      its shuffle runs on, so two fits over one such loader see different data orders. For paired
+      runs (a pruned model against the dense one fine-tuned as long), reseed it before each fit:
+      ``for g in prunekit.train.state.loader_generators(loader): g.manual_seed(seed)``.
     - A train loader drawing from a :class:`~torch.utils.data.DistributedSampler` gets
       ``set_epoch(epoch)`` (0-based) before each epoch; its seed and replica count are recorded
       in ``state.rng["sampler"]`` and a resume with others is refused.
