@@ -25,3 +25,15 @@ def write_outputs(out: str | Path, lines: list[str], record: dict[str, Any]) -> 
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=1))
     print("\n".join(lines))
+
+
+def machine_line(device: str, threads: int) -> str:
+    """``x86_64, torch X, N threads`` and, on a CUDA device, the GPU's name."""
+    import platform
+
+    import torch
+
+    where = f"{platform.machine()}, torch {torch.__version__}, {threads} threads"
+    if device.startswith("cuda"):
+        where += f", {torch.cuda.get_device_name(torch.device(device))}"
+    return where

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from _report import machine_line
 from prunekit import Element, Global, Magnitude, prune, select
 from prunekit.checkpoint import build
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_loaders
@@ -39,13 +39,6 @@ from prunekit.train.distill import Distillation
 from prunekit.train.state import loader_generators
 
 OUT = Path(__file__).parent / "results" / "recovery_resnet20"
-
-
-def _machine(device: str, threads: int) -> str:
-    where = f"{platform.machine()}, torch {torch.__version__}, {threads} threads"
-    if device.startswith("cuda"):
-        where += f", {torch.cuda.get_device_name(torch.device(device))}"
-    return where
 
 
 def main() -> None:
@@ -143,7 +136,7 @@ def main() -> None:
                        + (f" --admm-share {args.admm_share} --rho {args.rho} --rho-growth {args.rho_growth} "
                           f"--every {args.every}" if any(r.startswith("admm") or r.endswith("-late")
                                                          for r in args.rows) else ""),
-            "started": started, "machine": _machine(args.device, args.threads),
+            "started": started, "machine": machine_line(args.device, args.threads),
             "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "steps": steps, "same_order": True}
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "results": results}, indent=1))

@@ -24,12 +24,12 @@ import copy
 import dataclasses
 import itertools
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from _report import machine_line
 from prunekit import Magnitude, PerLayer, Uniform
 from prunekit.checkpoint import build
 from prunekit.data import IMAGENET_MEAN, IMAGENET_STD, cifar10_loaders
@@ -173,8 +173,7 @@ def main() -> None:
                        + (f"--workers {args.workers} " if args.workers else "")
                        + f"--rows {' '.join(args.rows)} --out {args.out}",
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads"
-                       + (f", {torch.cuda.get_device_name(torch.device(args.device))}" if args.device.startswith("cuda") else ""),
+            "machine": machine_line(args.device, args.threads),
             "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "steps": args.epochs * len(train),
             "same_order": True}
     results: dict[str, dict] = {"dense_start": {"top1": evaluate(dense, test).top1}}
